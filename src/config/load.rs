@@ -1,0 +1,363 @@
+//! Loading a config file: read, parse with line/column errors, then the semantic checks
+//! that need more than one field. Every error names where it is and what was expected.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{Config, Degrade, PolicyOverride, ServiceName};
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown key, a wrong type or a bad value.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        /// File (or `<embedded>`).
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// Field path and what was expected.
+        message: String,
+    },
+    /// A rule across fields.
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        /// File (or `<embedded>`).
+        file: String,
+        /// 1-based line of the field, best effort (0 when it could not be found).
+        line: usize,
+        /// Dotted field path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A validated config with where and when it came from.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    /// The config.
+    pub config: Config,
+    /// The file it came from, or `<embedded>`.
+    pub source: String,
+    /// FNV-1a hash of the file's bytes, hex: tells which version is live.
+    pub hash: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl LoadedConfig {
+    /// Reads and validates `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_text(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML text; `source` names it in errors.
+    pub fn from_text(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| parse_error(&e, source))?;
+        validate(&config).map_err(|(field, message)| ConfigError::Invalid {
+            file: source.to_owned(),
+            line: locate(text, &field),
+            field,
+            message,
+        })?;
+        Ok(LoadedConfig {
+            config,
+            source: source.to_owned(),
+            hash: fnv1a_hex(text.as_bytes()),
+            loaded_at: SystemTime::now(),
+        })
+    }
+}
+
+fn parse_error(e: &serde_yaml::Error, source: &str) -> ConfigError {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    // serde_yaml appends " at line L column C"; the location is already in front.
+    let mut message = e.to_string();
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    ConfigError::Parse {
+        file: source.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+type Violation = (String, String);
+
+fn validate(c: &Config) -> Result<(), Violation> {
+    let fail = |field: String, msg: &str| Err((field, msg.to_owned()));
+    if let Some(app) = &c.service.app {
+        check_http_origin(&app.0, "service.app")?;
+    }
+    if let Some(h) = &c.service.health {
+        if !h.as_str().starts_with('/') {
+            return fail("service.health".into(), "must be a path starting with `/`");
+        }
+    }
+    let r = &c.registry;
+    if r.heartbeat >= r.ttl {
+        return fail(
+            "registry.heartbeat".into(),
+            "must be shorter than registry.ttl, or instances expire between heartbeats",
+        );
+    }
+    for (key, duration) in [("registry.ttl", r.ttl), ("registry.resync", r.resync)] {
+        if duration.get().is_zero() {
+            return fail(key.into(), "must be greater than 0s");
+        }
+    }
+    for name in r.static_endpoints.keys() {
+        ServiceName::parse(name).map_err(|m| (format!("registry.static.{name}"), m))?;
+    }
+    if let Some(url) = &r.redis {
+        let u = url.expose();
+        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+            return fail(
+                "registry.redis".into(),
+                "expected a redis://, rediss:// or unix:// URL",
+            );
+        }
+    }
+    check_policy(&c.defaults, "defaults")?;
+    if c.defaults.url.is_some() || c.defaults.auth.is_some() {
+        return fail(
+            "defaults".into(),
+            "`url` and `auth` belong under services.<name>, not defaults",
+        );
+    }
+    for (name, o) in &c.services {
+        let at = format!("services.{name}");
+        ServiceName::parse(name).map_err(|m| (at.clone(), m))?;
+        check_policy(o, &at)?;
+        if let Some(url) = &o.url {
+            check_egress_url(&url.0, &format!("{at}.url"))?;
+        }
+        if let Some(a) = &o.auth {
+            if http::HeaderName::from_bytes(a.header.as_bytes()).is_err() {
+                return fail(format!("{at}.auth.header"), "not a valid header name");
+            }
+            if a.value.is_some() == a.file.is_some() {
+                return fail(format!("{at}.auth"), "set exactly one of `value` or `file`");
+            }
+        }
+    }
+    for (i, route) in c.routes.iter().enumerate() {
+        if !route.prefix.starts_with('/') {
+            return fail(format!("routes.{i}.prefix"), "must start with `/`");
+        }
+    }
+    if let Some(auth) = &c.auth {
+        if auth.inbound.require && auth.token.is_none() {
+            return fail(
+                "auth.inbound.require".into(),
+                "needs auth.token.secret to verify tokens with",
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in c.events.subscriptions.iter().enumerate() {
+        if !s.path.starts_with('/') {
+            return fail(
+                format!("events.subscriptions.{i}.path"),
+                "must start with `/`",
+            );
+        }
+        if !seen.insert(s.event_type.as_str()) {
+            return fail(
+                format!("events.subscriptions.{i}.type"),
+                "subscribed twice; one entry per event type",
+            );
+        }
+        if c.service.app.is_none() {
+            return fail(
+                format!("events.subscriptions.{i}"),
+                "needs service.app to deliver events to",
+            );
+        }
+    }
+    if let Some(rt) = &c.realtime {
+        if !rt.path.starts_with('/') || !rt.on_message.starts_with('/') {
+            return fail("realtime.path".into(), "paths must start with `/`");
+        }
+    }
+    if let Some(otlp) = &c.telemetry.otlp {
+        if !(0.0..=1.0).contains(&otlp.sample) {
+            return fail("telemetry.otlp.sample".into(), "must be between 0 and 1");
+        }
+        if otlp.protocol != "http/protobuf" {
+            return fail(
+                "telemetry.otlp.protocol".into(),
+                "only `http/protobuf` is supported",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_policy(o: &PolicyOverride, at: &str) -> Result<(), Violation> {
+    let fail = |field: &str, msg: &str| Err((format!("{at}.{field}"), msg.to_owned()));
+    if o.timeout.is_some_and(|t| t.get().is_zero()) {
+        return fail("timeout", "must be greater than 0s");
+    }
+    if o.connect_timeout.is_some_and(|t| t.get().is_zero()) {
+        return fail("connect_timeout", "must be greater than 0s");
+    }
+    if let Some(r) = &o.retry {
+        if r.multiplier.is_some_and(|m| !(1.0..=10.0).contains(&m)) {
+            return fail("retry.multiplier", "must be between 1 and 10");
+        }
+        if let Some(b) = &r.budget {
+            if b.percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                return fail("retry.budget.percent", "must be between 0 and 100");
+            }
+        }
+    }
+    if let Some(b) = &o.breaker {
+        if b.open_for.is_some_and(|t| t.get().is_zero()) {
+            return fail("breaker.open_for", "must be greater than 0s");
+        }
+    }
+    if let Some(Degrade::Static(answer)) = &o.degrade {
+        if !(100..=599).contains(&answer.status) {
+            return fail("degrade.static.status", "must be an HTTP status (100-599)");
+        }
+        for (name, value) in &answer.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return fail("degrade.static.headers", "invalid header name or value");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_http_origin(uri: &http::Uri, at: &str) -> Result<(), Violation> {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(()),
+        _ => Err((
+            at.to_owned(),
+            format!("expected `http://host:port`, got `{uri}`"),
+        )),
+    }
+}
+
+fn check_egress_url(uri: &http::Uri, at: &str) -> Result<(), Violation> {
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(()),
+        _ => Err((
+            at.to_owned(),
+            format!("expected `http(s)://host[:port][/base-path]`, got `{uri}`"),
+        )),
+    }
+}
+
+/// Finds the 1-based line of a dotted field path in YAML text, best effort: each segment is
+/// searched as a key after the previous one. Returns 0 when not found.
+fn locate(text: &str, field: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = 0;
+    for segment in field.split('.') {
+        if segment.parse::<usize>().is_ok() {
+            continue;
+        }
+        let key = format!("{segment}:");
+        let hit = lines.iter().enumerate().skip(from).find(|(_, l)| {
+            let code = l.split(" #").next().unwrap_or("");
+            code.match_indices(&key).any(|(i, _)| {
+                i == 0 || matches!(code.as_bytes()[i - 1], b' ' | b'{' | b',' | b'-' | b'"')
+            })
+        });
+        match hit {
+            Some((i, _)) => {
+                found = i + 1;
+                from = i;
+            }
+            None => break,
+        }
+    }
+    found
+}
+
+fn fnv1a_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        LoadedConfig::from_text(text, "test.yaml")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn only_the_service_name_is_required() {
+        let c = LoadedConfig::from_text("service: {name: orders}", "t").unwrap();
+        assert_eq!(c.config.service.name.as_str(), "orders");
+        assert_eq!(c.config.listen.outbound.0.port(), 15001);
+        assert_eq!(c.config.policy_for("x").retry.attempts, 3);
+        assert!(err("listen: {}").contains("missing field `service`"));
+    }
+
+    #[test]
+    fn unknown_keys_name_line_path_and_valid_keys() {
+        let e = err("service:\n  name: orders\ndefaults:\n  retry:\n    atempts: 5\n");
+        assert!(e.starts_with("test.yaml:5:5: "), "{e}");
+        assert!(e.contains("defaults.retry"), "{e}");
+        assert!(e.contains("unknown field `atempts`"), "{e}");
+        assert!(e.contains("`attempts`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        let e = err("service:\n  name: orders\ndefaults:\n  timeout: soon\n");
+        assert!(e.starts_with("test.yaml:4:"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+        let e = err("service: {name: orders}\nregistry:\n  static:\n    inventory: [\"nope\"]\n");
+        assert!(e.starts_with("test.yaml:4:"), "{e}");
+        assert!(e.contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_field_and_line() {
+        let e =
+            err("service: {name: orders}\nroutes:\n  - {prefix: inventory, service: inventory}\n");
+        assert!(e.starts_with("test.yaml:3: routes.0.prefix"), "{e}");
+        let e = err("service: {name: orders}\nregistry:\n  ttl: 5s\n  heartbeat: 10s\n");
+        assert!(e.starts_with("test.yaml:4: registry.heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_variable_is_named() {
+        let e = err("service: {name: orders}\nservices:\n  weather:\n    url: https://w.example\n    auth: {header: Authorization, value: \"Bearer ${MESHLET_TEST_SURELY_UNSET}\"}\n");
+        assert!(e.contains("MESHLET_TEST_SURELY_UNSET"), "{e}");
+        assert!(e.starts_with("test.yaml:5:"), "{e}");
+    }
+}

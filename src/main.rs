@@ -1,0 +1,307 @@
+//! The `meshlet` command line: parses arguments and wires library calls. No logic here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use meshlet::config::{Dur, LoadedConfig, Protocol};
+use meshlet::registry::{connection, schema, Instance, Keys, Status};
+use meshlet::sidecar::Sidecar;
+use meshlet::telemetry::logging::{self, LogFormat};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// meshlet: a small sidecar proxy for service-to-service calls.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log line format (default: json for `run`, pretty otherwise).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run(ConfigArg),
+    /// Validate a config file; on error print file:line:column, the field and what was expected.
+    Check(ConfigArg),
+    /// Run the embedded demo: meshlet on the static registry plus a demo upstream.
+    /// Then: curl -x http://127.0.0.1:15001 http://demo/
+    Demo,
+    /// Inspect or edit the Redis registry.
+    Registry {
+        #[command(flatten)]
+        target: RegistryTarget,
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(long, short, env = "MESHLET_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct RegistryTarget {
+    /// Take registry.redis and registry.prefix from this config file.
+    #[arg(long, short, env = "MESHLET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides the config's).
+    #[arg(long)]
+    redis: Option<String>,
+    /// Key prefix (overrides the config's).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RegistryAction {
+    /// List services and their instances.
+    List {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Include expired members too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Register an instance once (it expires after --ttl unless refreshed).
+    Register {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// host:port others dial.
+        #[arg(long)]
+        address: String,
+        /// Instance id (default: service-host-port).
+        #[arg(long)]
+        id: Option<String>,
+        /// http1 or h2.
+        #[arg(long, default_value = "http1")]
+        protocol: String,
+        /// Version string.
+        #[arg(long, default_value = "")]
+        version: String,
+        /// Time to live.
+        #[arg(long, default_value = "30s")]
+        ttl: Dur,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// Instance id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_format = match cli.command {
+        Command::Run(_) => LogFormat::Json,
+        _ => LogFormat::Pretty,
+    };
+    logging::init(cli.log_format.unwrap_or(default_format));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshlet: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Check(arg) => check(&arg.config),
+        Command::Run(arg) => runtime.block_on(run(&arg.config)),
+        Command::Demo => runtime.block_on(demo()),
+        Command::Registry { target, action } => runtime.block_on(registry(target, action)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("meshlet: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> Result<(), String> {
+    let loaded = LoadedConfig::from_file(path).map_err(|e| e.to_string())?;
+    println!(
+        "{}: ok (service {}, {} configured services, {} routes, hash {})",
+        path.display(),
+        loaded.config.service.name,
+        loaded.config.services.len(),
+        loaded.config.routes.len(),
+        loaded.hash
+    );
+    Ok(())
+}
+
+async fn run(path: &PathBuf) -> Result<(), String> {
+    let loaded = LoadedConfig::from_file(path).map_err(|e| e.to_string())?;
+    let sidecar = Sidecar::start(loaded).await.map_err(|e| e.to_string())?;
+    wait_for_signal().await;
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+async fn demo() -> Result<(), String> {
+    let upstream_addr = meshlet::demo::DEMO_UPSTREAM
+        .parse()
+        .map_err(|e| format!("demo upstream address: {e}"))?;
+    let upstream = tokio::spawn(meshlet::demo::serve_upstream(upstream_addr));
+    let loaded = LoadedConfig::from_text(meshlet::demo::DEMO_CONFIG, "<embedded config/demo.yaml>")
+        .map_err(|e| e.to_string())?;
+    let sidecar = Sidecar::start(loaded).await.map_err(|e| e.to_string())?;
+    let a = sidecar.addresses;
+    println!(
+        "\nmeshlet demo is up. Try:\n  curl -x http://{0} http://demo/hello\n  curl http://{0}/demo/hello      # path-prefix route\n  curl http://{1}/metrics\n  curl http://{2}/v1/registry\nCtrl-C to stop.\n",
+        a.outbound, a.telemetry, a.api
+    );
+    tokio::select! {
+        () = wait_for_signal() => {}
+        r = upstream => {
+            let reason = match r {
+                Ok(Err(e)) => e.to_string(),
+                _ => "stopped".to_owned(),
+            };
+            sidecar.shutdown().await;
+            return Err(format!("demo upstream on {upstream_addr}: {reason}"));
+        }
+    }
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), String> {
+    let (url, prefix) = registry_target(&target)?;
+    let client = redis::Client::open(url.as_str()).map_err(|e| format!("--redis: {e}"))?;
+    let mut conn = connection::connect(&client)
+        .await
+        .map_err(|e| format!("cannot reach redis: {e}"))?;
+    let keys = Keys::new(&prefix);
+    let fail = |e: redis::RedisError| format!("redis: {e}");
+    match action {
+        RegistryAction::List { service, all } => {
+            let names = match service {
+                Some(s) => vec![s],
+                None => schema::service_names(&mut conn, &keys)
+                    .await
+                    .map_err(fail)?,
+            };
+            let mut names = names;
+            names.sort();
+            let found = schema::read_services(&mut conn, &keys, &names, all)
+                .await
+                .map_err(fail)?;
+            let now = schema::now_ms();
+            for (service, instances) in found {
+                println!("{service}");
+                for i in instances {
+                    let left = i.expires_at.map_or(0, |e| e.saturating_sub(now) / 1000);
+                    println!(
+                        "  {:<32} {:<22} {:<8} {:<5} expires in {left}s",
+                        i.id,
+                        i.authority(),
+                        i.status.as_str(),
+                        i.protocol.as_str()
+                    );
+                }
+            }
+        }
+        RegistryAction::Register {
+            service,
+            address,
+            id,
+            protocol,
+            version,
+            ttl,
+        } => {
+            let endpoint: meshlet::config::StaticEndpoint = address.parse()?;
+            let protocol = match protocol.as_str() {
+                "http1" => Protocol::Http1,
+                "h2" => Protocol::H2,
+                other => return Err(format!("--protocol: expected http1 or h2, got `{other}`")),
+            };
+            meshlet::config::ServiceName::parse(&service)?;
+            let now = schema::now_ms();
+            let id = id.unwrap_or_else(|| format!("{service}-{}-{}", endpoint.host, endpoint.port));
+            let instance = Instance {
+                id: id.clone(),
+                host: endpoint.host,
+                port: endpoint.port,
+                version,
+                status: Status::Up,
+                protocol,
+                metadata: serde_json::json!({}),
+                registered_at: now,
+                last_heartbeat: now,
+                expires_at: None,
+            };
+            schema::register(&mut conn, &keys, &service, &instance, ttl.get(), true)
+                .await
+                .map_err(fail)?;
+            println!(
+                "registered {service}/{id} at {} for {:?}",
+                instance.authority(),
+                ttl.get()
+            );
+        }
+        RegistryAction::Deregister { service, id } => {
+            schema::deregister(&mut conn, &keys, &service, &id)
+                .await
+                .map_err(fail)?;
+            println!("deregistered {service}/{id}");
+        }
+    }
+    Ok(())
+}
+
+fn registry_target(target: &RegistryTarget) -> Result<(String, String), String> {
+    let loaded = match &target.config {
+        Some(path) if target.redis.is_none() || target.prefix.is_none() => {
+            Some(LoadedConfig::from_file(path).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let from_config = loaded.as_ref().map(|l| &l.config.registry);
+    let url = target
+        .redis
+        .clone()
+        .or_else(|| {
+            from_config
+                .and_then(|r| r.redis.as_ref())
+                .map(|u| u.expose().to_owned())
+        })
+        .ok_or("no Redis: pass --redis URL or a --config with registry.redis")?;
+    let prefix = target
+        .prefix
+        .clone()
+        .or_else(|| from_config.map(|r| r.prefix.to_string()))
+        .unwrap_or_else(|| "mesh".to_owned());
+    Ok((url, prefix))
+}

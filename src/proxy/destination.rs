@@ -1,0 +1,192 @@
+//! Destinations and the routing table: what the request path reads to turn a request into
+//! a service, its policy, its endpoints and its metric handles. The table is immutable and
+//! rebuilt by the control plane on every registry or config change, then swapped in whole;
+//! a request reads it without a lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::uri::Authority;
+
+use crate::config::{Config, Policy, Protocol};
+use crate::policy::balance::Endpoint;
+use crate::registry::{Snapshot, Status};
+use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
+
+/// One service as the request path sees it.
+pub struct Destination {
+    /// Service name (also the `Host` the app used).
+    pub name: Arc<str>,
+    /// Resolved policy.
+    pub policy: Policy,
+    /// Live endpoints; empty = `no_endpoints`.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Metric handles, resolved once.
+    pub metrics: Arc<DestinationMetrics>,
+    /// For `url:` destinations: TLS and the base path prepended to every request.
+    pub egress: Option<Egress>,
+}
+
+/// An egress destination's fixed URL parts.
+#[derive(Clone, Debug)]
+pub struct Egress {
+    /// `https` URL.
+    pub tls: bool,
+    /// Base path without a trailing slash (may be empty).
+    pub base_path: String,
+}
+
+/// A path-prefix route, longest prefix first.
+struct Route {
+    prefix: String,
+    strip: bool,
+    destination: Arc<Destination>,
+}
+
+/// Service name → destination, and the prefix routes. Immutable once built.
+#[derive(Default)]
+pub struct RoutingTable {
+    services: HashMap<Arc<str>, Arc<Destination>>,
+    routes: Vec<Route>,
+}
+
+impl RoutingTable {
+    /// The destination named by a request's host, if it is a known service.
+    pub fn by_host(&self, host: &str) -> Option<&Arc<Destination>> {
+        self.services.get(host).or_else(|| {
+            if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.services.get(host.to_ascii_lowercase().as_str())
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The longest route whose prefix starts `path`, and how many bytes to strip.
+    pub fn by_path(&self, path: &str) -> Option<(&Arc<Destination>, usize)> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.prefix.as_str()))
+            .map(|r| (&r.destination, if r.strip { r.prefix.len() } else { 0 }))
+    }
+
+    /// Every destination, for views and gauges.
+    pub fn destinations(&self) -> impl Iterator<Item = &Arc<Destination>> {
+        self.services.values()
+    }
+
+    /// Builds the table for `config` and `snapshot`, reusing the endpoints and metric
+    /// handles of `previous` where they are unchanged (their counters and pools survive).
+    pub fn build(
+        config: &Config,
+        snapshot: &Snapshot,
+        previous: &RoutingTable,
+        metrics: &Metrics,
+    ) -> RoutingTable {
+        let mut names: Vec<&str> = snapshot.services.keys().map(String::as_str).collect();
+        names.extend(config.services.keys().map(String::as_str));
+        names.extend(config.routes.iter().map(|r| r.service.as_str()));
+        names.sort_unstable();
+        names.dedup();
+
+        let mut services = HashMap::with_capacity(names.len());
+        for name in names {
+            let old = previous.services.get(name);
+            let destination = build_destination(name, config, snapshot, old, metrics);
+            metrics
+                .endpoints
+                .with_label_values(&[name])
+                .set(destination.endpoints.len() as i64);
+            services.insert(destination.name.clone(), Arc::new(destination));
+        }
+        let mut routes: Vec<Route> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                services.get(r.service.as_str()).map(|d| Route {
+                    prefix: r.prefix.clone(),
+                    strip: r.strip_prefix,
+                    destination: Arc::clone(d),
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        metrics.registry_metrics.services.set(services.len() as i64);
+        RoutingTable { services, routes }
+    }
+}
+
+fn build_destination(
+    name: &str,
+    config: &Config,
+    snapshot: &Snapshot,
+    old: Option<&Arc<Destination>>,
+    metrics: &Metrics,
+) -> Destination {
+    let policy = config.policy_for(name);
+    let url = config.services.get(name).and_then(|s| s.url.as_ref());
+    let metrics_handle = old.map_or_else(
+        || metrics.destination(Direction::Outbound, name),
+        |d| d.metrics.clone(),
+    );
+    let reuse = |id: &str, authority: &Authority, protocol: Protocol| {
+        old.and_then(|d| {
+            d.endpoints
+                .iter()
+                .find(|e| e.id == id && e.authority == *authority && e.protocol == protocol)
+                .cloned()
+        })
+    };
+    let (endpoints, egress) = match url {
+        Some(url) => {
+            let uri = &url.0;
+            let tls = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let host = uri.host().unwrap_or_default();
+            let authority = format!("{host}:{port}").parse::<Authority>().ok();
+            let endpoints = authority
+                .map(|a| {
+                    let id = format!("url:{a}");
+                    reuse(&id, &a, policy.protocol)
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(id, a, policy.protocol, false)))
+                })
+                .into_iter()
+                .collect();
+            let base_path = uri.path().trim_end_matches('/').to_owned();
+            (endpoints, Some(Egress { tls, base_path }))
+        }
+        None => {
+            let instances = snapshot.services.get(name).map_or(&[][..], Vec::as_slice);
+            let endpoints = instances
+                .iter()
+                .filter_map(|inst| {
+                    let authority: Authority = inst.authority().parse().ok()?;
+                    let protocol = match inst.protocol {
+                        Protocol::H2 => Protocol::H2,
+                        Protocol::Http1 => policy.protocol,
+                    };
+                    let draining = inst.status == Status::Draining;
+                    let ep = reuse(&inst.id, &authority, protocol).unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(
+                            inst.id.clone(),
+                            authority,
+                            protocol,
+                            draining,
+                        ))
+                    });
+                    ep.draining
+                        .store(draining, std::sync::atomic::Ordering::Relaxed);
+                    Some(ep)
+                })
+                .collect();
+            (endpoints, None)
+        }
+    };
+    Destination {
+        name: Arc::from(name),
+        policy,
+        endpoints,
+        metrics: metrics_handle,
+        egress,
+    }
+}

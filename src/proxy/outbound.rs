@@ -1,0 +1,139 @@
+//! The outbound journey (DESIGN §2): app → meshlet → remote service. One function reads
+//! top to bottom: request id, route, forward within the time budget, record, log.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::HOST;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::ResponseBody;
+use super::destination::{Destination, RoutingTable};
+use super::error::ProxyError;
+use super::forward::forward;
+use super::headers::ensure_request_id;
+use super::server::Handler;
+use crate::config::Limits;
+use crate::telemetry::metrics::DestinationMetrics;
+
+/// The outbound listener's handler; one per worker, sharing the routing table.
+pub struct Outbound {
+    /// The live routing table, swapped whole by the control plane.
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Metric handles for requests that match no destination.
+    pub unrouted: Arc<DestinationMetrics>,
+}
+
+impl Handler for Outbound {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = ensure_request_id(req.headers_mut());
+        let method = req.method().clone();
+        let (dest, strip) = match self.route(&req) {
+            Ok(found) => found,
+            Err(e) => {
+                let resp = e.to_response("", request_id.to_str().unwrap_or(""));
+                self.unrouted.count_error(e.code());
+                return record(&self.unrouted, resp, &method, &request_id, started);
+            }
+        };
+        let budget = Some(dest.policy.timeout.get());
+        let resp = match forward(&dest, req, strip, budget).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                dest.metrics.count_error(e.code());
+                e.to_response(&dest.name, request_id.to_str().unwrap_or(""))
+            }
+        };
+        record(&dest.metrics, resp, &method, &request_id, started)
+    }
+}
+
+impl Outbound {
+    /// The destination: absolute-form URI host, else `Host` (port ignored), when either
+    /// names a known service; else the longest route prefix; else `no_route`. An unknown
+    /// name or IP literal is never dialled: meshlet is not an open proxy.
+    fn route(&self, req: &Request<Incoming>) -> Result<(Arc<Destination>, usize), ProxyError> {
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        let max_uri = self.limits.max_uri_bytes.as_usize();
+        if uri_len > max_uri {
+            return Err(ProxyError::UriTooLong(max_uri));
+        }
+        let table = self.table.load();
+        let host = request_host(req);
+        if let Some(dest) = host.and_then(|h| table.by_host(h)) {
+            return Ok((dest.clone(), 0));
+        }
+        if let Some((dest, strip)) = table.by_path(req.uri().path()) {
+            return Ok((dest.clone(), strip));
+        }
+        Err(ProxyError::NoRoute {
+            host: host.unwrap_or("").to_owned(),
+            path: req.uri().path().to_owned(),
+        })
+    }
+}
+
+/// The host a request names, without port: the URI's (absolute form, h2 `:authority`),
+/// else the `Host` header's.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(host) = req.uri().host() {
+        return Some(host.trim_start_matches('[').trim_end_matches(']'));
+    }
+    let raw = req.headers().get(HOST)?.to_str().ok()?;
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    };
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+/// Counts and logs one answered request.
+pub(crate) fn record(
+    metrics: &DestinationMetrics,
+    resp: Response<ResponseBody>,
+    method: &http::Method,
+    request_id: &http::HeaderValue,
+    started: Instant,
+) -> Response<ResponseBody> {
+    let elapsed = started.elapsed();
+    metrics.count_request(method, resp.status());
+    metrics.duration.observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "meshlet::access",
+        destination = metrics.name(),
+        %method,
+        status = resp.status().as_u16(),
+        duration_us = elapsed.as_micros() as u64,
+        request_id = request_id.to_str().unwrap_or(""),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_host;
+    use http::Request;
+
+    #[test]
+    fn host_comes_from_the_uri_then_the_header_without_port() {
+        let r = Request::get("http://inventory:8080/x").body(()).unwrap();
+        assert_eq!(request_host(&r), Some("inventory"));
+        let r = Request::get("/x")
+            .header("host", "inventory:15001")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Some("inventory"));
+        let r = Request::get("/x")
+            .header("host", "[::1]:15001")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Some("::1"));
+        let r = Request::get("/x").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

@@ -1,0 +1,306 @@
+//! Upstream connections: a connection pool per worker thread, on hyper's low-level client
+//! API. Each worker owns its pool (no lock, no cross-thread wakeups); connections are keyed
+//! by the endpoint's process-unique `key`, so a checkout is one integer hash, not a hash of
+//! the authority string. HTTP/1.1 connections are reused one request at a time; an h2
+//! connection is shared by every request to its endpoint.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::RequestBody;
+use crate::config::Protocol;
+use crate::policy::balance::Endpoint;
+
+/// Idle HTTP/1.1 connections kept per endpoint and worker.
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// An idle connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why a request did not get a response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed: the request was never sent (safe to retry for any method).
+    #[error("connect to {authority} failed: {source}")]
+    Connect {
+        /// Endpoint.
+        authority: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TCP connect did not finish in time: the request was never sent.
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    /// The HTTP handshake (h2 preface) failed.
+    #[error("handshake with {authority} failed: {source}")]
+    Handshake {
+        /// Endpoint.
+        authority: String,
+        /// Cause.
+        source: hyper::Error,
+    },
+    /// The connection broke after the request was (possibly) sent.
+    #[error("request to {authority} failed: {source}")]
+    Reset {
+        /// Endpoint.
+        authority: String,
+        /// Cause.
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// The request never left meshlet.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)
+        )
+    }
+}
+
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing spreads sequential keys over the table's high bits.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    http1: KeyMap<Vec<Idle>>,
+    h2: KeyMap<http2::SendRequest<RequestBody>>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// A checked-out HTTP/1.1 connection; put back with [`release`] once its response ended.
+pub struct Http1Lease {
+    key: u64,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl std::fmt::Debug for Http1Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Lease")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Returns a connection whose response has been read to the end.
+pub fn release(lease: Http1Lease) {
+    if lease.sender.is_closed() {
+        return;
+    }
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.http1.entry(lease.key).or_default();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(Idle {
+                sender: lease.sender,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+fn checkout_http1(key: u64) -> Option<http1::SendRequest<RequestBody>> {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.http1.get_mut(&key)?;
+        let now = Instant::now();
+        // Most recently used first: its peer is least likely to have closed it.
+        while let Some(entry) = idle.pop() {
+            if entry.sender.is_closed() || now - entry.since > IDLE_TIMEOUT {
+                continue;
+            }
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+            // Still finishing its last exchange: a new request should not wait for it.
+            idle.insert(0, entry);
+            break;
+        }
+        None
+    })
+}
+
+/// Drops closed and expired idle connections of this worker (run periodically).
+pub fn sweep() {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let now = Instant::now();
+        pool.http1.retain(|_, idle| {
+            idle.retain(|e| !e.sender.is_closed() && now - e.since <= IDLE_TIMEOUT);
+            !idle.is_empty()
+        });
+        pool.h2.retain(|_, s| !s.is_closed());
+    });
+}
+
+/// Sends `req` to `endpoint`. For HTTP/1.1 the lease comes back with the response and
+/// must be released after the body is read, so the connection can be reused.
+pub async fn send(
+    endpoint: &Arc<Endpoint>,
+    req: Request<RequestBody>,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Option<Http1Lease>), UpstreamError> {
+    match endpoint.protocol {
+        Protocol::Http1 => send_http1(endpoint, req, connect_timeout).await,
+        Protocol::H2 => send_h2(endpoint, req, connect_timeout)
+            .await
+            .map(|r| (r, None)),
+    }
+}
+
+async fn send_http1(
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<RequestBody>,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Option<Http1Lease>), UpstreamError> {
+    let reset = |source| UpstreamError::Reset {
+        authority: endpoint.authority.to_string(),
+        source,
+    };
+    // A pooled connection may have been closed by the peer a moment ago; hyper hands the
+    // request back untouched when it could not be written, and a fresh connection takes it.
+    if let Some(mut sender) = checkout_http1(endpoint.key) {
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                return Ok((
+                    resp,
+                    Some(Http1Lease {
+                        key: endpoint.key,
+                        sender,
+                    }),
+                ));
+            }
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(reset(e.into_error())),
+            },
+        }
+    }
+    let mut sender = connect_http1(endpoint, connect_timeout).await?;
+    let resp = sender.send_request(req).await.map_err(reset)?;
+    Ok((
+        resp,
+        Some(Http1Lease {
+            key: endpoint.key,
+            sender,
+        }),
+    ))
+}
+
+async fn connect_tcp(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    let authority = endpoint.authority.as_str();
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(authority.to_owned()))?
+        .map_err(|source| UpstreamError::Connect {
+            authority: authority.to_owned(),
+            source,
+        })?;
+    // Small requests and responses must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+async fn connect_http1(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    let io = connect_tcp(endpoint, connect_timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| UpstreamError::Handshake {
+            authority: endpoint.authority.to_string(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn send_h2(
+    endpoint: &Arc<Endpoint>,
+    req: Request<RequestBody>,
+    connect_timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let reset = |source| UpstreamError::Reset {
+        authority: endpoint.authority.to_string(),
+        source,
+    };
+    let pooled = POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        match pool.h2.get(&endpoint.key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                pool.h2.remove(&endpoint.key);
+                None
+            }
+            None => None,
+        }
+    });
+    let mut sender = match pooled {
+        Some(s) => s,
+        None => {
+            let io = connect_tcp(endpoint, connect_timeout).await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(io)
+                .await
+                .map_err(|source| UpstreamError::Handshake {
+                    authority: endpoint.authority.to_string(),
+                    source,
+                })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection closed with an error");
+                }
+            });
+            POOL.with(|p| p.borrow_mut().h2.insert(endpoint.key, sender.clone()));
+            sender
+        }
+    };
+    sender.ready().await.map_err(reset)?;
+    sender.send_request(req).await.map_err(reset)
+}

@@ -1,0 +1,53 @@
+//! Service discovery and self-registration.
+//!
+//! Discovery keeps a local [`Snapshot`] of every service's live instances, merged from the
+//! static entries of the config and, when `registry.redis` is set, from the Redis registry
+//! (fed by [`watch`]). The request path only ever reads the snapshot: it never waits on
+//! Redis. [`registration`] keeps this pod's own entry alive with heartbeats.
+
+pub mod connection;
+pub mod registration;
+pub mod schema;
+mod static_entries;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use schema::{Instance, Keys, Status};
+pub use static_entries::static_instances;
+
+/// Every known service and its live instances, as one immutable value.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// Service → live instances (static entries first, then Redis ones by id).
+    pub services: BTreeMap<String, Vec<Instance>>,
+    /// Unix ms of the last successful read of Redis; 0 = never (or static only).
+    pub redis_read_at: u64,
+}
+
+impl Snapshot {
+    /// Static entries merged with Redis instances.
+    pub fn merge(
+        statics: &BTreeMap<String, Vec<Instance>>,
+        redis: &BTreeMap<String, BTreeMap<String, Instance>>,
+        redis_read_at: u64,
+    ) -> Self {
+        let mut services = statics.clone();
+        for (service, instances) in redis {
+            services
+                .entry(service.clone())
+                .or_default()
+                .extend(instances.values().cloned());
+        }
+        Snapshot {
+            services,
+            redis_read_at,
+        }
+    }
+}
+
+/// The discovery side's output: the latest snapshot, and whether the first one is in.
+pub type SnapshotRx = tokio::sync::watch::Receiver<Arc<Snapshot>>;

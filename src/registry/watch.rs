@@ -1,0 +1,267 @@
+//! The discovery watcher: follows `{prefix}:changes`, re-reads everything every
+//! `registry.resync`, drops instances the moment their expiry passes, and publishes each
+//! new [`Snapshot`]. Redis down: the last snapshot is kept whole (expiry suspended) and the
+//! watcher reconnects with backoff, logging once per outage.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep, timeout, Instant};
+
+use super::connection::{self, Backoff, Outage, REDIS_IO_TIMEOUT};
+use super::schema::{self, now_ms, Instance, Keys};
+use super::Snapshot;
+use crate::telemetry::metrics::RegistryMetrics;
+
+/// Everything the watcher needs; built by the sidecar.
+pub struct Watcher {
+    /// Redis client for the registry.
+    pub client: redis::Client,
+    /// Key names.
+    pub keys: Keys,
+    /// Static entries merged into every snapshot.
+    pub statics: BTreeMap<String, Vec<Instance>>,
+    /// Full re-read interval.
+    pub resync: Duration,
+    /// Registry TTL: how long instances missing after a Redis restart are kept.
+    pub ttl: Duration,
+    /// Where snapshots go.
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    /// Woken after every reconnect, so self-registration re-registers at once.
+    pub reconnected: Arc<Notify>,
+    /// Set once the first Redis snapshot is in.
+    pub first_read: Arc<AtomicBool>,
+    /// Watch error counter.
+    pub metrics: RegistryMetrics,
+}
+
+type RedisInstances = BTreeMap<String, BTreeMap<String, Instance>>;
+
+struct State {
+    redis: RedisInstances,
+    read_at: u64,
+    run_id: Option<String>,
+    /// After Redis restarted empty, instances missing from it are kept until their own
+    /// expiry, so that registrants get one heartbeat to re-register before traffic fails.
+    keep_missing_until: Option<Instant>,
+}
+
+impl Watcher {
+    /// Runs until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut state = State {
+            redis: BTreeMap::new(),
+            read_at: 0,
+            run_id: None,
+            keep_missing_until: None,
+        };
+        let mut outage = Outage::new("registry watch");
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let result = tokio::select! {
+                r = self.session(&mut state, &mut outage, &mut backoff) => r,
+                () = &mut shutdown => return,
+            };
+            if let Err(e) = result {
+                self.metrics.watch_errors.inc();
+                outage.failed(&e);
+            }
+            tokio::select! {
+                () = sleep(backoff.next_delay()) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// One connected session: subscribe, resync, then follow changes until an error.
+    async fn session(
+        &self,
+        state: &mut State,
+        outage: &mut Outage,
+        backoff: &mut Backoff,
+    ) -> redis::RedisResult<()> {
+        let mut pubsub = timeout(REDIS_IO_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(timed_out)??;
+        timeout(REDIS_IO_TIMEOUT, pubsub.subscribe(self.keys.changes()))
+            .await
+            .map_err(timed_out)??;
+        let mut changes = pubsub.into_on_message();
+        let mut conn = connection::connect(&self.client).await?;
+
+        let run_id = schema::run_id(&mut conn).await?;
+        if state.run_id.as_ref().is_some_and(|old| *old != run_id) {
+            tracing::warn!("redis restarted; keeping known instances until their expiry while registrants re-register");
+            state.keep_missing_until = Some(Instant::now() + self.ttl);
+        }
+        state.run_id = Some(run_id);
+        self.resync_all(&mut conn, state).await?;
+        outage.recovered();
+        backoff.reset();
+        self.reconnected.notify_waiters();
+
+        let mut resync = tokio::time::interval(self.resync);
+        resync.reset();
+        loop {
+            let next_expiry = next_expiry(&state.redis);
+            tokio::select! {
+                msg = changes.next() => {
+                    let Some(msg) = msg else {
+                        return Err(connection_lost());
+                    };
+                    let service: String = msg.get_payload().unwrap_or_default();
+                    if !service.is_empty() {
+                        self.refresh(&mut conn, state, &[service]).await?;
+                    }
+                }
+                _ = resync.tick() => self.resync_all(&mut conn, state).await?,
+                () = sleep_until_ms(next_expiry) => {
+                    prune_expired(&mut state.redis, now_ms());
+                    self.publish(state);
+                }
+            }
+        }
+    }
+
+    async fn resync_all(
+        &self,
+        conn: &mut MultiplexedConnection,
+        state: &mut State,
+    ) -> redis::RedisResult<()> {
+        let names = schema::service_names(conn, &self.keys).await?;
+        // Services that vanished from the set are re-read too, so they empty out.
+        let mut all: Vec<String> = names;
+        for known in state.redis.keys() {
+            if !all.contains(known) {
+                all.push(known.clone());
+            }
+        }
+        self.refresh(conn, state, &all).await
+    }
+
+    async fn refresh(
+        &self,
+        conn: &mut MultiplexedConnection,
+        state: &mut State,
+        services: &[String],
+    ) -> redis::RedisResult<()> {
+        let fresh = schema::read_services(conn, &self.keys, services, false).await?;
+        let now = now_ms();
+        let keep_missing = state
+            .keep_missing_until
+            .is_some_and(|until| Instant::now() < until);
+        if !keep_missing {
+            state.keep_missing_until = None;
+        }
+        for (service, instances) in fresh {
+            let mut next: BTreeMap<String, Instance> =
+                instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+            if keep_missing {
+                if let Some(old) = state.redis.get(&service) {
+                    for (id, inst) in old {
+                        if inst.expires_at.is_some_and(|e| e > now) {
+                            next.entry(id.clone()).or_insert_with(|| inst.clone());
+                        }
+                    }
+                }
+            }
+            if next.is_empty() {
+                state.redis.remove(&service);
+            } else {
+                state.redis.insert(service, next);
+            }
+        }
+        state.read_at = now;
+        self.publish(state);
+        self.first_read.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn publish(&self, state: &State) {
+        let snapshot = Snapshot::merge(&self.statics, &state.redis, state.read_at);
+        self.snapshots.send_if_modified(|current| {
+            if current.services == snapshot.services {
+                // Same endpoints: only the read time moved; no rebuild downstream.
+                return false;
+            }
+            *current = Arc::new(snapshot);
+            true
+        });
+    }
+}
+
+fn next_expiry(redis: &RedisInstances) -> Option<u64> {
+    redis
+        .values()
+        .flat_map(|m| m.values())
+        .filter_map(|i| i.expires_at)
+        .min()
+}
+
+fn prune_expired(redis: &mut RedisInstances, now: u64) {
+    for instances in redis.values_mut() {
+        instances.retain(|_, i| i.expires_at.is_none_or(|e| e > now));
+    }
+    redis.retain(|_, m| !m.is_empty());
+}
+
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => sleep(Duration::from_millis(at.saturating_sub(now_ms()) + 1)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn timed_out(_: tokio::time::error::Elapsed) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis did not answer in time",
+    ))
+}
+
+fn connection_lost() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "changes subscription closed",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, expires_at: u64) -> Instance {
+        let mut h = std::collections::HashMap::new();
+        h.insert("host".to_owned(), "127.0.0.1".to_owned());
+        h.insert("port".to_owned(), "9000".to_owned());
+        Instance::from_hash(id, &h, expires_at).unwrap()
+    }
+
+    #[test]
+    fn expired_instances_are_pruned_and_empty_services_removed() {
+        let mut redis: RedisInstances = BTreeMap::new();
+        redis
+            .entry("a".into())
+            .or_default()
+            .insert("1".into(), inst("1", 100));
+        redis
+            .entry("a".into())
+            .or_default()
+            .insert("2".into(), inst("2", 300));
+        redis
+            .entry("b".into())
+            .or_default()
+            .insert("3".into(), inst("3", 100));
+        assert_eq!(next_expiry(&redis), Some(100));
+        prune_expired(&mut redis, 200);
+        assert_eq!(redis.len(), 1);
+        assert!(redis["a"].contains_key("2"));
+        assert_eq!(next_expiry(&redis), Some(300));
+    }
+}

@@ -1,0 +1,592 @@
+//! The running sidecar: turns a [`LoadedConfig`] into live handles (metrics, registry
+//! snapshot, routing table, listeners), starts the data-plane workers and the control-plane
+//! tasks, and shuts everything down in order.
+//!
+//! Threads: each data-plane worker is an OS thread with its own single-threaded tokio
+//! runtime, its own `SO_REUSEPORT` listeners and its own upstream pool (thread-per-core: no
+//! work stealing, no shared pool). The control plane (registry watcher, self-registration,
+//! table rebuilds, telemetry and API servers) runs on the runtime that called
+//! [`Sidecar::start`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, LoadedConfig, Policy};
+use crate::policy::balance::Endpoint;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::destination::{Destination, RoutingTable};
+use crate::proxy::inbound::Inbound;
+use crate::proxy::outbound::Outbound;
+use crate::proxy::{server, upstream};
+use crate::registry::registration::Registration;
+use crate::registry::watch::Watcher;
+use crate::registry::{connection, schema, static_instances, Instance, Keys, Snapshot, Status};
+use crate::telemetry::admin::{self, Router};
+use crate::telemetry::metrics::{Direction, Metrics};
+
+/// How long readiness waits for a first Redis snapshot before serving static and
+/// last-known entries anyway (DESIGN §5).
+const REGISTRY_READY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The Redis URL is invalid.
+    #[error("registry.redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A worker thread could not be started.
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+    /// `service.app` or `service.advertise` cannot be used.
+    #[error("{0}")]
+    Address(String),
+}
+
+/// State shared by the control-plane tasks and the admin views.
+pub struct Shared {
+    /// The active config.
+    pub config: ArcSwap<LoadedConfig>,
+    /// The live routing table read by every request.
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// Latest registry snapshot.
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// Listeners bound.
+    pub listening: AtomicBool,
+    /// First registry snapshot in (or Redis still unreachable after 10 s).
+    pub registry_ready: Arc<AtomicBool>,
+    /// This pod's instance id in the registry.
+    pub instance_id: String,
+    rebuild_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// Ready for traffic: listeners bound and the registry loaded.
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::Acquire) && self.registry_ready.load(Ordering::Acquire)
+    }
+
+    /// Rebuilds the routing table from the active config and the latest snapshot.
+    pub fn rebuild(&self) {
+        // Serializes rebuilds (watcher and reloads) so neither overwrites a newer table.
+        let _guard = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = self.snapshot.borrow().clone();
+        let config = self.config.load();
+        let table =
+            RoutingTable::build(&config.config, &snapshot, &self.table.load(), &self.metrics);
+        self.table.store(Arc::new(table));
+    }
+}
+
+/// Where the listeners ended up (port 0 resolved).
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    /// Outbound listener.
+    pub outbound: SocketAddr,
+    /// Inbound listener; `None` without `service.app`.
+    pub inbound: Option<SocketAddr>,
+    /// Local API.
+    pub api: SocketAddr,
+    /// Telemetry.
+    pub telemetry: SocketAddr,
+}
+
+/// A started sidecar.
+pub struct Sidecar {
+    /// Listener addresses.
+    pub addresses: Addresses,
+    /// Shared state (for views and tests).
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<oneshot::Receiver<()>>,
+    registration: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    control: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Sidecar {
+    /// Starts everything; returns once every listener is bound. Must be called inside a
+    /// tokio runtime, which then carries the control plane.
+    pub async fn start(loaded: LoadedConfig) -> Result<Sidecar, StartError> {
+        let config = loaded.config.clone();
+        let metrics = Metrics::new();
+        let statics = static_instances(&config.registry);
+        let initial = Arc::new(Snapshot::merge(&statics, &Default::default(), 0));
+        let (snapshot_tx, snapshot_rx) = watch::channel(initial.clone());
+        let table = RoutingTable::build(&config, &initial, &RoutingTable::default(), &metrics);
+        let redis_client = config
+            .registry
+            .redis
+            .as_ref()
+            .map(connection::client)
+            .transpose()?;
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(loaded),
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            snapshot: snapshot_rx,
+            metrics,
+            listening: AtomicBool::new(false),
+            registry_ready: Arc::new(AtomicBool::new(redis_client.is_none())),
+            instance_id: instance_id(config.service.name.as_str()),
+            rebuild_lock: Mutex::new(()),
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let workers = config.worker_count();
+
+        let outbound = bind("outbound", config.listen.outbound.0, workers)?;
+        let outbound_addr = local_addr(&outbound[0]);
+        let app = config
+            .service
+            .app
+            .as_ref()
+            .map(|a| app_destination(&config, &a.0, &shared.metrics))
+            .transpose()?;
+        let inbound = match &app {
+            Some(_) => Some(bind("inbound", config.listen.inbound.0, workers)?),
+            None => None,
+        };
+        let inbound_addr = inbound.as_ref().map(|l| local_addr(&l[0]));
+        let api = bind_one("api", config.listen.api.0).await?;
+        let telemetry = bind_one("telemetry", config.listen.telemetry.0).await?;
+        let addresses = Addresses {
+            outbound: outbound_addr,
+            inbound: inbound_addr,
+            api: local_addr_tokio(&api),
+            telemetry: local_addr_tokio(&telemetry),
+        };
+
+        let worker_done = spawn_workers(
+            &config,
+            &shared,
+            app.clone(),
+            outbound,
+            inbound,
+            &shutdown_rx,
+        )?;
+
+        let mut control = Vec::new();
+        control.push(tokio::spawn(admin::serve(
+            api,
+            api_router(&shared),
+            shutdown_rx.clone(),
+        )));
+        control.push(tokio::spawn(admin::serve(
+            telemetry,
+            telemetry_router(&shared),
+            shutdown_rx.clone(),
+        )));
+        control.push(tokio::spawn(rebuild_on_change(
+            shared.clone(),
+            shutdown_rx.clone(),
+        )));
+
+        let mut registration = None;
+        if let Some(client) = redis_client {
+            let keys = Keys::new(config.registry.prefix.as_str());
+            let reconnected = Arc::new(Notify::new());
+            let watcher = Watcher {
+                client: client.clone(),
+                keys: keys.clone(),
+                statics,
+                resync: config.registry.resync.get(),
+                ttl: config.registry.ttl.get(),
+                snapshots: snapshot_tx,
+                reconnected: reconnected.clone(),
+                first_read: shared.registry_ready.clone(),
+                metrics: shared.metrics.registry_metrics.clone(),
+            };
+            control.push(tokio::spawn(watcher.run(stopped(shutdown_rx.clone()))));
+            let ready = shared.registry_ready.clone();
+            control.push(tokio::spawn(async move {
+                tokio::time::sleep(REGISTRY_READY_DEADLINE).await;
+                if !ready.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "no registry snapshot after 10s; ready with static and last-known entries"
+                    );
+                }
+            }));
+            if let Some(inbound_addr) = inbound_addr {
+                let instance = own_instance(&config, &shared.instance_id, inbound_addr)?;
+                let (_status_tx, status_rx) = watch::channel(Status::Up);
+                let reg = Registration {
+                    client,
+                    keys,
+                    service: config.service.name.to_string(),
+                    instance,
+                    ttl: config.registry.ttl.get(),
+                    heartbeat: config.registry.heartbeat.get(),
+                    reconnected,
+                    status: status_rx,
+                };
+                let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                let handle = tokio::spawn(async move {
+                    // Keeps the status channel open for the registration's lifetime.
+                    let _status_tx = _status_tx;
+                    reg.run(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                });
+                registration = Some((stop_tx, handle));
+            }
+        } else {
+            drop(snapshot_tx);
+        }
+
+        shared.listening.store(true, Ordering::Release);
+        tracing::info!(
+            service = %config.service.name,
+            instance = %shared.instance_id,
+            outbound = %addresses.outbound,
+            inbound = ?addresses.inbound,
+            api = %addresses.api,
+            telemetry = %addresses.telemetry,
+            workers,
+            registry = if config.registry.redis.is_some() { "redis" } else { "static" },
+            "meshlet started"
+        );
+        Ok(Sidecar {
+            addresses,
+            shared,
+            shutdown: shutdown_tx,
+            workers: worker_done,
+            registration,
+            control,
+            grace: config.shutdown_grace.get(),
+        })
+    }
+
+    /// Graceful shutdown: deregister at once, stop accepting, let in-flight requests
+    /// finish within `shutdown_grace`, then stop the control plane.
+    pub async fn shutdown(mut self) {
+        tracing::info!(grace = ?self.grace, "shutting down");
+        self.shared.listening.store(false, Ordering::Release);
+        if let Some((stop, handle)) = self.registration.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
+        }
+        let _ = self.shutdown.send(true);
+        let deadline = self.grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(deadline, async {
+            for done in self.workers.drain(..) {
+                let _ = done.await;
+            }
+        })
+        .await;
+        for task in self.control.drain(..) {
+            task.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+    copies: usize,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    server::bind(addr, copies).map_err(|source| StartError::Bind { what, addr, source })
+}
+
+async fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(l: &std::net::TcpListener) -> SocketAddr {
+    // A bound listener always has a local address.
+    l.local_addr().expect("bound listener has an address")
+}
+
+fn local_addr_tokio(l: &TcpListener) -> SocketAddr {
+    l.local_addr().expect("bound listener has an address")
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn instance_id(service: &str) -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| service.to_owned());
+    format!("{host}-{:06x}", fastrand::u32(..0x00ff_ffff))
+}
+
+/// The local app as a one-endpoint destination for the inbound side.
+fn app_destination(
+    config: &Config,
+    app: &http::Uri,
+    metrics: &Metrics,
+) -> Result<Arc<Destination>, StartError> {
+    let authority: Authority = app
+        .authority()
+        .cloned()
+        .ok_or_else(|| StartError::Address(format!("service.app `{app}` has no host:port")))?;
+    let authority = if authority.port().is_some() {
+        authority
+    } else {
+        format!("{}:80", authority.host())
+            .parse()
+            .map_err(|_| StartError::Address(format!("service.app `{app}` is not host:port")))?
+    };
+    let name = config.service.name.as_str();
+    let policy = Policy {
+        protocol: config.service.protocol,
+        ..config.policy_for(name)
+    };
+    let endpoint = Endpoint::new("app".to_owned(), authority, config.service.protocol, false);
+    Ok(Arc::new(Destination {
+        name: Arc::from(name),
+        policy,
+        endpoints: vec![Arc::new(endpoint)],
+        metrics: metrics.destination(Direction::Inbound, name),
+        egress: None,
+    }))
+}
+
+/// This pod's registry entry: advertised address, version, metadata.
+fn own_instance(config: &Config, id: &str, inbound: SocketAddr) -> Result<Instance, StartError> {
+    let advertise = match &config.service.advertise {
+        Some(a) => a.as_str().to_owned(),
+        None => match std::env::var("POD_IP") {
+            Ok(ip) if !ip.is_empty() => format!("{ip}:{}", inbound.port()),
+            _ => format!("127.0.0.1:{}", inbound.port()),
+        },
+    };
+    let (host, port) = advertise
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(['[', ']']).to_owned(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .ok_or_else(|| {
+            StartError::Address(format!("service.advertise `{advertise}` is not host:port"))
+        })?;
+    let now = schema::now_ms();
+    Ok(Instance {
+        id: id.to_owned(),
+        host,
+        port,
+        version: config
+            .service
+            .version
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        status: Status::Up,
+        protocol: crate::config::Protocol::Http1,
+        metadata: serde_json::to_value(&config.service.metadata).unwrap_or_default(),
+        registered_at: now,
+        last_heartbeat: now,
+        expires_at: None,
+    })
+}
+
+fn spawn_workers(
+    config: &Config,
+    shared: &Arc<Shared>,
+    app: Option<Arc<Destination>>,
+    outbound: Vec<std::net::TcpListener>,
+    inbound: Option<Vec<std::net::TcpListener>>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<oneshot::Receiver<()>>, StartError> {
+    let mut inbound = inbound.map(Vec::into_iter);
+    let unrouted = shared.metrics.destination(Direction::Outbound, "-");
+    let grace = config.shutdown_grace.get();
+    let mut done = Vec::new();
+    for (i, out_listener) in outbound.into_iter().enumerate() {
+        let in_listener = inbound.as_mut().and_then(Iterator::next);
+        let outbound_handler = Arc::new(Outbound {
+            table: shared.table.clone(),
+            limits: config.limits.clone(),
+            unrouted: unrouted.clone(),
+        });
+        let inbound_handler = app.clone().map(|app| Arc::new(Inbound { app }));
+        let builder = server::http_builder(&config.limits);
+        let shutdown = shutdown.clone();
+        let gauges = (
+            shared
+                .metrics
+                .open_connections
+                .with_label_values(&["outbound"]),
+            shared
+                .metrics
+                .open_connections
+                .with_label_values(&["inbound"]),
+        );
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("meshlet-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker runtime failed to start");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let sweeper = tokio::spawn(async {
+                        let mut tick = tokio::time::interval(Duration::from_secs(30));
+                        loop {
+                            tick.tick().await;
+                            upstream::sweep();
+                        }
+                    });
+                    let out = async {
+                        match TcpListener::from_std(out_listener) {
+                            Ok(l) => {
+                                server::serve(
+                                    l,
+                                    outbound_handler,
+                                    builder.clone(),
+                                    shutdown.clone(),
+                                    grace,
+                                    gauges.0,
+                                )
+                                .await
+                            }
+                            Err(e) => tracing::error!(error = %e, "outbound listener unusable"),
+                        }
+                    };
+                    let inb = async {
+                        if let (Some(l), Some(h)) = (in_listener, inbound_handler) {
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    server::serve(
+                                        l,
+                                        h,
+                                        builder.clone(),
+                                        shutdown.clone(),
+                                        grace,
+                                        gauges.1,
+                                    )
+                                    .await
+                                }
+                                Err(e) => tracing::error!(error = %e, "inbound listener unusable"),
+                            }
+                        }
+                    };
+                    tokio::join!(out, inb);
+                    sweeper.abort();
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(StartError::Thread)?;
+        done.push(done_rx);
+    }
+    Ok(done)
+}
+
+async fn rebuild_on_change(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let mut snapshots = shared.snapshot.clone();
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() { return; }
+                shared.rebuild();
+            }
+            () = &mut stop => return,
+        }
+    }
+}
+
+fn telemetry_router(shared: &Arc<Shared>) -> Router {
+    let shared = shared.clone();
+    Arc::new(move |req: &Request<Incoming>| {
+        if admin::is_get(req, "/metrics") {
+            admin::respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                shared.metrics.encode().into(),
+            )
+        } else if admin::is_get(req, "/healthz/live") {
+            admin::json(StatusCode::OK, &serde_json::json!({"status": "live"}))
+        } else if admin::is_get(req, "/healthz/ready") {
+            let ready = shared.is_ready();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            admin::json(
+                status,
+                &serde_json::json!({
+                    "ready": ready,
+                    "listening": shared.listening.load(Ordering::Acquire),
+                    "registry_loaded": shared.registry_ready.load(Ordering::Acquire),
+                }),
+            )
+        } else {
+            admin::not_found(req)
+        }
+    })
+}
+
+fn api_router(shared: &Arc<Shared>) -> Router {
+    let shared = shared.clone();
+    Arc::new(move |req: &Request<Incoming>| -> Response<ResponseBody> {
+        if admin::is_get(req, "/v1/config") {
+            let loaded = shared.config.load();
+            let loaded_at = loaded
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            admin::json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "source": loaded.source,
+                    "hash": loaded.hash,
+                    "loaded_at_ms": loaded_at,
+                    "config": loaded.config,
+                }),
+            )
+        } else if admin::is_get(req, "/v1/registry") {
+            let snapshot = shared.snapshot.borrow().clone();
+            admin::json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "instance_id": shared.instance_id,
+                    "redis_read_at_ms": snapshot.redis_read_at,
+                    "services": snapshot.services,
+                }),
+            )
+        } else {
+            admin::not_found(req)
+        }
+    })
+}

@@ -1,0 +1,272 @@
+//! Prometheus metrics: the families, and per-destination handles resolved once when a
+//! destination is built, so the request path only increments (no label hashing, no
+//! `format!`, no lock). docs/metrics.md lists every family.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Which listener a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// App → remote service.
+    Outbound,
+    /// Remote meshlet → local app.
+    Inbound,
+}
+
+impl Direction {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Latency buckets in seconds: 0.5 ms to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric family of one sidecar.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    errors: IntCounterVec,
+    connect_errors: IntCounterVec,
+    /// Live endpoints per service.
+    pub endpoints: IntGaugeVec,
+    /// Registry metrics.
+    pub registry_metrics: RegistryMetrics,
+    /// Open client connections per listener.
+    pub open_connections: IntGaugeVec,
+}
+
+/// Registry health counters.
+#[derive(Clone)]
+pub struct RegistryMetrics {
+    /// Failed watch sessions (connect, subscribe or read errors).
+    pub watch_errors: IntCounter,
+    /// Known services.
+    pub services: IntGauge,
+}
+
+fn build<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    // Only fails on an invalid metric name or a duplicate registration: both are
+    // programming errors caught by the first test that builds a sidecar.
+    r.expect("metric definition is valid and registered once")
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| build(registry.register(c));
+        let requests = build(IntCounterVec::new(
+            Opts::new(
+                "meshlet_requests_total",
+                "Requests answered, by direction, destination, method and status code.",
+            ),
+            &["direction", "destination", "method", "status"],
+        ));
+        let durations = build(HistogramVec::new(
+            HistogramOpts::new(
+                "meshlet_request_duration_seconds",
+                "Time from request received to response headers sent.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["direction", "destination"],
+        ));
+        let errors = build(IntCounterVec::new(
+            Opts::new(
+                "meshlet_errors_total",
+                "Errors meshlet answered itself, by DESIGN §7 code.",
+            ),
+            &["direction", "destination", "code"],
+        ));
+        let connect_errors = build(IntCounterVec::new(
+            Opts::new(
+                "meshlet_upstream_connect_errors_total",
+                "Failed connection attempts to upstream endpoints.",
+            ),
+            &["destination"],
+        ));
+        let endpoints = build(IntGaugeVec::new(
+            Opts::new(
+                "meshlet_endpoints",
+                "Live endpoints per service in the local snapshot.",
+            ),
+            &["service"],
+        ));
+        let open_connections = build(IntGaugeVec::new(
+            Opts::new(
+                "meshlet_open_connections",
+                "Client connections open on each listener.",
+            ),
+            &["listener"],
+        ));
+        let watch_errors = build(IntCounter::new(
+            "meshlet_registry_watch_errors_total",
+            "Registry watch failures (connect, subscribe or read); each is retried with backoff.",
+        ));
+        let services = build(IntGauge::new(
+            "meshlet_registry_services",
+            "Services in the local registry snapshot.",
+        ));
+        let info = build(IntGaugeVec::new(
+            Opts::new("meshlet_build_info", "Always 1; labels carry the version."),
+            &["version"],
+        ));
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(durations.clone()),
+            Box::new(errors.clone()),
+            Box::new(connect_errors.clone()),
+            Box::new(endpoints.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(watch_errors.clone()),
+            Box::new(services.clone()),
+            Box::new(info),
+        ] {
+            reg(c);
+        }
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        Metrics {
+            registry,
+            requests,
+            durations,
+            errors,
+            connect_errors,
+            endpoints,
+            registry_metrics: RegistryMetrics {
+                watch_errors,
+                services,
+            },
+            open_connections,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Handles for one destination, resolved once.
+    pub fn destination(&self, direction: Direction, name: &str) -> Arc<DestinationMetrics> {
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+        let labels = [direction.as_str(), name];
+        Arc::new(DestinationMetrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            direction,
+            name: name.to_owned(),
+            duration: self.durations.with_label_values(&labels),
+            connect_errors: self.connect_errors.with_label_values(&[name]),
+            requests: self.requests.clone(),
+            errors: self.errors.clone(),
+        })
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Metric handles of one destination.
+pub struct DestinationMetrics {
+    id: u32,
+    direction: Direction,
+    name: String,
+    /// Request duration histogram.
+    pub duration: Histogram,
+    /// Failed connects.
+    pub connect_errors: IntCounter,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+}
+
+thread_local! {
+    // Per worker thread: (destination id, method index, status) → counter. Each worker
+    // resolves a label set once; after that a request is a hash-map hit with no lock and
+    // no allocation.
+    static REQUEST_COUNTERS: RefCell<HashMap<(u32, u8, u16), IntCounter>> = RefCell::new(HashMap::new());
+    static ERROR_COUNTERS: RefCell<HashMap<(u32, &'static str), IntCounter>> = RefCell::new(HashMap::new());
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "other",
+];
+
+fn method_index(m: &http::Method) -> u8 {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::HEAD => 4,
+        http::Method::OPTIONS => 5,
+        http::Method::PATCH => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+impl DestinationMetrics {
+    /// The destination's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, method: &http::Method, status: http::StatusCode) {
+        let key = (self.id, method_index(method), status.as_u16());
+        REQUEST_COUNTERS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            cache
+                .entry(key)
+                .or_insert_with(|| {
+                    let mut code = itoa::Buffer::new();
+                    self.requests.with_label_values(&[
+                        self.direction.as_str(),
+                        &self.name,
+                        METHODS[usize::from(key.1)],
+                        code.format(key.2),
+                    ])
+                })
+                .inc();
+        });
+    }
+
+    /// Counts one error meshlet answered itself.
+    pub fn count_error(&self, code: &'static str) {
+        ERROR_COUNTERS.with(|cache| {
+            cache
+                .borrow_mut()
+                .entry((self.id, code))
+                .or_insert_with(|| {
+                    self.errors
+                        .with_label_values(&[self.direction.as_str(), &self.name, code])
+                })
+                .inc();
+        });
+    }
+}

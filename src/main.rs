@@ -1,6 +1,6 @@
 //! The `meshlet` command line: parses arguments and wires library calls. No logic here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> Result<(), String> {
+fn check(path: &Path) -> Result<(), String> {
     let loaded = LoadedConfig::from_file(path).map_err(|e| e.to_string())?;
     println!(
         "{}: ok (service {}, {} configured services, {} routes, hash {})",
@@ -149,7 +149,7 @@ fn check(path: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(path: &PathBuf) -> Result<(), String> {
+async fn run(path: &Path) -> Result<(), String> {
     let loaded = LoadedConfig::from_file(path).map_err(|e| e.to_string())?;
     let sidecar = Sidecar::start(loaded).await.map_err(|e| e.to_string())?;
     wait_for_signal().await;

@@ -97,6 +97,8 @@ struct Idle {
 struct Pool {
     http1: KeyMap<Vec<Idle>>,
     h2: KeyMap<http2::SendRequest<RequestBody>>,
+    /// One connect at a time per h2 endpoint: concurrent first requests share it.
+    h2_connecting: KeyMap<Arc<tokio::sync::Mutex<()>>>,
 }
 
 thread_local! {
@@ -165,7 +167,54 @@ pub fn sweep() {
             !idle.is_empty()
         });
         pool.h2.retain(|_, s| !s.is_closed());
+        let live = &pool.h2;
+        let http1 = &pool.http1;
+        // Drop connect gates of endpoints this worker no longer talks to.
+        let keep: Vec<u64> = pool
+            .h2_connecting
+            .keys()
+            .copied()
+            .filter(|k| live.contains_key(k) || http1.contains_key(k))
+            .collect();
+        pool.h2_connecting.retain(|k, _| keep.contains(k));
     });
+}
+
+fn pooled_h2(key: u64) -> Option<http2::SendRequest<RequestBody>> {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        match pool.h2.get(&key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                pool.h2.remove(&key);
+                None
+            }
+            None => None,
+        }
+    })
+}
+
+async fn connect_h2(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+    let io = connect_tcp(endpoint, connect_timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(io)
+        .await
+        .map_err(|source| UpstreamError::Handshake {
+            authority: endpoint.authority.to_string(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection closed with an error");
+        }
+    });
+    POOL.with(|p| p.borrow_mut().h2.insert(endpoint.key, sender.clone()));
+    Ok(sender)
 }
 
 /// Sends `req` to `endpoint`. For HTTP/1.1 the lease comes back with the response and
@@ -268,37 +317,21 @@ async fn send_h2(
         authority: endpoint.authority.to_string(),
         source,
     };
-    let pooled = POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        match pool.h2.get(&endpoint.key) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                pool.h2.remove(&endpoint.key);
-                None
-            }
-            None => None,
-        }
-    });
-    let mut sender = match pooled {
+    let mut sender = match pooled_h2(endpoint.key) {
         Some(s) => s,
         None => {
-            let io = connect_tcp(endpoint, connect_timeout).await?;
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .handshake(io)
-                .await
-                .map_err(|source| UpstreamError::Handshake {
-                    authority: endpoint.authority.to_string(),
-                    source,
-                })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection closed with an error");
-                }
+            let gate = POOL.with(|p| {
+                p.borrow_mut()
+                    .h2_connecting
+                    .entry(endpoint.key)
+                    .or_default()
+                    .clone()
             });
-            POOL.with(|p| p.borrow_mut().h2.insert(endpoint.key, sender.clone()));
-            sender
+            let _connecting = gate.lock().await;
+            match pooled_h2(endpoint.key) {
+                Some(s) => s,
+                None => connect_h2(endpoint, connect_timeout).await?,
+            }
         }
     };
     sender.ready().await.map_err(reset)?;

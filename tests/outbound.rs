@@ -1,0 +1,217 @@
+//! The outbound sidecar end to end: routing modes, errors, streaming, pooling, headers.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+#[tokio::test]
+async fn routes_by_absolute_uri_host_header_and_path_prefix() {
+    let inventory = Upstream::start("inventory").await;
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"{}\"]\nroutes:\n  - {{prefix: /inventory/, service: inventory, strip_prefix: true}}\n  - {{prefix: /inv-full/, service: inventory}}\n",
+        inventory.addr
+    );
+    let s = sidecar(&yaml).await;
+    let out = s.addresses.outbound;
+
+    let a = get_via(out, "http://inventory/items?sku=1").await;
+    assert_eq!(a.status, 200);
+    let j = a.json();
+    assert_eq!(j["upstream"], "inventory");
+    assert_eq!(j["uri"], "/items?sku=1", "absolute form becomes origin form upstream");
+    assert_eq!(j["headers"]["host"], "inventory");
+    assert_eq!(j["headers"]["x-request-id"].as_str().unwrap().len(), 32);
+
+    let a = get_host(out, "inventory:15001", "/items").await;
+    assert_eq!(a.json()["uri"], "/items", "Host header routes, port ignored");
+
+    let a = get_host(out, "127.0.0.1:15001", "/inventory/items?x=1").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["uri"], "/items?x=1", "prefix stripped");
+
+    let a = get_host(out, "127.0.0.1:15001", "/inv-full/items").await;
+    assert_eq!(a.json()["uri"], "/inv-full/items", "prefix kept without strip_prefix");
+    assert_eq!(inventory.hits(), 4);
+}
+
+#[tokio::test]
+async fn unknown_names_and_ip_literals_are_never_dialled() {
+    let upstream = Upstream::start("victim").await;
+    let yaml = "service: {name: orders}\nworkers: 1\n";
+    let s = sidecar(yaml).await;
+    let a = get_via(s.addresses.outbound, &format!("http://{}/x", upstream.addr)).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.header("x-mesh-error"), "no_route");
+    let j = a.json();
+    assert_eq!(j["error"], "no_route");
+    assert_eq!(j["request_id"].as_str().unwrap().len(), 32);
+    let a = get_host(s.addresses.outbound, "evil.example.com", "/").await;
+    assert_eq!(a.status, 404);
+    assert_eq!(upstream.hits(), 0, "meshlet is not an open proxy");
+}
+
+#[tokio::test]
+async fn each_error_code_has_its_status_json_and_header() {
+    let slow = Upstream::start("slow").await;
+    let dead_port = free_port();
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    dead: [\"127.0.0.1:{dead_port}\"]\n    slow: [\"{}\"]\nservices:\n  empty: {{}}\n  slow: {{timeout: 200ms}}\n",
+        slow.addr
+    );
+    let s = sidecar(&yaml).await;
+    let out = s.addresses.outbound;
+    let cases = [
+        ("http://nowhere/", 404, "no_route", ""),
+        ("http://empty/", 503, "no_endpoints", "empty"),
+        ("http://dead/", 502, "upstream_unavailable", "dead"),
+        ("http://slow/slow/3000", 504, "timeout", "slow"),
+    ];
+    for (url, status, code, service) in cases {
+        let started = std::time::Instant::now();
+        let a = get_via(out, url).await;
+        assert_eq!(a.status.as_u16(), status, "{url}");
+        assert_eq!(a.header("x-mesh-error"), code, "{url}");
+        assert_eq!(a.header("content-type"), "application/json");
+        let j = a.json();
+        assert_eq!(j["error"], code);
+        assert_eq!(j["service"], service);
+        assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if code == "timeout" {
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(2000), "{took:?}");
+        }
+    }
+    let long = format!("http://slow/{}", "a".repeat(9000));
+    let a = get_via(out, &long).await;
+    assert_eq!(a.status, 414);
+    assert_eq!(a.header("x-mesh-error"), "uri_too_long");
+
+    let metrics = get_host(s.addresses.telemetry, "x", "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains(r#"meshlet_errors_total{code="timeout",destination="slow",direction="outbound"} 1"#), "{text}");
+    assert!(text.contains(r#"meshlet_upstream_connect_errors_total{destination="dead"} 1"#), "{text}");
+    assert!(text.contains(r#"meshlet_requests_total{destination="slow",direction="outbound",method="GET",status="504"} 1"#), "{text}");
+}
+
+#[tokio::test]
+async fn multi_mib_bodies_stream_intact_both_ways() {
+    let up = Upstream::start("echo").await;
+    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    echo: [\"{}\"]\n", up.addr);
+    let s = sidecar(&yaml).await;
+    let payload: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let req = Request::post("http://echo/echo")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let a = send(s.addresses.outbound, req).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), payload.len());
+    assert!(a.body == payload, "upload echoed back byte for byte");
+
+    let n = 6 * 1024 * 1024 + 123;
+    let a = get_via(s.addresses.outbound, &format!("http://echo/bytes/{n}")).await;
+    assert_eq!(a.body.len(), n);
+    assert!(a.body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_hop_by_hop_headers_dropped() {
+    let up = Upstream::start("pooled").await;
+    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    pooled: [\"{}\"]\n", up.addr);
+    let s = sidecar(&yaml).await;
+    for _ in 0..20 {
+        let req = Request::get("http://pooled/")
+            .header("connection", "x-hop")
+            .header("x-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-end-to-end", "yes")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let a = send(s.addresses.outbound, req).await.unwrap();
+        let h = &a.json()["headers"];
+        assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none(), "{h}");
+        assert_eq!(h["x-end-to-end"], "yes");
+    }
+    assert_eq!(up.hits(), 20);
+    assert!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        "20 sequential requests reuse pooled connections"
+    );
+}
+
+#[tokio::test]
+async fn h2c_from_the_app_is_accepted() {
+    let up = Upstream::start("h1-upstream").await;
+    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"{}\"]\n", up.addr);
+    let s = sidecar(&yaml).await;
+    let stream = tokio::net::TcpStream::connect(s.addresses.outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get("http://inventory/h2")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(j["uri"], "/h2");
+        assert_eq!(j["headers"]["host"], "inventory", "h2 :authority becomes Host for HTTP/1.1");
+    }
+}
+
+#[tokio::test]
+async fn h2c_endpoints_get_multiplexed_h2() {
+    let up = Upstream::start("h2-upstream").await;
+    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    greeter: [\"h2://{}\"]\n", up.addr);
+    let s = sidecar(&yaml).await;
+    let calls = (0..10).map(|_| get_via(s.addresses.outbound, "http://greeter/hi"));
+    for a in futures_util::future::join_all(calls).await {
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["uri"], "http://greeter/hi");
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one shared h2 connection");
+}
+
+#[tokio::test]
+async fn telemetry_and_api_views_answer_and_redact_secrets() {
+    let yaml = "service: {name: orders}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"127.0.0.1:9\"]\nservices:\n  weather:\n    url: http://127.0.0.1:9\n    auth: {header: Authorization, value: \"Bearer top-secret-value\"}\nauth:\n  token: {secret: [\"another-secret\"]}\n";
+    let s = sidecar(yaml).await;
+    assert_eq!(get_host(s.addresses.telemetry, "x", "/healthz/live").await.status, 200);
+    let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
+    assert_eq!(ready.status, 200, "static registry is ready at once");
+    let cfg = get_host(s.addresses.api, "x", "/v1/config").await;
+    let text = String::from_utf8_lossy(&cfg.body);
+    assert!(!text.contains("top-secret-value") && !text.contains("another-secret"), "{text}");
+    assert!(text.contains("<redacted>"));
+    assert_eq!(cfg.json()["hash"].as_str().unwrap().len(), 16);
+    let reg = get_host(s.addresses.api, "x", "/v1/registry").await.json();
+    assert_eq!(reg["services"]["inventory"][0]["port"], 9);
+    let metrics = get_host(s.addresses.telemetry, "x", "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("meshlet_endpoints{service=\"inventory\"} 1"), "{text}");
+    assert_eq!(get_host(s.addresses.api, "x", "/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let up = Upstream::start("slow").await;
+    let yaml = format!("service: {{name: orders}}\nworkers: 1\nshutdown_grace: 5s\nregistry:\n  static:\n    slow: [\"{}\"]\n", up.addr);
+    let s = sidecar(&yaml).await;
+    let out = s.addresses.outbound;
+    let in_flight = tokio::spawn(async move { get_via(out, "http://slow/slow/500").await });
+    assert!(eventually(Duration::from_secs(2), || async { up.hits() == 1 }).await);
+    s.shutdown().await;
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, 200, "in-flight request finished during the drain");
+    assert!(tokio::net::TcpStream::connect(out).await.is_err(), "listener closed");
+}

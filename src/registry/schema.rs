@@ -177,6 +177,13 @@ pub async fn register<C: ConnectionLike>(
         .ignore()
         .zadd(keys.instances_of(service), &instance.id, expires)
         .ignore()
+        // Housekeeping: members that expired more than a ttl ago are crashed instances.
+        .zrembyscore(
+            keys.instances_of(service),
+            "-inf",
+            format!("({}", now_ms().saturating_sub(ttl_ms)),
+        )
+        .ignore()
         .sadd(keys.services(), service)
         .ignore();
     if announce {

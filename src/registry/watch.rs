@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{watch, Notify};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 
 use super::connection::{self, Backoff, Outage, REDIS_IO_TIMEOUT};
 use super::schema::{self, now_ms, Instance, Keys};
@@ -28,7 +28,7 @@ pub struct Watcher {
     pub statics: BTreeMap<String, Vec<Instance>>,
     /// Full re-read interval.
     pub resync: Duration,
-    /// Registry TTL: how long instances missing after a Redis restart are kept.
+    /// Registry TTL: how long instances missing after a reconnect are kept.
     pub ttl: Duration,
     /// Where snapshots go.
     pub snapshots: watch::Sender<Arc<Snapshot>>,
@@ -46,9 +46,12 @@ struct State {
     redis: RedisInstances,
     read_at: u64,
     run_id: Option<String>,
-    /// After Redis restarted empty, instances missing from it are kept until their own
-    /// expiry, so that registrants get one heartbeat to re-register before traffic fails.
-    keep_missing_until: Option<Instant>,
+    /// Unix ms until which instances missing from Redis are kept. Set for one `ttl` after
+    /// every reconnect that follows an outage: Redis may have restarted empty, or scores
+    /// may have lapsed while registrants could not reach it either; each registrant gets a
+    /// whole heartbeat cycle to refresh before its traffic is cut.
+    keep_missing_until: Option<u64>,
+    connected_before: bool,
 }
 
 impl Watcher {
@@ -60,6 +63,7 @@ impl Watcher {
             read_at: 0,
             run_id: None,
             keep_missing_until: None,
+            connected_before: false,
         };
         let mut outage = Outage::new("registry watch");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -97,9 +101,13 @@ impl Watcher {
 
         let run_id = schema::run_id(&mut conn).await?;
         if state.run_id.as_ref().is_some_and(|old| *old != run_id) {
-            tracing::warn!("redis restarted; keeping known instances until their expiry while registrants re-register");
-            state.keep_missing_until = Some(Instant::now() + self.ttl);
+            tracing::warn!("redis restarted (new run_id); known instances are kept for one ttl while registrants re-register");
         }
+        if state.connected_before {
+            let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+            state.keep_missing_until = Some(now_ms().saturating_add(ttl_ms));
+        }
+        state.connected_before = true;
         state.run_id = Some(run_id);
         self.resync_all(&mut conn, state).await?;
         outage.recovered();
@@ -136,13 +144,21 @@ impl Watcher {
     ) -> redis::RedisResult<()> {
         let names = schema::service_names(conn, &self.keys).await?;
         // Services that vanished from the set are re-read too, so they empty out.
-        let mut all: Vec<String> = names;
+        let mut all: Vec<String> = names.clone();
         for known in state.redis.keys() {
             if !all.contains(known) {
                 all.push(known.clone());
             }
         }
-        self.refresh(conn, state, &all).await
+        self.refresh(conn, state, &all).await?;
+        let before = state.redis.len();
+        state
+            .redis
+            .retain(|service, instances| !instances.is_empty() || names.contains(service));
+        if state.redis.len() != before {
+            self.publish(state);
+        }
+        Ok(())
     }
 
     async fn refresh(
@@ -153,29 +169,22 @@ impl Watcher {
     ) -> redis::RedisResult<()> {
         let fresh = schema::read_services(conn, &self.keys, services, false).await?;
         let now = now_ms();
-        let keep_missing = state
-            .keep_missing_until
-            .is_some_and(|until| Instant::now() < until);
-        if !keep_missing {
-            state.keep_missing_until = None;
-        }
+        let keep_until = state.keep_missing_until.filter(|until| *until > now);
+        state.keep_missing_until = keep_until;
         for (service, instances) in fresh {
             let mut next: BTreeMap<String, Instance> =
                 instances.into_iter().map(|i| (i.id.clone(), i)).collect();
-            if keep_missing {
-                if let Some(old) = state.redis.get(&service) {
-                    for (id, inst) in old {
-                        if inst.expires_at.is_some_and(|e| e > now) {
-                            next.entry(id.clone()).or_insert_with(|| inst.clone());
-                        }
-                    }
+            if let (Some(until), Some(old)) = (keep_until, state.redis.get(&service)) {
+                for (id, inst) in old {
+                    next.entry(id.clone()).or_insert_with(|| {
+                        let mut kept = inst.clone();
+                        kept.expires_at = kept.expires_at.map(|e| e.max(until));
+                        kept
+                    });
                 }
             }
-            if next.is_empty() {
-                state.redis.remove(&service);
-            } else {
-                state.redis.insert(service, next);
-            }
+            // A known service without live instances stays: it answers `no_endpoints`.
+            state.redis.insert(service, next);
         }
         state.read_at = now;
         self.publish(state);
@@ -208,7 +217,6 @@ fn prune_expired(redis: &mut RedisInstances, now: u64) {
     for instances in redis.values_mut() {
         instances.retain(|_, i| i.expires_at.is_none_or(|e| e > now));
     }
-    redis.retain(|_, m| !m.is_empty());
 }
 
 async fn sleep_until_ms(at: Option<u64>) {
@@ -244,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_instances_are_pruned_and_empty_services_removed() {
+    fn expired_instances_are_pruned_and_their_service_stays_known() {
         let mut redis: RedisInstances = BTreeMap::new();
         redis
             .entry("a".into())
@@ -260,7 +268,8 @@ mod tests {
             .insert("3".into(), inst("3", 100));
         assert_eq!(next_expiry(&redis), Some(100));
         prune_expired(&mut redis, 200);
-        assert_eq!(redis.len(), 1);
+        assert_eq!(redis.len(), 2);
+        assert!(redis["b"].is_empty());
         assert!(redis["a"].contains_key("2"));
         assert_eq!(next_expiry(&redis), Some(300));
     }

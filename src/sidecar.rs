@@ -368,6 +368,7 @@ fn app_destination(
         endpoints: vec![Arc::new(endpoint)],
         metrics: metrics.destination(Direction::Inbound, name),
         egress: None,
+        state: Default::default(),
     }))
 }
 

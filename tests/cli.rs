@@ -19,7 +19,10 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn check_accepts_the_example_and_demo_configs() {
     for file in ["config/meshlet.yaml", "config/demo.yaml"] {
-        let out = Command::new(BIN).args(["check", "--config", file]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config", file])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{file}: {}",
@@ -31,7 +34,9 @@ fn check_accepts_the_example_and_demo_configs() {
 
 #[test]
 fn check_names_file_line_column_field_and_expectation() {
-    let f = write_config("service:\n  name: orders\ndefaults:\n  retry:\n    attempts: 3\n    backof: 100ms\n");
+    let f = write_config(
+        "service:\n  name: orders\ndefaults:\n  retry:\n    attempts: 3\n    backof: 100ms\n",
+    );
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(f.path())
@@ -39,15 +44,30 @@ fn check_names_file_line_column_field_and_expectation() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    let expected_prefix = format!("meshlet: {}:6:5: defaults.retry: unknown field `backof`", f.path().display());
+    let expected_prefix = format!(
+        "meshlet: {}:6:5: defaults.retry: unknown field `backof`",
+        f.path().display()
+    );
     assert!(err.starts_with(&expected_prefix), "{err}");
-    assert!(err.contains("expected one of") && err.contains("`backoff`"), "{err}");
+    assert!(
+        err.contains("expected one of") && err.contains("`backoff`"),
+        "{err}"
+    );
 
-    let f = write_config("service:\n  name: orders\nregistry:\n  redis: \"${MESHLET_CLI_TEST_UNSET}\"\n");
-    let out = Command::new(BIN).args(["check", "-c"]).arg(f.path()).output().unwrap();
+    let f = write_config(
+        "service:\n  name: orders\nregistry:\n  redis: \"${MESHLET_CLI_TEST_UNSET}\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(f.path())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(":4:") && err.contains("MESHLET_CLI_TEST_UNSET"), "{err}");
+    assert!(
+        err.contains(":4:") && err.contains("MESHLET_CLI_TEST_UNSET"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -58,7 +78,11 @@ fn the_config_path_comes_from_meshlet_config_when_not_given() {
         .env("MESHLET_CONFIG", f.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -81,7 +105,10 @@ async fn sigterm_deregisters_drains_and_exits_zero() {
     let mut conn = redis.conn();
     assert!(
         eventually(Duration::from_secs(10), || {
-            let n: u64 = redis::cmd("ZCARD").arg("mesh:svc:billing").query(&mut conn).unwrap_or(0);
+            let n: u64 = redis::cmd("ZCARD")
+                .arg("mesh:svc:billing")
+                .query(&mut conn)
+                .unwrap_or(0);
             async move { n == 1 }
         })
         .await,
@@ -103,19 +130,31 @@ async fn sigterm_deregisters_drains_and_exits_zero() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(8), "meshlet did not exit");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "meshlet did not exit"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(0));
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, 200, "the in-flight request finished");
     let mut conn = redis.conn();
-    let n: u64 = redis::cmd("ZCARD").arg("mesh:svc:billing").query(&mut conn).unwrap();
+    let n: u64 = redis::cmd("ZCARD")
+        .arg("mesh:svc:billing")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(n, 0, "deregistered");
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains("\"deregistered\"") || stderr.contains("deregistered"), "{stderr}");
-    assert!(stderr.lines().all(|l| l.starts_with('{')), "json log lines: {stderr}");
+    assert!(
+        stderr.contains("\"deregistered\"") || stderr.contains("deregistered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().all(|l| l.starts_with('{')),
+        "json log lines: {stderr}"
+    );
 }
 
 #[tokio::test]
@@ -129,14 +168,38 @@ async fn registry_commands_register_list_and_deregister() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
-    run(&["register", "--service", "search", "--address", "127.0.0.1:7700", "--id", "s-1", "--protocol", "h2"]);
+    run(&[
+        "register",
+        "--service",
+        "search",
+        "--address",
+        "127.0.0.1:7700",
+        "--id",
+        "s-1",
+        "--protocol",
+        "h2",
+    ]);
     let listed = run(&["list"]);
-    assert!(listed.contains("search") && listed.contains("s-1") && listed.contains("127.0.0.1:7700") && listed.contains("h2"), "{listed}");
+    assert!(
+        listed.contains("search")
+            && listed.contains("s-1")
+            && listed.contains("127.0.0.1:7700")
+            && listed.contains("h2"),
+        "{listed}"
+    );
     let mut conn = redis.conn();
-    let protocol: String = redis::cmd("HGET").arg("mesh:inst:search:s-1").arg("protocol").query(&mut conn).unwrap();
+    let protocol: String = redis::cmd("HGET")
+        .arg("mesh:inst:search:s-1")
+        .arg("protocol")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(protocol, "h2");
     run(&["deregister", "--service", "search", "--id", "s-1"]);
     assert!(!run(&["list"]).contains("s-1"));

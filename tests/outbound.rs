@@ -23,19 +23,30 @@ async fn routes_by_absolute_uri_host_header_and_path_prefix() {
     assert_eq!(a.status, 200);
     let j = a.json();
     assert_eq!(j["upstream"], "inventory");
-    assert_eq!(j["uri"], "/items?sku=1", "absolute form becomes origin form upstream");
+    assert_eq!(
+        j["uri"], "/items?sku=1",
+        "absolute form becomes origin form upstream"
+    );
     assert_eq!(j["headers"]["host"], "inventory");
     assert_eq!(j["headers"]["x-request-id"].as_str().unwrap().len(), 32);
 
     let a = get_host(out, "inventory:15001", "/items").await;
-    assert_eq!(a.json()["uri"], "/items", "Host header routes, port ignored");
+    assert_eq!(
+        a.json()["uri"],
+        "/items",
+        "Host header routes, port ignored"
+    );
 
     let a = get_host(out, "127.0.0.1:15001", "/inventory/items?x=1").await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["uri"], "/items?x=1", "prefix stripped");
 
     let a = get_host(out, "127.0.0.1:15001", "/inv-full/items").await;
-    assert_eq!(a.json()["uri"], "/inv-full/items", "prefix kept without strip_prefix");
+    assert_eq!(
+        a.json()["uri"],
+        "/inv-full/items",
+        "prefix kept without strip_prefix"
+    );
     assert_eq!(inventory.hits(), 4);
 }
 
@@ -81,9 +92,21 @@ async fn each_error_code_has_its_status_json_and_header() {
         assert_eq!(j["error"], code);
         assert_eq!(j["service"], service);
         assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if code == "upstream_unavailable" {
+            assert_eq!(a.header("x-mesh-attempts"), "3");
+        }
+        if code == "no_route" || code == "no_endpoints" {
+            assert_eq!(
+                a.header("x-mesh-attempts"),
+                if code == "no_route" { "" } else { "0" }
+            );
+        }
         if code == "timeout" {
             let took = started.elapsed();
-            assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(2000), "{took:?}");
+            assert!(
+                took >= Duration::from_millis(200) && took < Duration::from_millis(2000),
+                "{took:?}"
+            );
         }
     }
     let long = format!("http://slow/{}", "a".repeat(9000));
@@ -93,15 +116,26 @@ async fn each_error_code_has_its_status_json_and_header() {
 
     let metrics = get_host(s.addresses.telemetry, "x", "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains(r#"meshlet_errors_total{code="timeout",destination="slow",direction="outbound"} 1"#), "{text}");
-    assert!(text.contains(r#"meshlet_upstream_connect_errors_total{destination="dead"} 1"#), "{text}");
+    assert!(
+        text.contains(
+            r#"meshlet_errors_total{code="timeout",destination="slow",direction="outbound"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"meshlet_upstream_connect_errors_total{destination="dead"} 3"#),
+        "a connect failure is retried (3 attempts by default): {text}"
+    );
     assert!(text.contains(r#"meshlet_requests_total{destination="slow",direction="outbound",method="GET",status="504"} 1"#), "{text}");
 }
 
 #[tokio::test]
 async fn multi_mib_bodies_stream_intact_both_ways() {
     let up = Upstream::start("echo").await;
-    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    echo: [\"{}\"]\n", up.addr);
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    echo: [\"{}\"]\n",
+        up.addr
+    );
     let s = sidecar(&yaml).await;
     let payload: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
     let req = Request::post("http://echo/echo")
@@ -115,13 +149,20 @@ async fn multi_mib_bodies_stream_intact_both_ways() {
     let n = 6 * 1024 * 1024 + 123;
     let a = get_via(s.addresses.outbound, &format!("http://echo/bytes/{n}")).await;
     assert_eq!(a.body.len(), n);
-    assert!(a.body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    assert!(a
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i % 251) as u8));
 }
 
 #[tokio::test]
 async fn upstream_connections_are_pooled_and_hop_by_hop_headers_dropped() {
     let up = Upstream::start("pooled").await;
-    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    pooled: [\"{}\"]\n", up.addr);
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    pooled: [\"{}\"]\n",
+        up.addr
+    );
     let s = sidecar(&yaml).await;
     for _ in 0..20 {
         let req = Request::get("http://pooled/")
@@ -133,7 +174,10 @@ async fn upstream_connections_are_pooled_and_hop_by_hop_headers_dropped() {
             .unwrap();
         let a = send(s.addresses.outbound, req).await.unwrap();
         let h = &a.json()["headers"];
-        assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none(), "{h}");
+        assert!(
+            h.get("x-hop").is_none() && h.get("keep-alive").is_none(),
+            "{h}"
+        );
         assert_eq!(h["x-end-to-end"], "yes");
     }
     assert_eq!(up.hits(), 20);
@@ -146,9 +190,14 @@ async fn upstream_connections_are_pooled_and_hop_by_hop_headers_dropped() {
 #[tokio::test]
 async fn h2c_from_the_app_is_accepted() {
     let up = Upstream::start("h1-upstream").await;
-    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"{}\"]\n", up.addr);
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"{}\"]\n",
+        up.addr
+    );
     let s = sidecar(&yaml).await;
-    let stream = tokio::net::TcpStream::connect(s.addresses.outbound).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -162,43 +211,67 @@ async fn h2c_from_the_app_is_accepted() {
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(j["uri"], "/h2");
-        assert_eq!(j["headers"]["host"], "inventory", "h2 :authority becomes Host for HTTP/1.1");
+        assert_eq!(
+            j["headers"]["host"], "inventory",
+            "h2 :authority becomes Host for HTTP/1.1"
+        );
     }
 }
 
 #[tokio::test]
 async fn h2c_endpoints_get_multiplexed_h2() {
     let up = Upstream::start("h2-upstream").await;
-    let yaml = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    greeter: [\"h2://{}\"]\n", up.addr);
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  static:\n    greeter: [\"h2://{}\"]\n",
+        up.addr
+    );
     let s = sidecar(&yaml).await;
     let calls = (0..10).map(|_| get_via(s.addresses.outbound, "http://greeter/hi"));
     for a in futures_util::future::join_all(calls).await {
         assert_eq!(a.status, 200);
         assert_eq!(a.json()["uri"], "http://greeter/hi");
     }
-    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one shared h2 connection");
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one shared h2 connection"
+    );
 }
 
 #[tokio::test]
 async fn telemetry_and_api_views_answer_and_redact_secrets() {
     let yaml = "service: {name: orders}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"127.0.0.1:9\"]\nservices:\n  weather:\n    url: http://127.0.0.1:9\n    auth: {header: Authorization, value: \"Bearer top-secret-value\"}\nauth:\n  token: {secret: [\"another-secret\"]}\n";
     let s = sidecar(yaml).await;
-    assert_eq!(get_host(s.addresses.telemetry, "x", "/healthz/live").await.status, 200);
+    assert_eq!(
+        get_host(s.addresses.telemetry, "x", "/healthz/live")
+            .await
+            .status,
+        200
+    );
     let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
     assert_eq!(ready.status, 200, "static registry is ready at once");
     let cfg = get_host(s.addresses.api, "x", "/v1/config").await;
     let text = String::from_utf8_lossy(&cfg.body);
-    assert!(!text.contains("top-secret-value") && !text.contains("another-secret"), "{text}");
+    assert!(
+        !text.contains("top-secret-value") && !text.contains("another-secret"),
+        "{text}"
+    );
     assert!(text.contains("<redacted>"));
     assert_eq!(cfg.json()["hash"].as_str().unwrap().len(), 16);
     let reg = get_host(s.addresses.api, "x", "/v1/registry").await.json();
     assert_eq!(reg["services"]["inventory"][0]["port"], 9);
     let metrics = get_host(s.addresses.telemetry, "x", "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("meshlet_endpoints{service=\"inventory\"} 1"), "{text}");
+    assert!(
+        text.contains("meshlet_endpoints{service=\"inventory\"} 1"),
+        "{text}"
+    );
     assert_eq!(get_host(s.addresses.api, "x", "/nope").await.status, 404);
 }
 
@@ -213,5 +286,8 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     s.shutdown().await;
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, 200, "in-flight request finished during the drain");
-    assert!(tokio::net::TcpStream::connect(out).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(out).await.is_err(),
+        "listener closed"
+    );
 }

@@ -28,19 +28,33 @@ async fn an_instance_registered_by_hand_gets_traffic_and_leaves_within_2s() {
     let s = sidecar(&caller_yaml(&redis)).await;
     until_ready(&s).await;
     let out = s.addresses.outbound;
-    assert_eq!(status_of(out, "http://inventory/").await, 404, "unknown before registration");
+    assert_eq!(
+        status_of(out, "http://inventory/").await,
+        404,
+        "unknown before registration"
+    );
 
     let mut conn = redis.conn();
     register_by_hand(&mut conn, "inventory", "inv-1", up.addr, 30_000);
     let started = Instant::now();
-    assert!(eventually(Duration::from_secs(2), || async { status_of(out, "http://inventory/").await == 200 }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status_of(out, "http://inventory/").await == 200
+        })
+        .await
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     let a = get_via(out, "http://inventory/x").await;
     assert_eq!(a.json()["upstream"], "inventory-1");
 
     deregister_by_hand(&mut conn, "inventory", "inv-1");
     let started = Instant::now();
-    assert!(eventually(Duration::from_secs(2), || async { status_of(out, "http://inventory/").await == 503 }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status_of(out, "http://inventory/").await == 503
+        })
+        .await
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     let a = get_via(out, "http://inventory/").await;
     assert_eq!(a.header("x-mesh-error"), "no_endpoints");
@@ -56,8 +70,18 @@ async fn an_instance_whose_ttl_passes_is_dropped_without_any_message() {
     let mut conn = redis.conn();
     register_by_hand(&mut conn, "ephemeral", "e-1", up.addr, 1_200);
     let registered = Instant::now();
-    assert!(eventually(Duration::from_secs(1), || async { status_of(out, "http://ephemeral/").await == 200 }).await);
-    assert!(eventually(Duration::from_secs(3), || async { status_of(out, "http://ephemeral/").await == 503 }).await);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            status_of(out, "http://ephemeral/").await == 200
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            status_of(out, "http://ephemeral/").await == 503
+        })
+        .await
+    );
     let gone_after = registered.elapsed();
     assert!(
         gone_after >= Duration::from_millis(1_150) && gone_after < Duration::from_millis(2_500),
@@ -75,19 +99,31 @@ async fn two_meshlets_talk_and_a_callee_registers_then_deregisters_itself() {
         redis.url()
     );
     let callee = sidecar(&callee_yaml).await;
-    let inbound = callee.addresses.inbound.expect("inbound listener with an app");
+    let inbound = callee
+        .addresses
+        .inbound
+        .expect("inbound listener with an app");
     let caller = sidecar(&caller_yaml(&redis)).await;
     let out = caller.addresses.outbound;
 
-    assert!(eventually(Duration::from_secs(2), || async { status_of(out, "http://inventory/").await == 200 }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status_of(out, "http://inventory/").await == 200
+        })
+        .await
+    );
     let a = get_via(out, "http://inventory/items").await;
     let j = a.json();
-    assert_eq!(j["upstream"], "inventory-app", "app reached through both meshlets");
+    assert_eq!(
+        j["upstream"], "inventory-app",
+        "app reached through both meshlets"
+    );
     assert_eq!(j["uri"], "/items");
 
     let mut conn = redis.conn();
     let key = format!("mesh:inst:inventory:{}", callee.shared.instance_id);
-    let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut conn).unwrap();
+    let hash: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(&key).query(&mut conn).unwrap();
     assert_eq!(hash["host"], "127.0.0.1");
     assert_eq!(hash["port"], inbound.port().to_string());
     assert_eq!(hash["status"], "up");
@@ -95,12 +131,20 @@ async fn two_meshlets_talk_and_a_callee_registers_then_deregisters_itself() {
     assert_eq!(hash["protocol"], "http1");
     assert_eq!(hash["metadata"], r#"{"zone":"a"}"#);
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
-    assert!(ttl > 0 && ttl <= 3_000, "hash carries the registry ttl: {ttl}");
+    assert!(
+        ttl > 0 && ttl <= 3_000,
+        "hash carries the registry ttl: {ttl}"
+    );
 
     callee.shutdown().await;
     let exists: bool = redis::cmd("EXISTS").arg(&key).query(&mut conn).unwrap();
     assert!(!exists, "deregistered on shutdown");
-    assert!(eventually(Duration::from_secs(2), || async { status_of(out, "http://inventory/").await == 503 }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status_of(out, "http://inventory/").await == 503
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -115,7 +159,12 @@ async fn redis_killed_and_restarted_mid_traffic_fails_no_request() {
     let callee = sidecar(&callee_yaml).await;
     let caller = sidecar(&caller_yaml(&redis)).await;
     let out = caller.addresses.outbound;
-    assert!(eventually(Duration::from_secs(2), || async { status_of(out, "http://inventory/").await == 200 }).await);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status_of(out, "http://inventory/").await == 200
+        })
+        .await
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -125,7 +174,11 @@ async fn redis_killed_and_restarted_mid_traffic_fails_no_request() {
             let deadline = Instant::now() + Duration::from_secs(30);
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let a = get_via(out, "http://inventory/").await;
-                if a.status == 200 { ok.fetch_add(1, Ordering::SeqCst) } else { failed.fetch_add(1, Ordering::SeqCst) };
+                if a.status == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst)
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst)
+                };
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -140,7 +193,10 @@ async fn redis_killed_and_restarted_mid_traffic_fails_no_request() {
     let key = format!("mesh:inst:inventory:{}", callee.shared.instance_id);
     assert!(
         eventually(Duration::from_secs(8), || {
-            let exists: bool = redis::cmd("EXISTS").arg(&key).query(&mut conn).unwrap_or(false);
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(&key)
+                .query(&mut conn)
+                .unwrap_or(false);
             async move { exists }
         })
         .await,
@@ -150,7 +206,10 @@ async fn redis_killed_and_restarted_mid_traffic_fails_no_request() {
     stop.store(true, Ordering::SeqCst);
     traffic.await.unwrap();
     assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed");
-    assert!(ok.load(Ordering::SeqCst) > during_outage, "traffic went on after the restart");
+    assert!(
+        ok.load(Ordering::SeqCst) > during_outage,
+        "traffic went on after the restart"
+    );
     let metrics = get_host(caller.addresses.telemetry, "x", "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
     let errors = text
@@ -171,7 +230,10 @@ async fn readiness_waits_for_the_first_snapshot() {
     assert_eq!(ready.json()["registry_loaded"], true);
 
     // Nothing listens on this port: readiness stays false (until the 10 s deadline).
-    let dead = format!("service: {{name: orders}}\nworkers: 1\nregistry:\n  redis: redis://127.0.0.1:{}/0\n", free_port());
+    let dead = format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry:\n  redis: redis://127.0.0.1:{}/0\n",
+        free_port()
+    );
     let s = sidecar(&dead).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::uri::Authority;
 
+use super::breaker::Breaker;
 use crate::config::Protocol;
 
 /// One upstream endpoint as the data plane sees it. Kept across registry updates while
@@ -23,6 +24,8 @@ pub struct Endpoint {
     pub protocol: Protocol,
     /// Draining endpoints get traffic only when nothing else is up.
     pub draining: AtomicBool,
+    /// Outlier ejection: an endpoint whose breaker is open is skipped unless all are.
+    pub breaker: Breaker,
     in_flight: AtomicU32,
 }
 
@@ -36,6 +39,7 @@ impl Endpoint {
             authority,
             protocol,
             draining: AtomicBool::new(draining),
+            breaker: Breaker::default(),
             in_flight: AtomicU32::new(0),
         }
     }
@@ -68,32 +72,33 @@ impl Drop for InFlight {
     }
 }
 
-/// Picks an endpoint, skipping `avoid` (the endpoint a previous attempt failed on) when
-/// there is another choice, and draining endpoints unless nothing else is up.
+/// Picks an endpoint: two random candidates, the one with fewer requests in flight wins.
+/// Skipped while another choice exists: draining endpoints, endpoints whose breaker is open
+/// (ejected outliers), and `avoid` (the endpoint the previous attempt failed on).
 pub fn pick(endpoints: &[Arc<Endpoint>], avoid: Option<u64>) -> Option<&Arc<Endpoint>> {
-    let usable = |e: &Arc<Endpoint>| !e.is_draining() && Some(e.key) != avoid;
-    match endpoints.len() {
-        0 => None,
-        1 => endpoints.first(),
-        n => {
-            let a = &endpoints[fastrand::usize(..n)];
-            let mut b = &endpoints[fastrand::usize(..n - 1)];
-            if std::ptr::eq(a, b) {
-                b = &endpoints[n - 1];
-            }
-            match (usable(a), usable(b)) {
-                (true, true) => Some(if b.in_flight() < a.in_flight() { b } else { a }),
-                (true, false) => Some(a),
-                (false, true) => Some(b),
-                // Both unusable: scan for any usable one, else any non-draining, else the first.
-                (false, false) => endpoints
-                    .iter()
-                    .find(|e| usable(e))
-                    .or_else(|| endpoints.iter().find(|e| !e.is_draining()))
-                    .or(endpoints.first()),
-            }
-        }
+    let n = endpoints.len();
+    if n <= 1 {
+        return endpoints.first();
     }
+    let a = &endpoints[fastrand::usize(..n)];
+    let mut b = &endpoints[fastrand::usize(..n - 1)];
+    if std::ptr::eq(a, b) {
+        b = &endpoints[n - 1];
+    }
+    match (penalty(a, avoid), penalty(b, avoid)) {
+        (0, 0) => Some(if b.in_flight() < a.in_flight() { b } else { a }),
+        (0, _) => Some(a),
+        (_, 0) => Some(b),
+        // Both penalized: the least penalized of all, so one bad draw never picks a bad one.
+        _ => endpoints.iter().min_by_key(|e| penalty(e, avoid)),
+    }
+}
+
+/// 0 = fully usable; higher = worse: avoided < draining < ejected.
+fn penalty(e: &Endpoint, avoid: Option<u64>) -> u8 {
+    u8::from(Some(e.key) == avoid)
+        + 2 * u8::from(e.is_draining())
+        + 4 * u8::from(e.breaker.is_open())
 }
 
 #[cfg(test)]
@@ -129,6 +134,17 @@ mod tests {
         }
         let only_draining = vec![eps[0].clone()];
         assert_eq!(pick(&only_draining, None).unwrap().id, "1");
+        let policy = crate::config::Policy::default().breaker;
+        for _ in 0..policy.failures {
+            eps[2].breaker.record(false, &policy);
+        }
+        for _ in 0..50 {
+            assert_eq!(
+                pick(&eps, None).unwrap().id,
+                "2",
+                "ejected endpoint skipped"
+            );
+        }
         assert!(pick(&[], None).is_none());
     }
 

@@ -1,30 +1,48 @@
 //! Body types of the proxy: bodies stream through untouched; only meshlet's own answers
-//! (errors, later degrade answers) and replayable request bodies are held in memory.
-//! Plain enums rather than boxed trait objects: no allocation per request.
+//! (errors, degrade answers) and replayable request bodies are held in memory. Plain enums
+//! rather than boxed trait objects: no allocation per request.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::upstream::{self, Http1Lease};
 use crate::policy::balance::InFlight;
+use crate::policy::stale::StaleRecorder;
+use crate::policy::Permit;
 
 /// A request body on its way upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// Streamed from the client as it arrives.
+    /// Streamed from the client as it arrives (sent once).
     Stream(Incoming),
-    /// Held whole (small enough to replay on a retry).
-    Full(Option<Bytes>),
+    /// Held whole: small enough to be sent again on a retry.
+    Replay {
+        /// The bytes, taken on first poll.
+        data: Option<Bytes>,
+        /// Request trailers, if the client sent any.
+        trailers: Option<HeaderMap>,
+    },
+    /// The first bytes were read while trying to buffer, the rest still streams (sent once).
+    Prefixed {
+        /// Already read.
+        head: Option<Bytes>,
+        /// Still to come.
+        rest: Incoming,
+    },
 }
 
 impl RequestBody {
-    /// An empty body.
-    pub fn empty() -> Self {
-        RequestBody::Full(None)
+    /// A replayable copy of `data`.
+    pub fn replay(data: &Bytes, trailers: &Option<HeaderMap>) -> Self {
+        RequestBody::Replay {
+            data: (!data.is_empty()).then(|| data.clone()),
+            trailers: trailers.clone(),
+        }
     }
 }
 
@@ -38,21 +56,73 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Replay { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(|d| Ok(Frame::data(d)))
+                    .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            ),
+            RequestBody::Prefixed { head, rest } => match head.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Stream(b) => b.is_end_stream(),
-            RequestBody::Full(b) => b.is_none(),
+            RequestBody::Replay { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestBody::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Stream(b) => b.size_hint(),
-            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestBody::Replay { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Prefixed { head, rest } => {
+                let extra = head.as_ref().map_or(0, |d| d.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// What an upstream response holds until its body is done: the endpoint's and the
+/// destination's in-flight counts, the pooled connection, and a stale-cache recording.
+#[derive(Debug, Default)]
+pub struct Guards {
+    /// Endpoint in-flight count.
+    pub in_flight: Option<InFlight>,
+    /// Destination concurrency slot.
+    pub permit: Option<Permit>,
+    /// The HTTP/1.1 connection, back to the pool once the body has been read whole.
+    pub lease: Option<Http1Lease>,
+    /// Copy for the stale cache.
+    pub record: Option<StaleRecorder>,
+}
+
+impl Guards {
+    fn finish(&mut self, complete: bool) {
+        self.in_flight.take();
+        self.permit.take();
+        if let Some(lease) = self.lease.take() {
+            if complete {
+                upstream::release(lease);
+            }
+        }
+        if let Some(record) = self.record.take() {
+            if complete {
+                record.finish();
+            }
         }
     }
 }
@@ -60,16 +130,14 @@ impl Body for RequestBody {
 /// A response body on its way back to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// Streamed from the upstream; the endpoint counts as busy until it ends.
+    /// Streamed from the upstream.
     Upstream {
         /// The upstream's body.
         body: Incoming,
-        /// Released when the body is done or dropped.
-        in_flight: Option<InFlight>,
-        /// The HTTP/1.1 connection, back to the pool once the body has been read whole.
-        lease: Option<Http1Lease>,
+        /// Released when the body ends or is dropped.
+        guards: Guards,
     },
-    /// meshlet's own answer.
+    /// meshlet's own answer (errors, degrade answers).
     Full(Option<Bytes>),
 }
 
@@ -84,27 +152,13 @@ impl ResponseBody {
     }
 }
 
-fn finish(in_flight: &mut Option<InFlight>, lease: &mut Option<Http1Lease>, reusable: bool) {
-    in_flight.take();
-    if let Some(lease) = lease.take() {
-        if reusable {
-            upstream::release(lease);
-        }
-    }
-}
-
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // An empty body (204, HEAD, content-length: 0) may never be polled: its connection
         // is still reusable. A body dropped half-read is not: its connection closes.
-        if let ResponseBody::Upstream {
-            body,
-            in_flight,
-            lease,
-        } = self
-        {
-            let done = body.is_end_stream();
-            finish(in_flight, lease, done);
+        if let ResponseBody::Upstream { body, guards } = self {
+            let complete = body.is_end_stream();
+            guards.finish(complete);
         }
     }
 }
@@ -118,19 +172,24 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream {
-                body,
-                in_flight,
-                lease,
-            } => {
+            ResponseBody::Upstream { body, guards } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(None) => finish(in_flight, lease, true),
-                    Poll::Ready(Some(Err(_))) => finish(in_flight, lease, false),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
-                        finish(in_flight, lease, true)
+                    Poll::Ready(None) => guards.finish(true),
+                    Poll::Ready(Some(Err(_))) => guards.finish(false),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(record)) =
+                            (frame.data_ref(), guards.record.as_mut())
+                        {
+                            if !record.push(data) {
+                                guards.record = None;
+                            }
+                        }
+                        if body.is_end_stream() {
+                            guards.finish(true);
+                        }
                     }
-                    _ => {}
+                    Poll::Pending => {}
                 }
                 polled
             }

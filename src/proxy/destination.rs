@@ -10,6 +10,7 @@ use http::uri::Authority;
 
 use crate::config::{Config, Policy, Protocol};
 use crate::policy::balance::Endpoint;
+use crate::policy::DestinationState;
 use crate::registry::{Snapshot, Status};
 use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
 
@@ -25,6 +26,8 @@ pub struct Destination {
     pub metrics: Arc<DestinationMetrics>,
     /// For `url:` destinations: TLS and the base path prepended to every request.
     pub egress: Option<Egress>,
+    /// Breaker, budget, stale cache: kept across rebuilds and reloads.
+    pub state: Arc<DestinationState>,
 }
 
 /// An egress destination's fixed URL parts.
@@ -188,5 +191,6 @@ fn build_destination(
         endpoints,
         metrics: metrics_handle,
         egress,
+        state: old.map_or_else(Default::default, |d| d.state.clone()),
     }
 }

@@ -97,8 +97,14 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
-        if let ProxyError::CircuitOpen(secs) = self {
-            h.insert(RETRY_AFTER, HeaderValue::from(*secs));
+        match self {
+            ProxyError::CircuitOpen(secs) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ProxyError::ReadOnly(_) => {
+                h.insert("x-mesh-degraded", HeaderValue::from_static("read_only"));
+            }
+            _ => {}
         }
         resp
     }

@@ -1,135 +1,311 @@
-//! The last hop of both directions: pick an endpoint, rewrite the request for it, send it
-//! on a pooled connection within the time budget, and hand the response back streaming.
+//! One attempt on one endpoint: the request is kept as a [`Template`] (so a retry can build
+//! it again for another endpoint) and its body as a [`Payload`] (replayable when it was small
+//! enough to buffer); a connection is obtained *before* the body is touched, so a connect
+//! failure can be retried for any method.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, EXPECT, HOST};
+use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::{Guards, RequestBody, ResponseBody};
 use super::destination::Destination;
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
-use super::upstream;
+use super::upstream::{self, Http1Lease, UpstreamError};
 use crate::config::Protocol;
-use crate::policy::balance::{self, Endpoint, InFlight};
+use crate::policy::balance::{Endpoint, InFlight};
+use crate::policy::retry::Failure;
 
 /// Response header: time from sending upstream to its response headers, in ms.
 pub const X_MESH_UPSTREAM_MS: &str = "x-mesh-upstream-ms";
 
-/// Sends `req` to one endpoint of `dest`, waiting at most `budget` for response headers.
-/// `strip` bytes of the path (a matched route prefix) are removed first.
-pub async fn forward(
-    dest: &Destination,
-    req: Request<Incoming>,
-    strip: usize,
-    budget: Option<Duration>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if dest.egress.as_ref().is_some_and(|e| e.tls) {
-        return Err(ProxyError::UpstreamUnavailable(
-            "https egress is not available in this build".to_owned(),
-        ));
-    }
-    let endpoint = balance::pick(&dest.endpoints, None)
-        .ok_or(ProxyError::NoEndpoints)?
-        .clone();
-    let upstream_req = prepare(req, dest, &endpoint, strip)?;
-    let in_flight = InFlight::start(&endpoint);
-    let sent_at = Instant::now();
-    let send = upstream::send(&endpoint, upstream_req, dest.policy.connect_timeout.get());
-    let result = match budget {
-        Some(limit) => tokio::time::timeout(limit, send)
-            .await
-            .map_err(|_| ProxyError::Timeout(limit))?,
-        None => send.await,
-    };
-    let (resp, lease) = result.map_err(|e| {
-        if e.is_connect_failure() {
-            dest.metrics.connect_errors.inc();
-        }
-        ProxyError::UpstreamUnavailable(e.to_string())
-    })?;
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.version = Version::default();
-    let mut ms = itoa::Buffer::new();
-    let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Ok(v) = HeaderValue::from_str(ms.format(elapsed)) {
-        parts.headers.insert(X_MESH_UPSTREAM_MS, v);
-    }
-    let body = ResponseBody::Upstream {
-        body,
-        in_flight: Some(in_flight),
-        lease,
-    };
-    Ok(Response::from_parts(parts, body))
+/// A request rewritten for its destination, buildable once per attempt.
+pub struct Template {
+    method: Method,
+    headers: HeaderMap,
+    path_and_query: PathAndQuery,
+    extensions: http::Extensions,
 }
 
-/// Rewrites the request for `endpoint`: origin-form target (or absolute for h2), the
-/// stripped or egress-prefixed path, `Host` kept as the app sent it, hop-by-hop headers gone.
-fn prepare(
-    req: Request<Incoming>,
-    dest: &Destination,
-    endpoint: &Endpoint,
-    strip: usize,
-) -> Result<Request<RequestBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(HOST, v);
+impl Template {
+    /// Rewrites the request head: the stripped or egress-prefixed path, `Host` kept as the
+    /// app sent it (from the URI when absent), hop-by-hop headers and `Expect` gone.
+    pub fn new(parts: Parts, dest: &Destination, strip: usize) -> Result<Template, ProxyError> {
+        let Parts {
+            method,
+            uri,
+            mut headers,
+            extensions,
+            ..
+        } = parts;
+        if !headers.contains_key(HOST) {
+            if let Some(v) = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(HOST, v);
+            }
+        }
+        let original = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let base = dest.egress.as_ref().map_or("", |e| e.base_path.as_str());
+        let path_and_query = match rewrite_path(original.as_str(), strip, base) {
+            None => original,
+            Some(p) => PathAndQuery::try_from(p).map_err(|_| {
+                ProxyError::UpstreamUnavailable("request target could not be rewritten".to_owned())
+            })?,
+        };
+        strip_hop_by_hop(&mut headers);
+        // meshlet's server side already answered `100-continue`; upstream gets the body as is.
+        headers.remove(EXPECT);
+        Ok(Template {
+            method,
+            headers,
+            path_and_query,
+            extensions,
+        })
+    }
+
+    /// The request's method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Builds the request for `endpoint`. With `keep` the head is cloned for a later
+    /// attempt; without it the head moves (the common single-attempt case copies nothing).
+    fn build(
+        &mut self,
+        endpoint: &Endpoint,
+        body: RequestBody,
+        keep: bool,
+    ) -> Request<RequestBody> {
+        let mut headers = if keep {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        let (version, uri) = match endpoint.protocol {
+            Protocol::Http1 => (Version::HTTP_11, Uri::from(self.path_and_query.clone())),
+            Protocol::H2 => {
+                let authority = headers
+                    .remove(HOST)
+                    .and_then(|h| h.to_str().ok().map(str::to_owned))
+                    .unwrap_or_else(|| endpoint.authority.to_string());
+                let uri = Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(self.path_and_query.clone())
+                    .build()
+                    .unwrap_or_else(|_| Uri::from(self.path_and_query.clone()));
+                (Version::HTTP_2, uri)
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        if !keep {
+            *req.extensions_mut() = std::mem::take(&mut self.extensions);
+        }
+        req
+    }
+}
+
+/// The request body, replayable or not.
+pub enum Payload {
+    /// Buffered whole: can be sent again.
+    Replay(Bytes, Option<HeaderMap>),
+    /// Streams once; `None` after it was sent.
+    Once(Option<RequestBody>),
+}
+
+impl Payload {
+    /// Buffers `body` when it fits in `limit` bytes; otherwise streams it once (with the
+    /// bytes already read in front).
+    pub async fn buffer(mut body: Incoming, limit: usize) -> Result<Payload, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(Payload::Replay(Bytes::new(), None));
+        }
+        if body.size_hint().lower() > limit as u64 {
+            return Ok(Payload::Once(Some(RequestBody::Stream(body))));
+        }
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ProxyError::UpstreamUnavailable(format!("client body failed: {e}")))?;
+            match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        let head = Some(buf.freeze());
+                        return Ok(Payload::Once(Some(RequestBody::Prefixed {
+                            head,
+                            rest: body,
+                        })));
+                    }
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    return Ok(Payload::Replay(buf.freeze(), trailers));
+                }
+            }
+        }
+        Ok(Payload::Replay(buf.freeze(), None))
+    }
+
+    /// Whether a body is still at hand.
+    pub fn available(&self) -> bool {
+        matches!(self, Payload::Replay(..) | Payload::Once(Some(_)))
+    }
+
+    /// Whether it can be sent again after being sent once.
+    pub fn is_replayable(&self) -> bool {
+        matches!(self, Payload::Replay(..))
+    }
+
+    fn take(&mut self) -> Option<RequestBody> {
+        match self {
+            Payload::Replay(data, trailers) => Some(RequestBody::replay(data, trailers)),
+            Payload::Once(body) => body.take(),
+        }
+    }
+}
+
+/// A response from the upstream with what must live as long as its body.
+pub struct Upstreamed {
+    /// The response (body still streaming).
+    pub response: Response<Incoming>,
+    lease: Option<Http1Lease>,
+    in_flight: InFlight,
+}
+
+impl Upstreamed {
+    /// Turns it into the response for the client: hop-by-hop headers removed,
+    /// `x-mesh-upstream-ms` added, guards held by the body.
+    pub fn into_response(self, mut guards: Guards, sent_at: Instant) -> Response<ResponseBody> {
+        let (mut parts, body) = self.response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = Version::default();
+        let mut ms = itoa::Buffer::new();
+        let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Ok(v) = HeaderValue::from_str(ms.format(elapsed)) {
+            parts.headers.insert(X_MESH_UPSTREAM_MS, v);
+        }
+        guards.in_flight = Some(self.in_flight);
+        guards.lease = self.lease;
+        Response::from_parts(parts, ResponseBody::Upstream { body, guards })
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Connect, handshake or send failure.
+    Upstream(UpstreamError),
+    /// The per-try timeout ran out.
+    Timeout(Duration),
+    /// The body was already sent by an earlier attempt.
+    BodyGone,
+}
+
+impl AttemptError {
+    /// The retry classification.
+    pub fn failure(&self) -> Failure {
+        match self {
+            AttemptError::Upstream(e) if e.is_connect_failure() => Failure::Connect,
+            AttemptError::Upstream(_) | AttemptError::BodyGone => Failure::Reset,
+            AttemptError::Timeout(_) => Failure::Timeout,
+        }
+    }
+
+    /// The error answered when no attempt is left.
+    pub fn into_proxy_error(self) -> ProxyError {
+        match self {
+            AttemptError::Upstream(e) => ProxyError::UpstreamUnavailable(e.to_string()),
+            AttemptError::Timeout(d) => ProxyError::Timeout(d),
+            AttemptError::BodyGone => {
+                ProxyError::UpstreamUnavailable("request body already sent".to_owned())
             }
         }
     }
-    let original = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let base = dest.egress.as_ref().map_or("", |e| e.base_path.as_str());
-    let path_and_query = match rewrite_path(original.as_str(), strip, base) {
-        Cow::Borrowed(_) => original,
-        Cow::Owned(p) => PathAndQuery::try_from(p).map_err(|_| {
-            ProxyError::UpstreamUnavailable("request target could not be rewritten".to_owned())
-        })?,
-    };
-    match endpoint.protocol {
-        Protocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            parts.uri = Uri::from(path_and_query);
-        }
-        Protocol::H2 => {
-            parts.version = Version::HTTP_2;
-            let authority = parts
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or(endpoint.authority.as_str())
-                .to_owned();
-            parts.uri = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|_| ProxyError::UpstreamUnavailable("invalid authority".to_owned()))?;
-            // h2 carries the authority in :authority; a Host header beside it is redundant.
-            parts.headers.remove(HOST);
-        }
-    }
-    strip_hop_by_hop(&mut parts.headers);
-    // meshlet's server side already answered `100-continue`; upstream gets the body as is.
-    parts.headers.remove(EXPECT);
-    Ok(Request::from_parts(parts, RequestBody::Stream(body)))
 }
 
-/// `/inventory/items?x=1` with strip 11 → `/items?x=1`; with an egress base `/v2` → prefixed.
-fn rewrite_path<'a>(path_and_query: &'a str, strip: usize, base: &str) -> Cow<'a, str> {
+/// One attempt on `endpoint`, within `per_try` when set. `keep` keeps the template whole
+/// for another attempt.
+pub async fn attempt(
+    dest: &Destination,
+    endpoint: &Arc<Endpoint>,
+    template: &mut Template,
+    payload: &mut Payload,
+    keep: bool,
+    per_try: Option<Duration>,
+) -> Result<Upstreamed, AttemptError> {
+    let in_flight = InFlight::start(endpoint);
+    let connect_timeout = dest.policy.connect_timeout.get();
+    let work = async {
+        let conn = upstream::connect(endpoint, connect_timeout)
+            .await
+            .map_err(|e| {
+                dest.metrics.connect_errors.inc();
+                AttemptError::Upstream(e)
+            })?;
+        let body = payload.take().ok_or(AttemptError::BodyGone)?;
+        let req = template.build(endpoint, body, keep);
+        upstream::send(endpoint, conn, req, connect_timeout)
+            .await
+            .map_err(AttemptError::Upstream)
+    };
+    let (response, lease) = match per_try {
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| AttemptError::Timeout(limit))??,
+        None => work.await?,
+    };
+    Ok(Upstreamed {
+        response,
+        lease,
+        in_flight,
+    })
+}
+
+/// A single attempt with no policy: the inbound side toward the local app.
+pub async fn once(
+    dest: &Destination,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let endpoint = dest.endpoints.first().ok_or(ProxyError::NoEndpoints)?;
+    let (parts, body) = req.into_parts();
+    let mut template = Template::new(parts, dest, 0)?;
+    let mut payload = Payload::Once(Some(RequestBody::Stream(body)));
+    let sent_at = Instant::now();
+    attempt(dest, endpoint, &mut template, &mut payload, false, None)
+        .await
+        .map(|up| up.into_response(Guards::default(), sent_at))
+        .map_err(AttemptError::into_proxy_error)
+}
+
+/// `/inventory/items?x=1` with strip 11 → `/items?x=1`; with an egress base `/v2` →
+/// prefixed. `None` when nothing changes.
+fn rewrite_path(path_and_query: &str, strip: usize, base: &str) -> Option<String> {
     if strip == 0 && base.is_empty() {
-        return Cow::Borrowed(path_and_query);
+        return None;
     }
     let rest = path_and_query.get(strip..).unwrap_or("");
     let mut out = String::with_capacity(base.len() + rest.len() + 1);
@@ -138,7 +314,7 @@ fn rewrite_path<'a>(path_and_query: &'a str, strip: usize, base: &str) -> Cow<'a
         out.push('/');
     }
     out.push_str(rest);
-    Cow::Owned(out)
+    Some(out)
 }
 
 #[cfg(test)]
@@ -147,10 +323,13 @@ mod tests {
 
     #[test]
     fn prefixes_are_stripped_and_bases_prepended() {
-        assert_eq!(rewrite_path("/a/b?q=1", 0, ""), "/a/b?q=1");
-        assert_eq!(rewrite_path("/inventory/items?x=1", 11, ""), "/items?x=1");
-        assert_eq!(rewrite_path("/inventory/", 11, ""), "/");
-        assert_eq!(rewrite_path("/inventory?x", 10, ""), "/?x");
-        assert_eq!(rewrite_path("/forecast", 0, "/v2"), "/v2/forecast");
+        assert_eq!(rewrite_path("/a/b?q=1", 0, ""), None);
+        assert_eq!(
+            rewrite_path("/inventory/items?x=1", 11, "").unwrap(),
+            "/items?x=1"
+        );
+        assert_eq!(rewrite_path("/inventory/", 11, "").unwrap(), "/");
+        assert_eq!(rewrite_path("/inventory?x", 10, "").unwrap(), "/?x");
+        assert_eq!(rewrite_path("/forecast", 0, "/v2").unwrap(), "/v2/forecast");
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::body::ResponseBody;
 use super::destination::Destination;
-use super::forward::forward;
+use super::forward;
 use super::headers::ensure_request_id;
 use super::outbound::record;
 use super::server::Handler;
@@ -25,7 +25,7 @@ impl Handler for Inbound {
         let started = Instant::now();
         let request_id = ensure_request_id(req.headers_mut());
         let method = req.method().clone();
-        let resp = match forward(&self.app, req, 0, None).await {
+        let resp = match forward::once(&self.app, req).await {
             Ok(resp) => resp,
             Err(e) => {
                 self.app.metrics.count_error(e.code());

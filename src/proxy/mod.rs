@@ -6,6 +6,7 @@
 //! Every error meshlet answers itself is a [`error::ProxyError`], rendered in one place.
 
 pub mod body;
+pub mod call;
 pub mod destination;
 pub mod error;
 pub mod forward;

@@ -10,13 +10,16 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::ResponseBody;
+use super::call::{call, Outcome};
 use super::destination::{Destination, RoutingTable};
 use super::error::ProxyError;
-use super::forward::forward;
 use super::headers::ensure_request_id;
 use super::server::Handler;
 use crate::config::Limits;
 use crate::telemetry::metrics::DestinationMetrics;
+
+/// Response header: attempts the call took (0 = answered by meshlet before any).
+pub const X_MESH_ATTEMPTS: &str = "x-mesh-attempts";
 
 /// The outbound listener's handler; one per worker, sharing the routing table.
 pub struct Outbound {
@@ -41,14 +44,17 @@ impl Handler for Outbound {
                 return record(&self.unrouted, resp, &method, &request_id, started);
             }
         };
-        let budget = Some(dest.policy.timeout.get());
-        let resp = match forward(&dest, req, strip, budget).await {
+        let replay_limit = self.limits.replay_buffer.as_usize();
+        let Outcome { result, attempts } = call(&dest, req, strip, replay_limit).await;
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 dest.metrics.count_error(e.code());
                 e.to_response(&dest.name, request_id.to_str().unwrap_or(""))
             }
         };
+        resp.headers_mut()
+            .insert(X_MESH_ATTEMPTS, http::HeaderValue::from(attempts));
         record(&dest.metrics, resp, &method, &request_id, started)
     }
 }

@@ -40,7 +40,7 @@ pub enum UpstreamError {
     /// TCP connect did not finish in time: the request was never sent.
     #[error("connect to {0} timed out")]
     ConnectTimeout(String),
-    /// The HTTP handshake (h2 preface) failed.
+    /// The HTTP handshake (h2 preface) failed: the request was never sent.
     #[error("handshake with {authority} failed: {source}")]
     Handshake {
         /// Endpoint.
@@ -63,7 +63,9 @@ impl UpstreamError {
     pub fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_)
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout(_)
+                | UpstreamError::Handshake { .. }
         )
     }
 }
@@ -217,58 +219,104 @@ async fn connect_h2(
     Ok(sender)
 }
 
-/// Sends `req` to `endpoint`. For HTTP/1.1 the lease comes back with the response and
-/// must be released after the body is read, so the connection can be reused.
-pub async fn send(
-    endpoint: &Arc<Endpoint>,
-    req: Request<RequestBody>,
+/// A connection ready to take one request.
+pub enum Conn {
+    /// An HTTP/1.1 connection, pooled or new.
+    Http1(http1::SendRequest<RequestBody>),
+    /// A shared h2 connection with a stream slot free.
+    H2(http2::SendRequest<RequestBody>),
+}
+
+/// Gets a connection to `endpoint`: a pooled one, else a new one. The request is not
+/// built yet, so a failure here leaves its body untouched and any method may retry.
+pub async fn connect(
+    endpoint: &Endpoint,
     connect_timeout: Duration,
-) -> Result<(Response<Incoming>, Option<Http1Lease>), UpstreamError> {
+) -> Result<Conn, UpstreamError> {
     match endpoint.protocol {
-        Protocol::Http1 => send_http1(endpoint, req, connect_timeout).await,
-        Protocol::H2 => send_h2(endpoint, req, connect_timeout)
-            .await
-            .map(|r| (r, None)),
+        Protocol::Http1 => match checkout_http1(endpoint.key) {
+            Some(sender) => Ok(Conn::Http1(sender)),
+            None => connect_http1(endpoint, connect_timeout)
+                .await
+                .map(Conn::Http1),
+        },
+        Protocol::H2 => {
+            let mut sender = match pooled_h2(endpoint.key) {
+                Some(s) => s,
+                None => {
+                    let gate = POOL.with(|p| {
+                        p.borrow_mut()
+                            .h2_connecting
+                            .entry(endpoint.key)
+                            .or_default()
+                            .clone()
+                    });
+                    let _connecting = gate.lock().await;
+                    match pooled_h2(endpoint.key) {
+                        Some(s) => s,
+                        None => connect_h2(endpoint, connect_timeout).await?,
+                    }
+                }
+            };
+            sender
+                .ready()
+                .await
+                .map_err(|source| UpstreamError::Handshake {
+                    authority: endpoint.authority.to_string(),
+                    source,
+                })?;
+            Ok(Conn::H2(sender))
+        }
     }
 }
 
-async fn send_http1(
-    endpoint: &Arc<Endpoint>,
-    mut req: Request<RequestBody>,
+/// Sends `req` on `conn`. For HTTP/1.1 the lease comes back with the response and must be
+/// released after the body is read, so the connection can be reused.
+pub async fn send(
+    endpoint: &Endpoint,
+    conn: Conn,
+    req: Request<RequestBody>,
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Option<Http1Lease>), UpstreamError> {
     let reset = |source| UpstreamError::Reset {
         authority: endpoint.authority.to_string(),
         source,
     };
-    // A pooled connection may have been closed by the peer a moment ago; hyper hands the
-    // request back untouched when it could not be written, and a fresh connection takes it.
-    if let Some(mut sender) = checkout_http1(endpoint.key) {
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                return Ok((
-                    resp,
-                    Some(Http1Lease {
-                        key: endpoint.key,
-                        sender,
-                    }),
-                ));
-            }
-            Err(mut e) => match e.take_message() {
-                Some(back) => req = back,
-                None => return Err(reset(e.into_error())),
-            },
+    match conn {
+        Conn::H2(mut sender) => sender
+            .send_request(req)
+            .await
+            .map(|r| (r, None))
+            .map_err(reset),
+        Conn::Http1(mut sender) => {
+            // A pooled connection may have been closed by the peer a moment ago; hyper hands
+            // the request back untouched when it could not be written, and a new one takes it.
+            let req = match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok((
+                        resp,
+                        Some(Http1Lease {
+                            key: endpoint.key,
+                            sender,
+                        }),
+                    ))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => back,
+                    None => return Err(reset(e.into_error())),
+                },
+            };
+            let mut sender = connect_http1(endpoint, connect_timeout).await?;
+            let resp = sender.send_request(req).await.map_err(reset)?;
+            Ok((
+                resp,
+                Some(Http1Lease {
+                    key: endpoint.key,
+                    sender,
+                }),
+            ))
         }
     }
-    let mut sender = connect_http1(endpoint, connect_timeout).await?;
-    let resp = sender.send_request(req).await.map_err(reset)?;
-    Ok((
-        resp,
-        Some(Http1Lease {
-            key: endpoint.key,
-            sender,
-        }),
-    ))
 }
 
 async fn connect_tcp(
@@ -306,34 +354,4 @@ async fn connect_http1(
         }
     });
     Ok(sender)
-}
-
-async fn send_h2(
-    endpoint: &Arc<Endpoint>,
-    req: Request<RequestBody>,
-    connect_timeout: Duration,
-) -> Result<Response<Incoming>, UpstreamError> {
-    let reset = |source| UpstreamError::Reset {
-        authority: endpoint.authority.to_string(),
-        source,
-    };
-    let mut sender = match pooled_h2(endpoint.key) {
-        Some(s) => s,
-        None => {
-            let gate = POOL.with(|p| {
-                p.borrow_mut()
-                    .h2_connecting
-                    .entry(endpoint.key)
-                    .or_default()
-                    .clone()
-            });
-            let _connecting = gate.lock().await;
-            match pooled_h2(endpoint.key) {
-                Some(s) => s,
-                None => connect_h2(endpoint, connect_timeout).await?,
-            }
-        }
-    };
-    sender.ready().await.map_err(reset)?;
-    sender.send_request(req).await.map_err(reset)
 }

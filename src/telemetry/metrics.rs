@@ -44,12 +44,35 @@ pub struct Metrics {
     durations: HistogramVec,
     errors: IntCounterVec,
     connect_errors: IntCounterVec,
+    policy: PolicyFamilies,
     /// Live endpoints per service.
     pub endpoints: IntGaugeVec,
     /// Registry metrics.
     pub registry_metrics: RegistryMetrics,
     /// Open client connections per listener.
     pub open_connections: IntGaugeVec,
+    /// Config reloads.
+    pub reload: ReloadMetrics,
+}
+
+/// Resilience metric families (issue: retries, breakers, degradation).
+#[derive(Clone)]
+struct PolicyFamilies {
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
+    degraded: IntCounterVec,
+}
+
+/// Config reload counters.
+#[derive(Clone)]
+pub struct ReloadMetrics {
+    /// Reloads applied.
+    pub reloads: IntCounter,
+    /// Reloads rejected (invalid file); the old config keeps serving.
+    pub errors: IntCounter,
 }
 
 /// Registry health counters.
@@ -123,6 +146,58 @@ impl Metrics {
             "meshlet_registry_services",
             "Services in the local registry snapshot.",
         ));
+        let policy = PolicyFamilies {
+            retries: build(IntCounterVec::new(
+                Opts::new(
+                    "meshlet_retries_total",
+                    "Retries sent, by destination and the failure that caused them.",
+                ),
+                &["destination", "reason"],
+            )),
+            budget_exhausted: build(IntCounterVec::new(
+                Opts::new(
+                    "meshlet_retry_budget_exhausted_total",
+                    "Retries not sent because the retry budget was empty.",
+                ),
+                &["destination"],
+            )),
+            breaker_state: build(IntGaugeVec::new(
+                Opts::new(
+                    "meshlet_breaker_state",
+                    "Service breaker state: 0 closed, 1 open, 2 half open.",
+                ),
+                &["destination"],
+            )),
+            breaker_transitions: build(IntCounterVec::new(
+                Opts::new(
+                    "meshlet_breaker_transitions_total",
+                    "Service breaker state changes, by the state entered.",
+                ),
+                &["destination", "to"],
+            )),
+            endpoint_ejections: build(IntCounterVec::new(
+                Opts::new(
+                    "meshlet_endpoint_ejections_total",
+                    "Endpoints ejected from balancing by their own breaker (outlier ejection).",
+                ),
+                &["destination"],
+            )),
+            degraded: build(IntCounterVec::new(
+                Opts::new(
+                    "meshlet_degraded_total",
+                    "Degraded answers, by mode (stale, static, read_only).",
+                ),
+                &["destination", "mode"],
+            )),
+        };
+        let reloads = build(IntCounter::new(
+            "meshlet_config_reloads_total",
+            "Config reloads applied.",
+        ));
+        let reload_errors = build(IntCounter::new(
+            "meshlet_config_reload_errors_total",
+            "Config reloads rejected because the file was invalid; the old config keeps serving.",
+        ));
         let info = build(IntGaugeVec::new(
             Opts::new("meshlet_build_info", "Always 1; labels carry the version."),
             &["version"],
@@ -137,6 +212,14 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(watch_errors.clone()),
             Box::new(services.clone()),
+            Box::new(policy.retries.clone()),
+            Box::new(policy.budget_exhausted.clone()),
+            Box::new(policy.breaker_state.clone()),
+            Box::new(policy.breaker_transitions.clone()),
+            Box::new(policy.endpoint_ejections.clone()),
+            Box::new(policy.degraded.clone()),
+            Box::new(reloads.clone()),
+            Box::new(reload_errors.clone()),
             Box::new(info),
         ] {
             reg(c);
@@ -151,6 +234,11 @@ impl Metrics {
             durations,
             errors,
             connect_errors,
+            policy,
+            reload: ReloadMetrics {
+                reloads,
+                errors: reload_errors,
+            },
             endpoints,
             registry_metrics: RegistryMetrics {
                 watch_errors,
@@ -178,8 +266,12 @@ impl Metrics {
             name: name.to_owned(),
             duration: self.durations.with_label_values(&labels),
             connect_errors: self.connect_errors.with_label_values(&[name]),
+            budget_exhausted: self.policy.budget_exhausted.with_label_values(&[name]),
+            breaker_state: self.policy.breaker_state.with_label_values(&[name]),
+            endpoint_ejections: self.policy.endpoint_ejections.with_label_values(&[name]),
             requests: self.requests.clone(),
             errors: self.errors.clone(),
+            policy: self.policy.clone(),
         })
     }
 }
@@ -199,8 +291,13 @@ pub struct DestinationMetrics {
     pub duration: Histogram,
     /// Failed connects.
     pub connect_errors: IntCounter,
+    /// Retries refused by the budget.
+    pub budget_exhausted: IntCounter,
+    breaker_state: IntGauge,
+    endpoint_ejections: IntCounter,
     requests: IntCounterVec,
     errors: IntCounterVec,
+    policy: PolicyFamilies,
 }
 
 thread_local! {
@@ -268,5 +365,49 @@ impl DestinationMetrics {
                 })
                 .inc();
         });
+    }
+}
+
+impl DestinationMetrics {
+    // Failure paths below resolve labels on use: they run only when something went wrong.
+
+    /// Counts a retry caused by `reason`.
+    pub fn count_retry(&self, reason: &str) {
+        self.policy
+            .retries
+            .with_label_values(&[&self.name, reason])
+            .inc();
+    }
+
+    /// Counts a degraded answer of `mode`.
+    pub fn count_degraded(&self, mode: &str) {
+        self.policy
+            .degraded
+            .with_label_values(&[&self.name, mode])
+            .inc();
+    }
+
+    /// Records a service breaker state change, if any.
+    pub fn breaker_changed(&self, to: Option<crate::policy::breaker::State>) {
+        use crate::policy::breaker::State;
+        let Some(to) = to else { return };
+        let gauge = match to {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        };
+        self.breaker_state.set(gauge);
+        self.policy
+            .breaker_transitions
+            .with_label_values(&[&self.name, to.as_str()])
+            .inc();
+        tracing::warn!(destination = %self.name, state = to.as_str(), "service breaker changed state");
+    }
+
+    /// Records an endpoint breaker state change (an ejection when it opens).
+    pub fn endpoint_breaker_changed(&self, to: crate::policy::breaker::State) {
+        if to == crate::policy::breaker::State::Open {
+            self.endpoint_ejections.inc();
+        }
     }
 }

@@ -127,24 +127,51 @@ pub fn free_port() -> u16 {
 }
 
 /// Registers an instance the way docs/registry.md tells a non-meshlet service to.
-pub fn register_by_hand(conn: &mut redis::Connection, service: &str, id: &str, addr: SocketAddr, ttl_ms: u64) {
+pub fn register_by_hand(
+    conn: &mut redis::Connection,
+    service: &str,
+    id: &str,
+    addr: SocketAddr,
+    ttl_ms: u64,
+) {
     let now = now_ms();
     let key = format!("mesh:inst:{service}:{id}");
     let _: () = redis::pipe()
         .atomic()
-        .cmd("HSET").arg(&key)
-        .arg("host").arg(addr.ip().to_string())
-        .arg("port").arg(addr.port())
-        .arg("version").arg("test")
-        .arg("status").arg("up")
-        .arg("metadata").arg("{}")
-        .arg("registered_at").arg(now)
-        .arg("last_heartbeat").arg(now)
+        .cmd("HSET")
+        .arg(&key)
+        .arg("host")
+        .arg(addr.ip().to_string())
+        .arg("port")
+        .arg(addr.port())
+        .arg("version")
+        .arg("test")
+        .arg("status")
+        .arg("up")
+        .arg("metadata")
+        .arg("{}")
+        .arg("registered_at")
+        .arg(now)
+        .arg("last_heartbeat")
+        .arg(now)
         .ignore()
-        .cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore()
-        .cmd("ZADD").arg(format!("mesh:svc:{service}")).arg(now + ttl_ms).arg(id).ignore()
-        .cmd("SADD").arg("mesh:services").arg(service).ignore()
-        .cmd("PUBLISH").arg("mesh:changes").arg(service).ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(ttl_ms)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("mesh:svc:{service}"))
+        .arg(now + ttl_ms)
+        .arg(id)
+        .ignore()
+        .cmd("SADD")
+        .arg("mesh:services")
+        .arg(service)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg("mesh:changes")
+        .arg(service)
+        .ignore()
         .query(conn)
         .expect("register");
 }
@@ -152,9 +179,17 @@ pub fn register_by_hand(conn: &mut redis::Connection, service: &str, id: &str, a
 pub fn deregister_by_hand(conn: &mut redis::Connection, service: &str, id: &str) {
     let _: () = redis::pipe()
         .atomic()
-        .cmd("ZREM").arg(format!("mesh:svc:{service}")).arg(id).ignore()
-        .cmd("DEL").arg(format!("mesh:inst:{service}:{id}")).ignore()
-        .cmd("PUBLISH").arg("mesh:changes").arg(service).ignore()
+        .cmd("ZREM")
+        .arg(format!("mesh:svc:{service}"))
+        .arg(id)
+        .ignore()
+        .cmd("DEL")
+        .arg(format!("mesh:inst:{service}:{id}"))
+        .ignore()
+        .cmd("PUBLISH")
+        .arg("mesh:changes")
+        .arg(service)
+        .ignore()
         .query(conn)
         .expect("deregister");
 }
@@ -179,14 +214,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let (r, c) = (requests.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 let r = r.clone();
                 tokio::spawn(async move {
@@ -200,7 +239,13 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, name, requests, connections, task }
+        Upstream {
+            addr,
+            name,
+            requests,
+            connections,
+            task,
+        }
     }
 
     pub fn stop(&self) {
@@ -220,26 +265,44 @@ impl Drop for Upstream {
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
-async fn upstream_answer(name: &'static str, req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+async fn upstream_answer(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let full = |status: u16, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+        let mut r = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
-        r.headers_mut().insert("x-upstream", http::HeaderValue::from_static(name));
-        r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+        r.headers_mut()
+            .insert("x-upstream", http::HeaderValue::from_static(name));
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
         Ok(r)
     };
     if let Some(code) = path.strip_prefix("/status/") {
-        return full(code.parse().unwrap_or(500), format!("{{\"upstream\":\"{name}\"}}"));
+        return full(
+            code.parse().unwrap_or(500),
+            format!("{{\"upstream\":\"{name}\"}}"),
+        );
     }
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
-        return full(200, format!("{{\"upstream\":\"{name}\",\"slept_ms\":{ms}}}"));
+        return full(
+            200,
+            format!("{{\"upstream\":\"{name}\",\"slept_ms\":{ms}}}"),
+        );
     }
     if path == "/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();
         let mut r = Response::new(body);
-        r.headers_mut().insert("x-upstream", http::HeaderValue::from_static(name));
+        r.headers_mut()
+            .insert("x-upstream", http::HeaderValue::from_static(name));
         return Ok(r);
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
@@ -255,7 +318,12 @@ async fn upstream_answer(name: &'static str, req: Request<Incoming>) -> Result<R
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.to_str().unwrap_or(""))))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::from(v.to_str().unwrap_or("")),
+            )
+        })
         .collect();
     let body = serde_json::json!({
         "upstream": name,
@@ -288,11 +356,17 @@ pub struct Answer {
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -307,7 +381,11 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Answer,
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Answer { status: parts.status, headers: parts.headers, body })
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// GET through a proxy, HTTP_PROXY style.

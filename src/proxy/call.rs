@@ -1,0 +1,267 @@
+//! One outbound call through the policy stack of its destination, in the order of DESIGN §2:
+//!
+//! 1. **degrade ▶ breaker**: an open breaker answers at once (degrade answer or
+//!    `circuit_open`), before any work; `read_only` still lets reads through.
+//! 2. **concurrency**: `max_in_flight` caps the calls in flight (`overloaded`).
+//! 3. **total timeout**: one budget for everything up to response headers, retries included.
+//! 4. **retry**: replayable requests are retried on the configured failures, with jittered
+//!    backoff, within the retry budget, preferring another endpoint each time.
+//! 5. **per-try timeout ▶ balance ▶ forward**: one attempt ([`super::forward::attempt`]).
+//!
+//! After the call the service breaker records the outcome, and a failed call falls back
+//! to a `stale` or `static` answer when the destination has one.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AGE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{Guards, ResponseBody};
+use super::destination::Destination;
+use super::error::ProxyError;
+use super::forward::{self, Payload, Template, Upstreamed};
+use crate::config::{Degrade, StaticAnswer};
+use crate::policy::balance;
+use crate::policy::breaker::Admission;
+use crate::policy::retry::{self, Failure};
+use crate::policy::stale::StaleRecorder;
+
+/// Response header naming how a degraded answer was made.
+pub const X_MESH_DEGRADED: &str = "x-mesh-degraded";
+
+/// What became of a call: the response (or error) and how many attempts it took.
+pub struct Outcome {
+    /// The answer.
+    pub result: Result<Response<ResponseBody>, ProxyError>,
+    /// Attempts made (0 when answered before any).
+    pub attempts: u32,
+}
+
+/// Runs `req` through `dest`'s policy stack; `strip` bytes of the path are removed first.
+pub async fn call(
+    dest: &Destination,
+    req: Request<Incoming>,
+    strip: usize,
+    replay_limit: usize,
+) -> Outcome {
+    let policy = &dest.policy;
+    let state = &dest.state;
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let stale_key = match policy.degrade {
+        Degrade::Stale(_) if req.method() == Method::GET => {
+            req.uri().path_and_query().map(|p| p.as_str().to_owned())
+        }
+        _ => None,
+    };
+
+    // 1. degrade ▶ breaker
+    let (admission, transition) = state.breaker.allow(&policy.breaker);
+    dest.metrics.breaker_changed(transition.map(|t| t.0));
+    if let Admission::Rejected { retry_after_ms } = admission {
+        let reads_go_through = matches!(policy.degrade, Degrade::ReadOnly) && safe;
+        if !reads_go_through {
+            let result = open_answer(dest, req.method(), stale_key.as_deref(), retry_after_ms);
+            return Outcome {
+                result,
+                attempts: 0,
+            };
+        }
+    }
+
+    // 2. concurrency
+    let Some(permit) = state.acquire(policy.max_in_flight) else {
+        return Outcome {
+            result: Err(ProxyError::Overloaded),
+            attempts: 0,
+        };
+    };
+    state.budget.deposit();
+
+    // 3. total timeout ▶ 4. retries
+    let mut attempts = 0;
+    let sent_at = Instant::now();
+    let budget = policy.timeout.get();
+    let result = match tokio::time::timeout(
+        budget,
+        retries(dest, req, strip, replay_limit, &mut attempts),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ProxyError::Timeout(budget)),
+    };
+
+    let succeeded = matches!(&result, Ok(up) if !up.response.status().is_server_error());
+    let transition = state.breaker.record(succeeded, &policy.breaker);
+    dest.metrics.breaker_changed(transition.map(|t| t.0));
+    if !succeeded {
+        if let Some(answer) = fallback(dest, stale_key.as_deref()) {
+            return Outcome {
+                result: Ok(answer),
+                attempts,
+            };
+        }
+    }
+    let result = result.map(|up| {
+        let record = match (stale_key, &policy.degrade) {
+            (Some(key), Degrade::Stale(_)) if up.response.status() == StatusCode::OK => {
+                let mut headers = up.response.headers().clone();
+                crate::proxy::headers::strip_hop_by_hop(&mut headers);
+                Some(StaleRecorder::new(
+                    state.clone(),
+                    key,
+                    headers,
+                    policy.stale_entries as usize,
+                    policy.stale_bytes.as_usize(),
+                ))
+            }
+            _ => None,
+        };
+        let guards = Guards {
+            permit: Some(permit),
+            record,
+            ..Guards::default()
+        };
+        up.into_response(guards, sent_at)
+    });
+    Outcome { result, attempts }
+}
+
+/// The retry loop: attempts until success, a non-retryable failure, the attempt limit or
+/// an empty budget. Returns the last upstream response as is, or the last error.
+async fn retries(
+    dest: &Destination,
+    req: Request<Incoming>,
+    strip: usize,
+    replay_limit: usize,
+    attempts: &mut u32,
+) -> Result<Upstreamed, ProxyError> {
+    let policy = &dest.policy.retry;
+    let (parts, body) = req.into_parts();
+    let replayable = retry::is_replayable(&parts.method, &parts.headers);
+    let mut template = Template::new(parts, dest, strip)?;
+    let mut payload = if replayable && policy.attempts > 1 {
+        Payload::buffer(body, replay_limit).await?
+    } else {
+        Payload::Once(Some(super::body::RequestBody::Stream(body)))
+    };
+    let per_try = Some(policy.per_try_timeout.get()).filter(|d| !d.is_zero());
+    let mut avoid = None;
+    loop {
+        let endpoint = balance::pick(&dest.endpoints, avoid)
+            .ok_or(ProxyError::NoEndpoints)?
+            .clone();
+        *attempts += 1;
+        // Moves an ejected endpoint whose time is up to half open, so its outcome counts.
+        let _ = endpoint.breaker.allow(&dest.policy.breaker);
+        let more_possible = *attempts < policy.attempts && payload.is_replayable();
+        let result = forward::attempt(
+            dest,
+            &endpoint,
+            &mut template,
+            &mut payload,
+            more_possible,
+            per_try,
+        )
+        .await;
+        let failure = match &result {
+            Ok(up) => failure_of(up.response.status()),
+            Err(e) => Some(e.failure()),
+        };
+        let healthy = !failure.is_some_and(Failure::trips_breaker);
+        if let Some(t) = endpoint.breaker.record(healthy, &dest.policy.breaker) {
+            dest.metrics.endpoint_breaker_changed(t.0);
+        }
+        let Some(failure) = failure else {
+            return result.map_err(forward::AttemptError::into_proxy_error);
+        };
+        let retryable = *attempts < policy.attempts
+            && payload.available()
+            && retry::should_retry(policy, failure, replayable && payload.is_replayable());
+        if !retryable {
+            return result.map_err(forward::AttemptError::into_proxy_error);
+        }
+        if !dest
+            .state
+            .budget
+            .try_withdraw(policy.budget_percent, policy.budget_per_second)
+        {
+            dest.metrics.budget_exhausted.inc();
+            return result.map_err(forward::AttemptError::into_proxy_error);
+        }
+        dest.metrics.count_retry(failure.reason());
+        let pause = retry::backoff(
+            policy,
+            *attempts,
+            result.as_ref().ok().map(|u| u.response.headers()),
+        );
+        drop(result);
+        tokio::time::sleep(pause).await;
+        avoid = Some(endpoint.key);
+    }
+}
+
+/// Statuses that count as a failed attempt: 5xx, and 429 (retryable when named).
+fn failure_of(status: StatusCode) -> Option<Failure> {
+    (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+        .then_some(Failure::Status(status))
+}
+
+/// The answer while the breaker is open: stale, static, read-only refusal, or `circuit_open`.
+fn open_answer(
+    dest: &Destination,
+    method: &Method,
+    stale_key: Option<&str>,
+    retry_after_ms: u64,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if let Some(answer) = fallback(dest, stale_key) {
+        return Ok(answer);
+    }
+    if matches!(dest.policy.degrade, Degrade::ReadOnly) {
+        dest.metrics.count_degraded("read_only");
+        return Err(ProxyError::ReadOnly(method.clone()));
+    }
+    Err(ProxyError::CircuitOpen(
+        retry_after_ms.div_ceil(1000).max(1),
+    ))
+}
+
+/// A `stale` or `static` answer, when the destination has one for this request.
+fn fallback(dest: &Destination, stale_key: Option<&str>) -> Option<Response<ResponseBody>> {
+    match &dest.policy.degrade {
+        Degrade::Stale(max_age) => {
+            let (entry, age) = dest.state.stale.get(stale_key?, max_age.get())?;
+            dest.metrics.count_degraded("stale");
+            let mut resp = Response::new(ResponseBody::full(entry.body.clone()));
+            *resp.headers_mut() = entry.headers.clone();
+            resp.headers_mut()
+                .insert(X_MESH_DEGRADED, HeaderValue::from_static("stale"));
+            resp.headers_mut()
+                .insert(AGE, HeaderValue::from(age.as_secs()));
+            Some(resp)
+        }
+        Degrade::Static(answer) => {
+            dest.metrics.count_degraded("static");
+            Some(static_answer(answer))
+        }
+        Degrade::FailFast | Degrade::ReadOnly => None,
+    }
+}
+
+fn static_answer(answer: &StaticAnswer) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(answer.body.clone())));
+    *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    for (name, value) in &answer.headers {
+        // Validated when the config was loaded.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp.headers_mut()
+        .insert(X_MESH_DEGRADED, HeaderValue::from_static("static"));
+    resp
+}

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, LoadedConfig, Policy};
+use crate::config::{Config, ConfigError, LoadedConfig, Policy};
 use crate::policy::balance::Endpoint;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::destination::{Destination, RoutingTable};
@@ -79,6 +79,8 @@ pub struct Shared {
     /// This pod's instance id in the registry.
     pub instance_id: String,
     rebuild_lock: Mutex<()>,
+    /// Hash of the config text last read (valid or not), so a broken file is reported once.
+    last_seen_hash: Mutex<String>,
 }
 
 impl Shared {
@@ -91,11 +93,59 @@ impl Shared {
     pub fn rebuild(&self) {
         // Serializes rebuilds (watcher and reloads) so neither overwrites a newer table.
         let _guard = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let snapshot = self.snapshot.borrow().clone();
         let config = self.config.load();
+        let snapshot = self.registry_view(&config.config);
         let table =
             RoutingTable::build(&config.config, &snapshot, &self.table.load(), &self.metrics);
         self.table.store(Arc::new(table));
+    }
+
+    /// Static entries of `config` merged with the latest Redis snapshot.
+    pub fn registry_view(&self, config: &Config) -> Snapshot {
+        self.snapshot
+            .borrow()
+            .with_statics(&static_instances(&config.registry))
+    }
+
+    /// Re-reads the config file when its content changed: validates, swaps, rebuilds.
+    /// An invalid file is rejected, logged and counted; the old config keeps serving.
+    pub fn reload(&self) -> Result<bool, ConfigError> {
+        let current = self.config.load_full();
+        let Some(path) = current.path.clone() else {
+            return Ok(false);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let hash = crate::config::content_hash(&text);
+        {
+            let mut seen = self
+                .last_seen_hash
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *seen == hash {
+                return Ok(false);
+            }
+            *seen = hash;
+        }
+        let next = match LoadedConfig::from_text(&text, &path.display().to_string()) {
+            Ok(mut next) => {
+                next.path = Some(path);
+                next
+            }
+            Err(e) => {
+                self.metrics.reload.errors.inc();
+                return Err(e);
+            }
+        };
+        warn_if_restart_needed(&current.config, &next.config);
+        let hash = next.hash.clone();
+        self.config.store(Arc::new(next));
+        self.rebuild();
+        self.metrics.reload.reloads.inc();
+        tracing::info!(%hash, "config reloaded");
+        Ok(true)
     }
 }
 
@@ -131,9 +181,9 @@ impl Sidecar {
     pub async fn start(loaded: LoadedConfig) -> Result<Sidecar, StartError> {
         let config = loaded.config.clone();
         let metrics = Metrics::new();
-        let statics = static_instances(&config.registry);
-        let initial = Arc::new(Snapshot::merge(&statics, &Default::default(), 0));
-        let (snapshot_tx, snapshot_rx) = watch::channel(initial.clone());
+        let loaded_hash = loaded.hash.clone();
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let initial = Snapshot::default().with_statics(&static_instances(&config.registry));
         let table = RoutingTable::build(&config, &initial, &RoutingTable::default(), &metrics);
         let redis_client = config
             .registry
@@ -150,6 +200,7 @@ impl Sidecar {
             registry_ready: Arc::new(AtomicBool::new(redis_client.is_none())),
             instance_id: instance_id(config.service.name.as_str()),
             rebuild_lock: Mutex::new(()),
+            last_seen_hash: Mutex::new(loaded_hash),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let workers = config.worker_count();
@@ -185,21 +236,16 @@ impl Sidecar {
             &shutdown_rx,
         )?;
 
-        let mut control = Vec::new();
-        control.push(tokio::spawn(admin::serve(
-            api,
-            api_router(&shared),
-            shutdown_rx.clone(),
-        )));
-        control.push(tokio::spawn(admin::serve(
-            telemetry,
-            telemetry_router(&shared),
-            shutdown_rx.clone(),
-        )));
-        control.push(tokio::spawn(rebuild_on_change(
-            shared.clone(),
-            shutdown_rx.clone(),
-        )));
+        let mut control = vec![
+            tokio::spawn(admin::serve(api, api_router(&shared), shutdown_rx.clone())),
+            tokio::spawn(admin::serve(
+                telemetry,
+                telemetry_router(&shared),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(rebuild_on_change(shared.clone(), shutdown_rx.clone())),
+            tokio::spawn(reload_on_change(shared.clone(), shutdown_rx.clone())),
+        ];
 
         let mut registration = None;
         if let Some(client) = redis_client {
@@ -208,7 +254,6 @@ impl Sidecar {
             let watcher = Watcher {
                 client: client.clone(),
                 keys: keys.clone(),
-                statics,
                 resync: config.registry.resync.get(),
                 ttl: config.registry.ttl.get(),
                 snapshots: snapshot_tx,
@@ -526,6 +571,70 @@ async fn rebuild_on_change(shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
     }
 }
 
+/// How often the config file is checked for changes. Polling (a read and a hash) rather
+/// than inotify: Kubernetes swaps ConfigMap files through symlinks, which file watches miss,
+/// and a one-second poll keeps "edit → effect" under 2 s everywhere.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+async fn reload_on_change(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    let mut poll = tokio::time::interval(CONFIG_POLL);
+    loop {
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = poll.tick() => {}
+            () = sighup => {
+                tracing::info!("SIGHUP: re-reading the config file");
+                shared.last_seen_hash.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            () = &mut stop => return,
+        }
+        if let Err(e) = shared.reload() {
+            tracing::error!(error = %e, "config reload rejected; the previous config keeps serving");
+        }
+    }
+}
+
+/// Settings that only take effect at start: say so rather than pretend.
+fn warn_if_restart_needed(old: &Config, new: &Config) {
+    let mut changed = Vec::new();
+    if old.service.name != new.service.name || old.service.app != new.service.app {
+        changed.push("service");
+    }
+    let (a, b) = (&old.listen, &new.listen);
+    if a.outbound != b.outbound
+        || a.inbound != b.inbound
+        || a.api != b.api
+        || a.telemetry != b.telemetry
+    {
+        changed.push("listen");
+    }
+    if old.workers != new.workers {
+        changed.push("workers");
+    }
+    if old.registry.redis != new.registry.redis || old.registry.prefix != new.registry.prefix {
+        changed.push("registry.redis/prefix");
+    }
+    if old.limits.max_header_bytes != new.limits.max_header_bytes
+        || old.limits.header_read_timeout != new.limits.header_read_timeout
+    {
+        changed.push("limits (header size and read timeout)");
+    }
+    if !changed.is_empty() {
+        tracing::warn!(fields = ?changed, "these settings changed but apply only after a restart");
+    }
+}
+
 fn telemetry_router(shared: &Arc<Shared>) -> Router {
     let shared = shared.clone();
     Arc::new(move |req: &Request<Incoming>| {
@@ -577,7 +686,7 @@ fn api_router(shared: &Arc<Shared>) -> Router {
                 }),
             )
         } else if admin::is_get(req, "/v1/registry") {
-            let snapshot = shared.snapshot.borrow().clone();
+            let snapshot = shared.registry_view(&shared.config.load().config);
             admin::json(
                 StatusCode::OK,
                 &serde_json::json!({

@@ -52,6 +52,8 @@ pub struct LoadedConfig {
     pub source: String,
     /// FNV-1a hash of the file's bytes, hex: tells which version is live.
     pub hash: String,
+    /// The file, when it came from one (then it is watched for changes).
+    pub path: Option<PathBuf>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }
@@ -63,7 +65,9 @@ impl LoadedConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_text(&text, &path.display().to_string())
+        let mut loaded = Self::from_text(&text, &path.display().to_string())?;
+        loaded.path = Some(path.to_owned());
+        Ok(loaded)
     }
 
     /// Parses and validates YAML text; `source` names it in errors.
@@ -78,7 +82,8 @@ impl LoadedConfig {
         Ok(LoadedConfig {
             config,
             source: source.to_owned(),
-            hash: fnv1a_hex(text.as_bytes()),
+            hash: content_hash(text),
+            path: None,
             loaded_at: SystemTime::now(),
         })
     }
@@ -297,9 +302,10 @@ fn locate(text: &str, field: &str) -> usize {
     found
 }
 
-fn fnv1a_hex(bytes: &[u8]) -> String {
+/// FNV-1a of the config text, as 16 hex digits.
+pub fn content_hash(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
+    for b in text.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

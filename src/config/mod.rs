@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, LoadedConfig};
+pub use load::{content_hash, ConfigError, LoadedConfig};
 pub use policy::{
     BreakerPolicy, Degrade, GrpcCode, Policy, PolicyOverride, Protocol, RetryOn, RetryPolicy,
     StaticAnswer, StaticAuth,

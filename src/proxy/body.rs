@@ -106,8 +106,8 @@ pub struct Guards {
     pub permit: Option<Permit>,
     /// The HTTP/1.1 connection, back to the pool once the body has been read whole.
     pub lease: Option<Http1Lease>,
-    /// Copy for the stale cache.
-    pub record: Option<StaleRecorder>,
+    /// Copy for the stale cache (boxed: only stale-mode destinations have one).
+    pub record: Option<Box<StaleRecorder>>,
 }
 
 impl Guards {

@@ -108,13 +108,13 @@ pub async fn call(
             (Some(key), Degrade::Stale(_)) if up.response.status() == StatusCode::OK => {
                 let mut headers = up.response.headers().clone();
                 crate::proxy::headers::strip_hop_by_hop(&mut headers);
-                Some(StaleRecorder::new(
+                Some(Box::new(StaleRecorder::new(
                     state.clone(),
                     key,
                     headers,
                     policy.stale_entries as usize,
                     policy.stale_bytes.as_usize(),
-                ))
+                )))
             }
             _ => None,
         };

@@ -29,6 +29,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// This snapshot with `statics` in front (static entries come from the config, which
+    /// may be reloaded, so they are merged when the routing table is built).
+    pub fn with_statics(&self, statics: &BTreeMap<String, Vec<Instance>>) -> Snapshot {
+        let mut services = statics.clone();
+        for (service, instances) in &self.services {
+            services
+                .entry(service.clone())
+                .or_default()
+                .extend(instances.iter().cloned());
+        }
+        Snapshot {
+            services,
+            redis_read_at: self.redis_read_at,
+        }
+    }
+
     /// Static entries merged with Redis instances.
     pub fn merge(
         statics: &BTreeMap<String, Vec<Instance>>,

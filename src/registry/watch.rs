@@ -24,8 +24,6 @@ pub struct Watcher {
     pub client: redis::Client,
     /// Key names.
     pub keys: Keys,
-    /// Static entries merged into every snapshot.
-    pub statics: BTreeMap<String, Vec<Instance>>,
     /// Full re-read interval.
     pub resync: Duration,
     /// Registry TTL: how long instances missing after a reconnect are kept.
@@ -193,7 +191,7 @@ impl Watcher {
     }
 
     fn publish(&self, state: &State) {
-        let snapshot = Snapshot::merge(&self.statics, &state.redis, state.read_at);
+        let snapshot = Snapshot::merge(&BTreeMap::new(), &state.redis, state.read_at);
         self.snapshots.send_if_modified(|current| {
             if current.services == snapshot.services {
                 // Same endpoints: only the read time moved; no rebuild downstream.

@@ -209,6 +209,8 @@ pub struct Upstream {
     pub name: &'static str,
     pub requests: Arc<AtomicUsize>,
     pub connections: Arc<AtomicUsize>,
+    /// `/flaky` answers 503 while this is above zero (and counts it down).
+    pub failures_left: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -220,18 +222,24 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (r, c) = (requests.clone(), connections.clone());
+        let failures_left = Arc::new(AtomicUsize::new(0));
+        let (r, c, f) = (requests.clone(), connections.clone(), failures_left.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
+                let (r, f) = (r.clone(), f.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
-                        upstream_answer(name, req)
+                        let fail = req.uri().path().starts_with("/flaky")
+                            && f.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok();
+                        upstream_answer(name, req, fail)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -244,12 +252,18 @@ impl Upstream {
             name,
             requests,
             connections,
+            failures_left,
             task,
         }
     }
 
     pub fn stop(&self) {
         self.task.abort();
+    }
+
+    /// The next `n` requests to `/flaky...` answer 503.
+    pub fn fail_next(&self, n: usize) {
+        self.failures_left.store(n, Ordering::SeqCst);
     }
 
     pub fn hits(&self) -> usize {
@@ -268,6 +282,7 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 async fn upstream_answer(
     name: &'static str,
     req: Request<Incoming>,
+    fail: bool,
 ) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let full = |status: u16, body: String| {
@@ -285,6 +300,9 @@ async fn upstream_answer(
         );
         Ok(r)
     };
+    if fail {
+        return full(503, format!("{{\"upstream\":\"{name}\",\"failed\":true}}"));
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         return full(
             code.parse().unwrap_or(500),
@@ -343,6 +361,61 @@ pub async fn sidecar(yaml: &str) -> Sidecar {
     };
     let loaded = LoadedConfig::from_text(&text, "test.yaml").expect("valid test config");
     Sidecar::start(loaded).await.expect("sidecar starts")
+}
+
+/// An in-process sidecar from a config file (watched for changes, like `meshlet run`).
+pub async fn sidecar_from_file(path: &std::path::Path) -> Sidecar {
+    let loaded = LoadedConfig::from_file(path).expect("valid test config");
+    Sidecar::start(loaded).await.expect("sidecar starts")
+}
+
+/// The listen line tests add so every listener takes a free port.
+pub const FREE_PORTS: &str = "listen: {outbound: 127.0.0.1:0, inbound: 127.0.0.1:0, api: 127.0.0.1:0, telemetry: 127.0.0.1:0}\n";
+
+/// One keep-alive HTTP/1.1 connection, for timing and ordering.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Answer {
+        self.sender.ready().await.expect("connection ready");
+        let resp = self.sender.send_request(req).await.expect("answered");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Answer {
+        self.send(Request::get(url).body(Full::new(Bytes::new())).unwrap())
+            .await
+    }
+}
+
+/// The value of a metric line (exact labels as Prometheus prints them), 0 when absent.
+pub async fn metric(telemetry: SocketAddr, series: &str) -> f64 {
+    let text = get_host(telemetry, "x", "/metrics").await;
+    String::from_utf8_lossy(&text.body)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A response read whole.

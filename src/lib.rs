@@ -23,6 +23,8 @@
 //! - [`proxy`]: listeners, routing table, forwarding, upstream pool, error responses.
 //! - [`policy`]: per-destination resilience (balancing today).
 //! - [`telemetry`]: metrics, logs, the telemetry and local-API servers.
+//! - [`events`]: events over Redis Streams, published and delivered over localhost HTTP.
+//! - [`realtime`]: the WebSocket hub: rooms, users, broadcast across instances.
 //! - [`sidecar`]: wiring: builds all of the above from a config and shuts it down.
 //! - [`demo`]: the embedded demo upstream behind `meshlet demo`.
 
@@ -31,8 +33,10 @@
 
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod policy;
 pub mod proxy;
+pub mod realtime;
 pub mod registry;
 pub mod sidecar;
 pub mod telemetry;

@@ -22,16 +22,18 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError, LoadedConfig, Policy};
+use crate::events::Events;
 use crate::policy::balance::Endpoint;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::destination::{Destination, RoutingTable};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::outbound::Outbound;
 use crate::proxy::{server, upstream};
+use crate::realtime::{self, Realtime};
 use crate::registry::registration::Registration;
 use crate::registry::watch::Watcher;
 use crate::registry::{connection, schema, static_instances, Instance, Keys, Snapshot, Status};
-use crate::telemetry::admin::{self, Router};
+use crate::telemetry::admin::{self, ResponseFuture, Router};
 use crate::telemetry::metrics::{Direction, Metrics};
 
 /// How long readiness waits for a first Redis snapshot before serving static and
@@ -149,6 +151,20 @@ impl Shared {
     }
 }
 
+/// What the events and realtime modules start from.
+pub struct Context<'a> {
+    /// The config at start.
+    pub config: &'a Config,
+    /// The Redis client of `registry.redis`, when configured.
+    pub redis: Option<redis::Client>,
+    /// This meshlet's instance id (consumer name, presence key).
+    pub instance_id: &'a str,
+    /// Where to register metric families ([`Metrics::registry`]).
+    pub metrics: &'a Metrics,
+    /// Turns true at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// Where the listeners ended up (port 0 resolved).
 #[derive(Clone, Copy, Debug)]
 pub struct Addresses {
@@ -213,9 +229,10 @@ impl Sidecar {
             .as_ref()
             .map(|a| app_destination(&config, &a.0, &shared.metrics))
             .transpose()?;
-        let inbound = match &app {
-            Some(_) => Some(bind("inbound", config.listen.inbound.0, workers)?),
-            None => None,
+        let inbound = if app.is_some() || config.realtime.is_some() {
+            Some(bind("inbound", config.listen.inbound.0, workers)?)
+        } else {
+            None
         };
         let inbound_addr = inbound.as_ref().map(|l| local_addr(&l[0]));
         let api = bind_one("api", config.listen.api.0).await?;
@@ -227,17 +244,37 @@ impl Sidecar {
             telemetry: local_addr_tokio(&telemetry),
         };
 
+        // Events and the realtime hub plug in here: each owns its module, starts its own
+        // control-plane tasks, and is reached through the local API (and, for the hub,
+        // the inbound listener).
+        let context = Context {
+            config: &config,
+            redis: redis_client.clone(),
+            instance_id: &shared.instance_id,
+            metrics: &shared.metrics,
+            shutdown: shutdown_rx.clone(),
+        };
+        let events = Events::start(&context);
+        let realtime = Realtime::start(&context);
+
         let worker_done = spawn_workers(
             &config,
             &shared,
-            app.clone(),
+            Inbound {
+                app: app.clone(),
+                realtime: realtime.clone(),
+            },
             outbound,
             inbound,
             &shutdown_rx,
         )?;
 
         let mut control = vec![
-            tokio::spawn(admin::serve(api, api_router(&shared), shutdown_rx.clone())),
+            tokio::spawn(admin::serve(
+                api,
+                api_router(&shared, events, realtime),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(admin::serve(
                 telemetry,
                 telemetry_router(&shared),
@@ -460,7 +497,7 @@ fn own_instance(config: &Config, id: &str, inbound: SocketAddr) -> Result<Instan
 fn spawn_workers(
     config: &Config,
     shared: &Arc<Shared>,
-    app: Option<Arc<Destination>>,
+    inbound_template: Inbound,
     outbound: Vec<std::net::TcpListener>,
     inbound: Option<Vec<std::net::TcpListener>>,
     shutdown: &watch::Receiver<bool>,
@@ -476,7 +513,10 @@ fn spawn_workers(
             limits: config.limits.clone(),
             unrouted: unrouted.clone(),
         });
-        let inbound_handler = app.clone().map(|app| Arc::new(Inbound { app }));
+        let inbound_handler = Some(Arc::new(Inbound {
+            app: inbound_template.app.clone(),
+            realtime: inbound_template.realtime.clone(),
+        }));
         let builder = server::http_builder(&config.limits);
         let shutdown = shutdown.clone();
         let gauges = (
@@ -637,7 +677,14 @@ fn warn_if_restart_needed(old: &Config, new: &Config) {
 
 fn telemetry_router(shared: &Arc<Shared>) -> Router {
     let shared = shared.clone();
-    Arc::new(move |req: &Request<Incoming>| {
+    Arc::new(move |req: Request<Incoming>| {
+        let resp = telemetry_answer(&shared, &req);
+        Box::pin(async move { resp })
+    })
+}
+
+fn telemetry_answer(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
+    {
         if admin::is_get(req, "/metrics") {
             admin::respond(
                 StatusCode::OK,
@@ -664,12 +711,47 @@ fn telemetry_router(shared: &Arc<Shared>) -> Router {
         } else {
             admin::not_found(req)
         }
+    }
+}
+
+fn api_router(
+    shared: &Arc<Shared>,
+    events: Option<Arc<Events>>,
+    realtime: Option<Arc<Realtime>>,
+) -> Router {
+    let shared = shared.clone();
+    Arc::new(move |req: Request<Incoming>| -> ResponseFuture {
+        let path = req.uri().path();
+        if path.starts_with("/v1/events") {
+            return match events.clone() {
+                Some(events) => Box::pin(async move { events.handle(req).await }),
+                None => unconfigured(&req, "events"),
+            };
+        }
+        if realtime::API_PATHS.iter().any(|p| path.starts_with(p)) {
+            return match realtime.clone() {
+                Some(hub) => Box::pin(async move { hub.handle_api(req).await }),
+                None => unconfigured(&req, "realtime"),
+            };
+        }
+        let resp = api_answer(&shared, &req);
+        Box::pin(async move { resp })
     })
 }
 
-fn api_router(shared: &Arc<Shared>) -> Router {
-    let shared = shared.clone();
-    Arc::new(move |req: &Request<Incoming>| -> Response<ResponseBody> {
+fn unconfigured(req: &Request<Incoming>, section: &str) -> ResponseFuture {
+    let resp = admin::json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({
+            "error": "not_configured",
+            "message": format!("{} {}: the `{section}` section is not configured", req.method(), req.uri().path()),
+        }),
+    );
+    Box::pin(async move { resp })
+}
+
+fn api_answer(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
+    {
         if admin::is_get(req, "/v1/config") {
             let loaded = shared.config.load();
             let loaded_at = loaded
@@ -698,5 +780,5 @@ fn api_router(shared: &Arc<Shared>) -> Router {
         } else {
             admin::not_found(req)
         }
-    })
+    }
 }

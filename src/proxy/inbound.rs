@@ -9,29 +9,42 @@ use tokio::time::Instant;
 
 use super::body::ResponseBody;
 use super::destination::Destination;
+use super::error::ProxyError;
 use super::forward;
 use super::headers::ensure_request_id;
 use super::outbound::record;
 use super::server::Handler;
+use crate::realtime::Realtime;
 
 /// The inbound listener's handler.
 pub struct Inbound {
-    /// The local app as a destination with one endpoint.
-    pub app: Arc<Destination>,
+    /// The local app as a destination with one endpoint (`None` without `service.app`).
+    pub app: Option<Arc<Destination>>,
+    /// The WebSocket hub, served at `realtime.path`.
+    pub realtime: Option<Arc<Realtime>>,
 }
 
 impl Handler for Inbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        if let Some(hub) = &self.realtime {
+            if req.uri().path() == hub.path() {
+                return hub.accept(req).await;
+            }
+        }
         let started = Instant::now();
         let request_id = ensure_request_id(req.headers_mut());
+        let Some(app) = &self.app else {
+            let e = ProxyError::UpstreamUnavailable("no service.app is configured".to_owned());
+            return e.to_response("", request_id.to_str().unwrap_or(""));
+        };
         let method = req.method().clone();
-        let resp = match forward::once(&self.app, req).await {
+        let resp = match forward::once(app, req).await {
             Ok(resp) => resp,
             Err(e) => {
-                self.app.metrics.count_error(e.code());
-                e.to_response(&self.app.name, request_id.to_str().unwrap_or(""))
+                app.metrics.count_error(e.code());
+                e.to_response(&app.name, request_id.to_str().unwrap_or(""))
             }
         };
-        record(&self.app.metrics, resp, &method, &request_id, started)
+        record(&app.metrics, resp, &method, &request_id, started)
     }
 }

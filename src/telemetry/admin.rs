@@ -1,8 +1,10 @@
 //! The control plane's small HTTP servers: the telemetry listener (`/metrics`,
 //! `/healthz/live`, `/healthz/ready`) and the local API (`/v1/config`, `/v1/registry`).
-//! Both are plain routers over read-only views; they never touch the request path.
+//! Both are plain routers; they never touch the request path.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,8 +18,11 @@ use tokio::sync::watch;
 
 use crate::proxy::body::ResponseBody;
 
-/// A synchronous router: request head in, response out.
-pub type Router = Arc<dyn Fn(&Request<Incoming>) -> Response<ResponseBody> + Send + Sync>;
+/// A boxed response future (the local API's event and realtime routes talk to Redis).
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
+/// A router: request in, response future out.
+pub type Router = Arc<dyn Fn(Request<Incoming>) -> ResponseFuture + Send + Sync>;
 
 /// Serves `router` on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
@@ -27,8 +32,8 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
                 let Ok((stream, _)) = accepted else { continue };
                 let router = router.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let resp = router(&req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let resp = router(req);
+                    async move { Ok::<_, Infallible>(resp.await) }
                 });
                 tokio::spawn(async move {
                     let _ = auto::Builder::new(TokioExecutor::new())

@@ -248,6 +248,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for modules that register families of their own (events, realtime).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

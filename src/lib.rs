@@ -21,7 +21,8 @@
 //! - [`config`]: the YAML contract: types, defaults, validation with line numbers.
 //! - [`registry`]: discovery (local snapshot fed by a Redis watcher) and self-registration.
 //! - [`proxy`]: listeners, routing table, forwarding, upstream pool, error responses.
-//! - [`policy`]: per-destination resilience (balancing today).
+//! - [`policy`]: per-destination resilience: breakers, retries, budgets, degradation, balancing.
+//! - [`identity`]: request ids, trace context, service tokens, static auth headers.
 //! - [`telemetry`]: metrics, logs, the telemetry and local-API servers.
 //! - [`events`]: events over Redis Streams, published and delivered over localhost HTTP.
 //! - [`realtime`]: the WebSocket hub: rooms, users, broadcast across instances.
@@ -34,6 +35,7 @@
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod realtime;

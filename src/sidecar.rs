@@ -200,7 +200,7 @@ impl Sidecar {
         let loaded_hash = loaded.hash.clone();
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         let initial = Snapshot::default().with_statics(&static_instances(&config.registry));
-        let table = RoutingTable::build(&config, &initial, &RoutingTable::default(), &metrics);
+        let table = RoutingTable::build(&config, &initial, &RoutingTable::empty(&config), &metrics);
         let redis_client = config
             .registry
             .redis
@@ -261,6 +261,7 @@ impl Sidecar {
             &config,
             &shared,
             Inbound {
+                table: shared.table.clone(),
                 app: app.clone(),
                 realtime: realtime.clone(),
             },
@@ -451,6 +452,8 @@ fn app_destination(
         metrics: metrics.destination(Direction::Inbound, name),
         egress: None,
         state: Default::default(),
+        token: Default::default(),
+        static_auth: None,
     }))
 }
 
@@ -514,6 +517,7 @@ fn spawn_workers(
             unrouted: unrouted.clone(),
         });
         let inbound_handler = Some(Arc::new(Inbound {
+            table: inbound_template.table.clone(),
             app: inbound_template.app.clone(),
             realtime: inbound_template.realtime.clone(),
         }));

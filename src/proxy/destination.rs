@@ -6,9 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 
 use crate::config::{Config, Policy, Protocol};
+use crate::identity::token::TokenCache;
+use crate::identity::Identity;
 use crate::policy::balance::Endpoint;
 use crate::policy::DestinationState;
 use crate::registry::{Snapshot, Status};
@@ -28,6 +31,10 @@ pub struct Destination {
     pub egress: Option<Egress>,
     /// Breaker, budget, stale cache: kept across rebuilds and reloads.
     pub state: Arc<DestinationState>,
+    /// This destination's cached service token.
+    pub token: TokenCache,
+    /// `services.X.auth`: header set toward this destination (value marked sensitive).
+    pub static_auth: Option<(HeaderName, HeaderValue)>,
 }
 
 /// An egress destination's fixed URL parts.
@@ -46,14 +53,25 @@ struct Route {
     destination: Arc<Destination>,
 }
 
-/// Service name → destination, and the prefix routes. Immutable once built.
-#[derive(Default)]
+/// Service name → destination, the prefix routes, and the identity settings: everything
+/// the request path reads from the config, immutable once built.
 pub struct RoutingTable {
     services: HashMap<Arc<str>, Arc<Destination>>,
     routes: Vec<Route>,
+    /// Token signing and inbound checks.
+    pub identity: Identity,
 }
 
 impl RoutingTable {
+    /// A table with nothing in it (before the first build).
+    pub fn empty(config: &Config) -> RoutingTable {
+        RoutingTable {
+            services: HashMap::new(),
+            routes: Vec::new(),
+            identity: Identity::from_config(config),
+        }
+    }
+
     /// The destination named by a request's host, if it is a known service.
     pub fn by_host(&self, host: &str) -> Option<&Arc<Destination>> {
         self.services.get(host).or_else(|| {
@@ -115,7 +133,11 @@ impl RoutingTable {
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         metrics.registry_metrics.services.set(services.len() as i64);
-        RoutingTable { services, routes }
+        RoutingTable {
+            services,
+            routes,
+            identity: Identity::from_config(config),
+        }
     }
 }
 
@@ -192,5 +214,33 @@ fn build_destination(
         metrics: metrics_handle,
         egress,
         state: old.map_or_else(Default::default, |d| d.state.clone()),
+        token: TokenCache::default(),
+        static_auth: config
+            .services
+            .get(name)
+            .and_then(|s| s.auth.as_ref())
+            .and_then(|a| static_auth(name, a)),
     }
+}
+
+/// Resolves `services.X.auth` to a header (the value read from its file when given).
+fn static_auth(
+    service: &str,
+    auth: &crate::config::StaticAuth,
+) -> Option<(HeaderName, HeaderValue)> {
+    let name = HeaderName::from_bytes(auth.header.as_bytes()).ok()?;
+    let value = match (&auth.value, &auth.file) {
+        (Some(v), _) => v.expose().to_owned(),
+        (None, Some(path)) => match std::fs::read_to_string(path.as_str()) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) => {
+                tracing::error!(service, file = %path, error = %e, "cannot read the auth header file; no auth header sent");
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
+    let mut value = HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
 }

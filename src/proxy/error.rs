@@ -38,6 +38,12 @@ pub enum ProxyError {
     /// Concurrency cap reached.
     #[error("too many requests in flight")]
     Overloaded,
+    /// Inbound identity missing or invalid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Inbound caller not allowed.
+    #[error("caller `{0}` is not allowed")]
+    Forbidden(String),
     /// Request target longer than `limits.max_uri_bytes`.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
@@ -60,6 +66,8 @@ impl ProxyError {
             ProxyError::CircuitOpen(_) => "circuit_open",
             ProxyError::ReadOnly(_) => "read_only",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::Unauthenticated(_) => "unauthenticated",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::UriTooLong(_) => "uri_too_long",
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
@@ -77,6 +85,8 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }

@@ -16,6 +16,7 @@ use super::error::ProxyError;
 use super::headers::ensure_request_id;
 use super::server::Handler;
 use crate::config::Limits;
+use crate::identity::trace::{continue_trace, TraceId};
 use crate::telemetry::metrics::DestinationMetrics;
 
 /// Response header: attempts the call took (0 = answered by meshlet before any).
@@ -35,13 +36,21 @@ impl Handler for Outbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = ensure_request_id(req.headers_mut());
+        let trace = continue_trace(req.headers_mut());
         let method = req.method().clone();
-        let (dest, strip) = match self.route(&req) {
+        let routed = {
+            // Route and stamp under one look at the table; nothing awaits while it is held.
+            let table = self.table.load();
+            self.route(&table, &req).inspect(|(dest, _)| {
+                table.identity.stamp_outbound(req.headers_mut(), dest);
+            })
+        };
+        let (dest, strip) = match routed {
             Ok(found) => found,
             Err(e) => {
                 let resp = e.to_response("", request_id.to_str().unwrap_or(""));
                 self.unrouted.count_error(e.code());
-                return record(&self.unrouted, resp, &method, &request_id, started);
+                return record(&self.unrouted, resp, &method, &request_id, trace, started);
             }
         };
         let replay_limit = self.limits.replay_buffer.as_usize();
@@ -55,7 +64,7 @@ impl Handler for Outbound {
         };
         resp.headers_mut()
             .insert(X_MESH_ATTEMPTS, http::HeaderValue::from(attempts));
-        record(&dest.metrics, resp, &method, &request_id, started)
+        record(&dest.metrics, resp, &method, &request_id, trace, started)
     }
 }
 
@@ -63,13 +72,16 @@ impl Outbound {
     /// The destination: absolute-form URI host, else `Host` (port ignored), when either
     /// names a known service; else the longest route prefix; else `no_route`. An unknown
     /// name or IP literal is never dialled: meshlet is not an open proxy.
-    fn route(&self, req: &Request<Incoming>) -> Result<(Arc<Destination>, usize), ProxyError> {
+    fn route(
+        &self,
+        table: &RoutingTable,
+        req: &Request<Incoming>,
+    ) -> Result<(Arc<Destination>, usize), ProxyError> {
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         let max_uri = self.limits.max_uri_bytes.as_usize();
         if uri_len > max_uri {
             return Err(ProxyError::UriTooLong(max_uri));
         }
-        let table = self.table.load();
         let host = request_host(req);
         if let Some(dest) = host.and_then(|h| table.by_host(h)) {
             return Ok((dest.clone(), 0));
@@ -104,6 +116,7 @@ pub(crate) fn record(
     resp: Response<ResponseBody>,
     method: &http::Method,
     request_id: &http::HeaderValue,
+    trace: TraceId,
     started: Instant,
 ) -> Response<ResponseBody> {
     let elapsed = started.elapsed();
@@ -116,6 +129,7 @@ pub(crate) fn record(
         status = resp.status().as_u16(),
         duration_us = elapsed.as_micros() as u64,
         request_id = request_id.to_str().unwrap_or(""),
+        trace_id = trace.as_str(),
     );
     resp
 }

@@ -1,0 +1,192 @@
+//! Identity end to end with three meshlets, one app and one real redis-server: trace
+//! context, request ids, service tokens (forged, expired, wrong audience), allow_from,
+//! static auth headers, secrets kept out of views.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde::Serialize;
+use support::*;
+
+const SECRET: &str = "test-token-secret";
+
+fn meshlet(name: &str, redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "service: {{name: {name}}}\nworkers: 1\nregistry: {{redis: \"{}\", ttl: 3s, heartbeat: 1s}}\nauth:\n  token: {{secret: [\"{SECRET}\"], ttl: 60s}}\n{extra}",
+        redis.url()
+    )
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+fn token(secret: &str, iss: &str, aud: &str, exp_offset: i64) -> String {
+    let now = support::now_ms() / 1000;
+    let claims = Claims {
+        iss,
+        aud,
+        iat: now,
+        exp: (now as i64 + exp_offset) as u64,
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn a_call_through_two_meshlets_carries_trace_request_id_and_caller_but_never_the_token() {
+    let redis = RedisServer::start();
+    let app = Upstream::start("inventory-app").await;
+    let inventory = sidecar(&format!(
+        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\", ttl: 3s, heartbeat: 1s}}\nauth:\n  token: {{secret: [\"{SECRET}\"]}}\n  inbound: {{require: true, allow_from: [orders]}}\n",
+        app.addr,
+        redis.url()
+    ))
+    .await;
+    let orders = sidecar(&meshlet("orders", &redis, "")).await;
+    let game = sidecar(&meshlet("game", &redis, "")).await;
+    let out = orders.addresses.outbound;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            get_via(out, "http://inventory/").await.status == 200
+        })
+        .await
+    );
+
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = Request::get("http://inventory/items")
+        .header("traceparent", parent)
+        .header("tracestate", "vendor=1")
+        .header("x-request-id", "req-123")
+        .header("authorization", "Bearer the-callers-own")
+        .header("x-mesh-caller", "spoofed")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(out, req).await.unwrap();
+    assert_eq!(a.status, 200);
+    let h = &a.json()["headers"];
+    let seen = h["traceparent"].as_str().unwrap();
+    assert_eq!(&seen[..36], &parent[..36], "trace id kept");
+    assert_ne!(&seen[36..52], &parent[36..52], "span id changed");
+    assert!(seen.ends_with("-01"));
+    assert_eq!(h["tracestate"], "vendor=1");
+    assert_eq!(h["x-request-id"], "req-123");
+    assert_eq!(
+        h["x-mesh-caller"], "orders",
+        "verified caller, not the spoofed one"
+    );
+    assert!(
+        h.get("x-mesh-token").is_none(),
+        "the token never reaches the app: {h}"
+    );
+    assert_eq!(h["authorization"], "Bearer the-callers-own");
+
+    let a = get_via(out, "http://inventory/").await;
+    let h = &a.json()["headers"];
+    assert_eq!(
+        h["traceparent"].as_str().unwrap().len(),
+        55,
+        "a trace is started when none came in"
+    );
+    assert_eq!(h["x-request-id"].as_str().unwrap().len(), 32);
+
+    let denied = get_via(game.addresses.outbound, "http://inventory/").await;
+    assert_eq!(
+        (denied.status.as_u16(), denied.header("x-mesh-error")),
+        (403, "forbidden")
+    );
+
+    let inbound = inventory.addresses.inbound.unwrap();
+    let direct = get_host(inbound, "inventory", "/").await;
+    assert_eq!(
+        (direct.status.as_u16(), direct.header("x-mesh-error")),
+        (401, "unauthenticated")
+    );
+    assert_eq!(direct.json()["error"], "unauthenticated");
+
+    let bad_tokens = [
+        token("attacker-secret", "orders", "inventory", 60),
+        token(SECRET, "orders", "inventory", -120),
+        token(SECRET, "orders", "payments", 60),
+        "not.a.jwt".to_owned(),
+    ];
+    for bad in bad_tokens {
+        let req = Request::get("/")
+            .header("host", "inventory")
+            .header("x-mesh-token", bad.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let a = send(inbound, req).await.unwrap();
+        assert_eq!(a.status, 401, "{bad}");
+    }
+    let good = Request::get("/")
+        .header("host", "inventory")
+        .header("x-mesh-token", token(SECRET, "orders", "inventory", 60))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(inbound, good).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert!(app.hits() >= 3);
+}
+
+#[tokio::test]
+async fn static_auth_headers_are_set_and_secrets_never_shown() {
+    let api = Upstream::start("partner-api").await;
+    let internal = Upstream::start("internal").await;
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), "file-key-123\n").unwrap();
+    std::env::set_var("MESHLET_TEST_WEATHER_KEY", "weather-secret-xyz");
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry: {{static: {{search: [\"{}\"]}}}}\nauth: {{token: {{secret: \"{SECRET}\"}}}}\nservices:\n  weather:\n    url: \"http://{}/v2\"\n    auth: {{header: Authorization, value: \"Bearer ${{MESHLET_TEST_WEATHER_KEY}}\"}}\n  search:\n    auth: {{header: X-Api-Key, file: \"{}\"}}\n",
+        internal.addr,
+        api.addr,
+        key_file.path().display()
+    ))
+    .await;
+    let out = s.addresses.outbound;
+    let req = Request::get("http://weather/forecast")
+        .header("authorization", "Bearer app-sent")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(out, req).await.unwrap();
+    let j = a.json();
+    assert_eq!(j["uri"], "/v2/forecast");
+    assert_eq!(
+        j["headers"]["authorization"], "Bearer weather-secret-xyz",
+        "egress: meshlet's header replaces the app's"
+    );
+    assert!(
+        j["headers"].get("x-mesh-token").is_none(),
+        "no mesh token toward egress"
+    );
+    assert!(j["headers"].get("x-mesh-caller").is_none());
+
+    let a = get_via(out, "http://search/q").await;
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-api-key"], "file-key-123");
+    assert!(
+        h["x-mesh-token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3),
+        "mesh destinations get a token"
+    );
+
+    let text = String::from_utf8_lossy(&get_host(s.addresses.api, "x", "/v1/config").await.body)
+        .to_string();
+    for secret in ["weather-secret-xyz", SECRET] {
+        assert!(!text.contains(secret), "{secret} leaked into /v1/config");
+    }
+    let debug = format!("{:?}", s.shared.config.load().config);
+    assert!(
+        !debug.contains("weather-secret-xyz") && !debug.contains(SECRET),
+        "Debug output redacts secrets"
+    );
+}

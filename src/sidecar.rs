@@ -264,6 +264,11 @@ impl Sidecar {
                 table: shared.table.clone(),
                 app: app.clone(),
                 realtime: realtime.clone(),
+                upgraded: shared
+                    .metrics
+                    .upgraded_connections
+                    .with_label_values(&["inbound"]),
+                idle_timeout: config.limits.idle_timeout.get(),
             },
             outbound,
             inbound,
@@ -515,11 +520,17 @@ fn spawn_workers(
             table: shared.table.clone(),
             limits: config.limits.clone(),
             unrouted: unrouted.clone(),
+            upgraded: shared
+                .metrics
+                .upgraded_connections
+                .with_label_values(&["outbound"]),
         });
         let inbound_handler = Some(Arc::new(Inbound {
             table: inbound_template.table.clone(),
             app: inbound_template.app.clone(),
             realtime: inbound_template.realtime.clone(),
+            upgraded: inbound_template.upgraded.clone(),
+            idle_timeout: inbound_template.idle_timeout,
         }));
         let builder = server::http_builder(&config.limits);
         let shutdown = shutdown.clone();

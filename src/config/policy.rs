@@ -59,6 +59,18 @@ pub enum GrpcCode {
 }
 
 impl GrpcCode {
+    /// The code for a numeric `grpc-status`, when it is one a policy can name.
+    pub fn from_status(status: u32) -> Option<GrpcCode> {
+        match status {
+            1 => Some(GrpcCode::Cancelled),
+            4 => Some(GrpcCode::DeadlineExceeded),
+            8 => Some(GrpcCode::ResourceExhausted),
+            13 => Some(GrpcCode::Internal),
+            14 => Some(GrpcCode::Unavailable),
+            _ => None,
+        }
+    }
+
     const ALL: [(GrpcCode, &'static str); 5] = [
         (GrpcCode::Cancelled, "cancelled"),
         (GrpcCode::DeadlineExceeded, "deadline-exceeded"),

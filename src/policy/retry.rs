@@ -21,6 +21,8 @@ pub enum Failure {
     Timeout,
     /// The upstream answered with an error status.
     Status(StatusCode),
+    /// A gRPC upstream answered with an error `grpc-status` (trailers-only).
+    Grpc(u32),
 }
 
 impl Failure {
@@ -35,6 +37,7 @@ impl Failure {
             Failure::Status(s) if s == StatusCode::SERVICE_UNAVAILABLE => "503",
             Failure::Status(s) if s == StatusCode::GATEWAY_TIMEOUT => "504",
             Failure::Status(_) => "status",
+            Failure::Grpc(_) => "grpc",
         }
     }
 
@@ -42,18 +45,45 @@ impl Failure {
     pub fn trips_breaker(self) -> bool {
         match self {
             Failure::Status(s) => s.is_server_error(),
+            // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE: like a 5xx (DESIGN §7).
+            Failure::Grpc(code) => matches!(code, 2 | 4 | 13 | 14),
             _ => true,
         }
     }
 }
 
 /// Whether a request may be sent again after it reached the upstream: idempotent methods,
-/// or any method with an `Idempotency-Key`.
-pub fn is_replayable(method: &Method, headers: &HeaderMap) -> bool {
+/// any method with an `Idempotency-Key`, and gRPC calls when the policy names a gRPC code
+/// (gRPC methods are POSTs; naming a code is the operator's statement that they are safe).
+pub fn is_replayable(method: &Method, headers: &HeaderMap, policy: &RetryPolicy) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     ) || headers.contains_key(IDEMPOTENCY_KEY)
+        || (crate::proxy::error::is_grpc(headers)
+            && policy.on.iter().any(|c| matches!(c, RetryOn::Grpc(_))))
+}
+
+/// The `grpc-status` of a trailers-only answer, when it is an error.
+pub fn grpc_failure(headers: &HeaderMap) -> Option<Failure> {
+    let status: u32 = headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    (status != 0).then_some(Failure::Grpc(status))
+}
+
+/// A client's `grpc-timeout` (e.g. `250m`, `5S`), which caps meshlet's own budget.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (value, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = value.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Whether `failure` is retryable under `policy` for a request that is (or is not) replayable.
@@ -65,6 +95,9 @@ pub fn should_retry(policy: &RetryPolicy, failure: Failure, replayable: bool) ->
         Failure::Reset => replayable && named(RetryOn::Reset),
         Failure::Timeout => replayable && (named(RetryOn::Reset) || named(RetryOn::Status(504))),
         Failure::Status(s) => replayable && named(RetryOn::Status(s.as_u16())),
+        Failure::Grpc(code) => {
+            replayable && crate::config::GrpcCode::from_status(code).is_some_and(|c| named(RetryOn::Grpc(c)))
+        }
     }
 }
 
@@ -100,7 +133,7 @@ mod tests {
         let p = Policy::default().retry;
         let post = Method::POST;
         let h = HeaderMap::new();
-        let replayable = is_replayable(&post, &h);
+        let replayable = is_replayable(&post, &h, &p);
         assert!(!replayable);
         assert!(should_retry(&p, Failure::Connect, replayable));
         assert!(!should_retry(
@@ -110,7 +143,15 @@ mod tests {
         ));
         let mut keyed = HeaderMap::new();
         keyed.insert(IDEMPOTENCY_KEY, "k1".parse().unwrap());
-        assert!(is_replayable(&post, &keyed));
+        assert!(is_replayable(&post, &keyed, &p));
+        let mut grpc = HeaderMap::new();
+        grpc.insert("content-type", "application/grpc".parse().unwrap());
+        assert!(!is_replayable(&post, &grpc, &p), "gRPC is retried only when a code is named");
+        let mut named = p.clone();
+        named.on.push(RetryOn::Grpc(crate::config::GrpcCode::Unavailable));
+        assert!(is_replayable(&post, &grpc, &named));
+        assert!(should_retry(&named, Failure::Grpc(14), true));
+        assert!(!should_retry(&named, Failure::Grpc(13), true));
     }
 
     #[test]

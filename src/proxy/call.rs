@@ -81,7 +81,11 @@ pub async fn call(
     // 3. total timeout ▶ 4. retries
     let mut attempts = 0;
     let sent_at = Instant::now();
-    let budget = policy.timeout.get();
+    // A gRPC client's own deadline caps meshlet's budget.
+    let budget = match retry::grpc_timeout(req.headers()) {
+        Some(deadline) => deadline.min(policy.timeout.get()),
+        None => policy.timeout.get(),
+    };
     let result = match tokio::time::timeout(
         budget,
         retries(dest, req, strip, replay_limit, &mut attempts),
@@ -92,7 +96,13 @@ pub async fn call(
         Err(_) => Err(ProxyError::Timeout(budget)),
     };
 
-    let succeeded = matches!(&result, Ok(up) if !up.response.status().is_server_error());
+    let succeeded = match &result {
+        Ok(up) => {
+            !up.response.status().is_server_error()
+                && !retry::grpc_failure(up.response.headers()).is_some_and(Failure::trips_breaker)
+        }
+        Err(_) => false,
+    };
     let transition = state.breaker.record(succeeded, &policy.breaker);
     dest.metrics.breaker_changed(transition.map(|t| t.0));
     if !succeeded {
@@ -139,7 +149,7 @@ async fn retries(
 ) -> Result<Upstreamed, ProxyError> {
     let policy = &dest.policy.retry;
     let (parts, body) = req.into_parts();
-    let replayable = retry::is_replayable(&parts.method, &parts.headers);
+    let replayable = retry::is_replayable(&parts.method, &parts.headers, policy);
     let mut template = Template::new(parts, dest, strip)?;
     let mut payload = if replayable && policy.attempts > 1 {
         Payload::buffer(body, replay_limit).await?
@@ -166,7 +176,7 @@ async fn retries(
         )
         .await;
         let failure = match &result {
-            Ok(up) => failure_of(up.response.status()),
+            Ok(up) => failure_of(&up.response),
             Err(e) => Some(e.failure()),
         };
         let healthy = !failure.is_some_and(Failure::trips_breaker);
@@ -202,10 +212,14 @@ async fn retries(
     }
 }
 
-/// Statuses that count as a failed attempt: 5xx, and 429 (retryable when named).
-fn failure_of(status: StatusCode) -> Option<Failure> {
-    (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
-        .then_some(Failure::Status(status))
+/// Answers that count as a failed attempt: 5xx, 429 (retryable when named), and a
+/// trailers-only gRPC error status.
+fn failure_of<B>(response: &Response<B>) -> Option<Failure> {
+    let status = response.status();
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Some(Failure::Status(status));
+    }
+    retry::grpc_failure(response.headers())
 }
 
 /// The answer while the breaker is open: stale, static, read-only refusal, or `circuit_open`.

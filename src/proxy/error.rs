@@ -92,8 +92,27 @@ impl ProxyError {
         }
     }
 
-    /// The response meshlet sends for this error.
-    pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
+    /// The gRPC status a gRPC client gets for this error (DESIGN §7).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::Timeout(_) => 4,   // DEADLINE_EXCEEDED
+            ProxyError::NoRoute { .. } => 12, // UNIMPLEMENTED
+            ProxyError::Unauthenticated(_) => 16,
+            ProxyError::Forbidden(_) => 7, // PERMISSION_DENIED
+            ProxyError::BodyTooLarge(_)
+            | ProxyError::UriTooLong(_)
+            | ProxyError::HeadersTooLarge(_) => 8, // RESOURCE_EXHAUSTED
+            _ => 14,                       // UNAVAILABLE
+        }
+    }
+
+    /// The response meshlet sends for this error: JSON, or a trailers-only gRPC status
+    /// toward a gRPC client.
+    pub fn to_response(&self, service: &str, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
+        if grpc {
+            return self.to_grpc_response();
+        }
+        let request_id = request_id.to_str().unwrap_or("");
         let body = serde_json::json!({
             "error": self.code(),
             "message": self.to_string(),
@@ -118,4 +137,22 @@ impl ProxyError {
         }
         resp
     }
+
+    fn to_grpc_response(&self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::empty());
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+        // The code names are plain ASCII: no percent-encoding needed.
+        h.insert("grpc-message", HeaderValue::from_static(self.code()));
+        h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
+        resp
+    }
+}
+
+/// Whether a request is gRPC (its errors must be gRPC statuses).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, EXPECT, HOST};
+use http::header::{HeaderValue, EXPECT, HOST, UPGRADE, VIA};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
@@ -40,6 +40,7 @@ impl Template {
     /// Rewrites the request head: the stripped or egress-prefixed path, `Host` kept as the
     /// app sent it (from the URI when absent), hop-by-hop headers and `Expect` gone.
     pub fn new(parts: Parts, dest: &Destination, strip: usize) -> Result<Template, ProxyError> {
+        let upgrade = super::upgrade::requested(&parts.headers, parts.version);
         let Parts {
             method,
             uri,
@@ -67,8 +68,12 @@ impl Template {
             })?,
         };
         strip_hop_by_hop(&mut headers);
+        if let Some(token) = upgrade {
+            super::upgrade::restore(&mut headers, token);
+        }
         // meshlet's server side already answered `100-continue`; upstream gets the body as is.
         headers.remove(EXPECT);
+        headers.append(VIA, HeaderValue::from_static("1.1 meshlet"));
         Ok(Template {
             method,
             headers,
@@ -201,7 +206,12 @@ impl Upstreamed {
     /// `x-mesh-upstream-ms` added, guards held by the body.
     pub fn into_response(self, mut guards: Guards, sent_at: Instant) -> Response<ResponseBody> {
         let (mut parts, body) = self.response.into_parts();
+        let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        let upgrade = switching.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(token) = upgrade {
+            super::upgrade::restore(&mut parts.headers, token);
+        }
         parts.version = Version::default();
         let mut ms = itoa::Buffer::new();
         let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -209,7 +219,8 @@ impl Upstreamed {
             parts.headers.insert(X_MESH_UPSTREAM_MS, v);
         }
         guards.in_flight = Some(self.in_flight);
-        guards.lease = self.lease;
+        // An upgraded connection belongs to the splice now, never to the pool.
+        guards.lease = if switching { None } else { self.lease };
         Response::from_parts(parts, ResponseBody::Upstream { body, guards })
     }
 }

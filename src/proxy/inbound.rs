@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::body::ResponseBody;
 use super::destination::{Destination, RoutingTable};
-use super::error::ProxyError;
+use super::error::{is_grpc, ProxyError};
 use super::forward;
 use super::headers::ensure_request_id;
 use super::outbound::record;
@@ -26,6 +26,10 @@ pub struct Inbound {
     pub app: Option<Arc<Destination>>,
     /// The WebSocket hub, served at `realtime.path`.
     pub realtime: Option<Arc<Realtime>>,
+    /// Upgraded connections being spliced.
+    pub upgraded: prometheus::IntGauge,
+    /// No bytes either way on an upgraded connection for this long: closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Handler for Inbound {
@@ -40,22 +44,33 @@ impl Handler for Inbound {
         let trace = continue_trace(req.headers_mut());
         let Some(app) = &self.app else {
             let e = ProxyError::UpstreamUnavailable("no service.app is configured".to_owned());
-            return e.to_response("", request_id.to_str().unwrap_or(""));
+            return e.to_response("", &request_id, is_grpc(req.headers()));
         };
         let method = req.method().clone();
+        let grpc = is_grpc(req.headers());
         let checked = self.table.load().identity.check_inbound(req.headers_mut());
         if let Err(e) = checked {
             app.metrics.count_error(e.code());
-            let resp = e.to_response(&app.name, request_id.to_str().unwrap_or(""));
+            let resp = e.to_response(&app.name, &request_id, grpc);
             return record(&app.metrics, resp, &method, &request_id, trace, started);
         }
+        let client_upgrade = super::upgrade::requested(req.headers(), req.version())
+            .map(|_| hyper::upgrade::on(&mut req));
         let resp = match forward::once(app, req).await {
             Ok(resp) => resp,
             Err(e) => {
                 app.metrics.count_error(e.code());
-                e.to_response(&app.name, request_id.to_str().unwrap_or(""))
+                e.to_response(&app.name, &request_id, grpc)
             }
         };
+        let mut resp = resp;
+        if let Some(client) = client_upgrade {
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                let upstream = hyper::upgrade::on(&mut resp);
+                let gauge = self.upgraded.clone();
+                tokio::spawn(super::upgrade::splice(client, upstream, self.idle_timeout, gauge));
+            }
+        }
         record(&app.metrics, resp, &method, &request_id, trace, started)
     }
 }

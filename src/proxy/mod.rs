@@ -14,4 +14,5 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod server;
+pub mod upgrade;
 pub mod upstream;

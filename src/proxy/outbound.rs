@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use super::body::ResponseBody;
 use super::call::{call, Outcome};
 use super::destination::{Destination, RoutingTable};
-use super::error::ProxyError;
+use super::error::{is_grpc, ProxyError};
 use super::headers::ensure_request_id;
+use super::upgrade;
 use super::server::Handler;
 use crate::config::Limits;
 use crate::identity::trace::{continue_trace, TraceId};
@@ -30,6 +31,8 @@ pub struct Outbound {
     pub limits: Limits,
     /// Metric handles for requests that match no destination.
     pub unrouted: Arc<DestinationMetrics>,
+    /// Upgraded connections being spliced.
+    pub upgraded: prometheus::IntGauge,
 }
 
 impl Handler for Outbound {
@@ -38,6 +41,13 @@ impl Handler for Outbound {
         let request_id = ensure_request_id(req.headers_mut());
         let trace = continue_trace(req.headers_mut());
         let method = req.method().clone();
+        let grpc = is_grpc(req.headers());
+        if method == http::Method::CONNECT {
+            let resp = self.tunnel(req);
+            return record(&self.unrouted, resp, &method, &request_id, trace, started);
+        }
+        let client_upgrade = upgrade::requested(req.headers(), req.version())
+            .map(|_| hyper::upgrade::on(&mut req));
         let routed = {
             // Route and stamp under one look at the table; nothing awaits while it is held.
             let table = self.table.load();
@@ -48,7 +58,7 @@ impl Handler for Outbound {
         let (dest, strip) = match routed {
             Ok(found) => found,
             Err(e) => {
-                let resp = e.to_response("", request_id.to_str().unwrap_or(""));
+                let resp = e.to_response("", &request_id, grpc);
                 self.unrouted.count_error(e.code());
                 return record(&self.unrouted, resp, &method, &request_id, trace, started);
             }
@@ -59,16 +69,58 @@ impl Handler for Outbound {
             Ok(resp) => resp,
             Err(e) => {
                 dest.metrics.count_error(e.code());
-                e.to_response(&dest.name, request_id.to_str().unwrap_or(""))
+                e.to_response(&dest.name, &request_id, grpc)
             }
         };
         resp.headers_mut()
             .insert(X_MESH_ATTEMPTS, http::HeaderValue::from(attempts));
+        if let Some(client) = client_upgrade {
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                let upstream = hyper::upgrade::on(&mut resp);
+                let idle = self.limits.idle_timeout.get();
+                tokio::spawn(upgrade::splice(client, upstream, idle, self.upgraded.clone()));
+            }
+        }
         record(&dest.metrics, resp, &method, &request_id, trace, started)
     }
 }
 
 impl Outbound {
+    /// `CONNECT host:port` (an app's HTTPS through `HTTP_PROXY`): a tunnel only to a host
+    /// configured as egress (`services.X.url`); anything else is 403.
+    fn tunnel(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let request_id = req
+            .headers()
+            .get(&super::headers::X_REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(super::headers::new_request_id);
+        let target = req.uri().authority().map(|a| a.as_str().to_owned());
+        let table = self.table.load();
+        let allowed = target.as_deref().and_then(|t| {
+            table.destinations().find(|d| {
+                d.egress.is_some() && d.endpoints.first().is_some_and(|e| e.authority.as_str() == t)
+            })
+        });
+        let Some(dest) = allowed else {
+            let e = ProxyError::Forbidden(format!("CONNECT {}", target.unwrap_or_default()));
+            return e.to_response("", &request_id, false);
+        };
+        let target = dest.endpoints[0].authority.to_string();
+        let client = hyper::upgrade::on(&mut req);
+        let idle = self.limits.idle_timeout.get();
+        let gauge = self.upgraded.clone();
+        let connect_timeout = dest.policy.connect_timeout.get();
+        tokio::spawn(async move {
+            let upstream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target)).await;
+            let (Ok(Ok(upstream)), Ok(client)) = (upstream, client.await) else {
+                tracing::debug!(%target, "CONNECT tunnel could not be set up");
+                return;
+            };
+            upgrade::splice_io(hyper_util::rt::TokioIo::new(client), upstream, idle, gauge).await;
+        });
+        Response::new(ResponseBody::empty())
+    }
+
     /// The destination: absolute-form URI host, else `Host` (port ignored), when either
     /// names a known service; else the longest route prefix; else `no_route`. An unknown
     /// name or IP literal is never dialled: meshlet is not an open proxy.

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub registry_metrics: RegistryMetrics,
     /// Open client connections per listener.
     pub open_connections: IntGaugeVec,
+    /// Upgraded (WebSocket, CONNECT) connections being spliced, per listener.
+    pub upgraded_connections: IntGaugeVec,
     /// Config reloads.
     pub reload: ReloadMetrics,
 }
@@ -138,6 +140,10 @@ impl Metrics {
             ),
             &["listener"],
         ));
+        let upgraded_connections = build(IntGaugeVec::new(
+            Opts::new("meshlet_upgraded_connections", "Upgraded connections (WebSocket and other Upgrade protocols, CONNECT tunnels) being spliced."),
+            &["listener"],
+        ));
         let watch_errors = build(IntCounter::new(
             "meshlet_registry_watch_errors_total",
             "Registry watch failures (connect, subscribe or read); each is retried with backoff.",
@@ -210,6 +216,7 @@ impl Metrics {
             Box::new(connect_errors.clone()),
             Box::new(endpoints.clone()),
             Box::new(open_connections.clone()),
+            Box::new(upgraded_connections.clone()),
             Box::new(watch_errors.clone()),
             Box::new(services.clone()),
             Box::new(policy.retries.clone()),
@@ -245,6 +252,7 @@ impl Metrics {
                 services,
             },
             open_connections,
+            upgraded_connections,
         }
     }
 

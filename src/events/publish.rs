@@ -1,0 +1,112 @@
+//! Publishing: one event, or a batch pipelined in one round trip, each through the
+//! dedupe-and-append script (DESIGN §8). No HTTP here: the local API and the CLI both
+//! call [`Publisher`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::RedisError;
+
+use super::envelope::{now_ms, NewEvent};
+use super::link::Link;
+use super::scripts::PUBLISH;
+use super::Keys;
+
+/// What a publish did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Published {
+    /// The event's id.
+    pub event_id: String,
+    /// Its stream id (the first one, for a duplicate).
+    pub stream_id: String,
+    /// A repeat of an id seen inside the dedupe window: not stored again.
+    pub duplicate: bool,
+}
+
+/// Writes events to `{prefix}:events:{type}`.
+pub struct Publisher {
+    link: Arc<Link>,
+    keys: Keys,
+    retention: Duration,
+    dedupe_window: Duration,
+}
+
+impl Publisher {
+    /// A publisher over `link`.
+    pub fn new(link: Arc<Link>, keys: Keys, retention: Duration, dedupe_window: Duration) -> Self {
+        Publisher {
+            link,
+            keys,
+            retention,
+            dedupe_window,
+        }
+    }
+
+    /// Stores one event (or finds its first copy).
+    pub async fn publish(&self, event: &NewEvent) -> Result<Published, RedisError> {
+        let mut conn = self.link.get().await?;
+        let minid = self.minid();
+        let mut invocation = self.invocation(event, &minid);
+        let reply: Result<(String, i64), RedisError> =
+            invocation.invoke_async(&mut conn).await;
+        let (stream_id, duplicate) = reply.inspect_err(|e| self.link.failed(e))?;
+        Ok(Published {
+            event_id: event.event_id.clone(),
+            stream_id,
+            duplicate: duplicate == 1,
+        })
+    }
+
+    /// Stores many events in one pipeline (the script is loaded first in the same
+    /// round trip, so a Redis restart cannot fail the batch with NOSCRIPT).
+    pub async fn publish_batch(&self, events: &[NewEvent]) -> Result<Vec<Published>, RedisError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.link.get().await?;
+        let minid = self.minid();
+        let invocations: Vec<_> = events.iter().map(|e| self.invocation(e, &minid)).collect();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&PUBLISH).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let replies: Vec<(String, i64)> = pipe
+            .query_async(&mut conn)
+            .await
+            .inspect_err(|e| self.link.failed(e))?;
+        Ok(events
+            .iter()
+            .zip(replies)
+            .map(|(event, (stream_id, duplicate))| Published {
+                event_id: event.event_id.clone(),
+                stream_id,
+                duplicate: duplicate == 1,
+            })
+            .collect())
+    }
+
+    fn invocation<'a>(&self, event: &NewEvent, minid: &str) -> redis::ScriptInvocation<'a> {
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
+            .key(self.keys.evid(&event.event_id))
+            .key(self.keys.stream(&event.event_type))
+            .arg(self.dedupe_window.as_millis().max(1) as u64)
+            .arg(minid);
+        for (field, value) in event.fields() {
+            invocation.arg(field).arg(value);
+        }
+        invocation
+    }
+
+    fn minid(&self) -> String {
+        minid(self.retention)
+    }
+}
+
+/// The MINID that trims entries older than `retention`.
+pub fn minid(retention: Duration) -> String {
+    now_ms()
+        .saturating_sub(retention.as_millis() as u64)
+        .to_string()
+}

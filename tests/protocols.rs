@@ -1,0 +1,510 @@
+//! Protocols end to end with real peers: WebSocket through outbound and inbound, gRPC over
+//! h2c (trailers, statuses, deadlines, retries), streamed responses, CONNECT, `Via`.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo app on 127.0.0.1.
+async fn websocket_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    } else if msg.is_close() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn ws_via(proxy: SocketAddr, url: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("websocket handshake through meshlet");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn websocket_passes_through_outbound_and_inbound_and_idles_out() {
+    let echo = websocket_echo().await;
+    let redis = RedisServer::start();
+    let callee = sidecar(&format!(
+        "service: {{name: chat, app: \"http://{echo}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\nlimits: {{idle_timeout: 400ms}}\n",
+        redis.url()
+    ))
+    .await;
+    let caller = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\nlimits: {{idle_timeout: 400ms}}\n",
+        redis.url()
+    ))
+    .await;
+    let out = caller.addresses.outbound;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            get_via(out, "http://chat/").await.status != 404
+        })
+        .await
+    );
+
+    let mut ws = ws_via(out, "ws://chat/socket").await;
+    for i in 0..20 {
+        let text = format!("hello {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![7u8; 200_000])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_data().len(), 200_000);
+    assert_eq!(
+        metric(
+            caller.addresses.telemetry,
+            r#"meshlet_upgraded_connections{listener="outbound"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            callee.addresses.telemetry,
+            r#"meshlet_upgraded_connections{listener="inbound"}"#
+        )
+        .await,
+        1.0
+    );
+
+    // Nothing moves for longer than limits.idle_timeout: both halves are closed.
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(3), ws.next())
+        .await
+        .expect("closed by the idle timeout");
+    assert!(
+        !matches!(ended, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "no data, only the end of the connection: {ended:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric(
+                caller.addresses.telemetry,
+                r#"meshlet_upgraded_connections{listener="outbound"}"#,
+            )
+            .await
+                == 0.0
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_never_forwarded() {
+    let up = Upstream::start("plain").await;
+    let s = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nregistry: {{static: {{plain: [\"{}\"]}}}}\n",
+        up.addr
+    ))
+    .await;
+    let req = Request::get("http://plain/")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(s.addresses.outbound, req).await.unwrap();
+    assert_eq!(a.status, 200, "served as a plain request");
+    let h = &a.json()["headers"];
+    assert!(
+        h.get("upgrade").is_none() && h.get("http2-settings").is_none(),
+        "{h}"
+    );
+    assert_eq!(h["via"], "1.1 meshlet");
+}
+
+// ---- gRPC over h2c: a minimal gRPC server (real h2 framing, trailers) ----
+
+struct GrpcServer {
+    addr: SocketAddr,
+    unavailable_left: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+type GrpcBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn grpc_server() -> GrpcServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let unavailable_left = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (u, c) = (unavailable_left.clone(), calls.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (u, c) = (u.clone(), c.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (u, c) = (u.clone(), c.clone());
+                    async move { Ok::<_, Infallible>(grpc_answer(req, &u, &c).await) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    GrpcServer {
+        addr,
+        unavailable_left,
+        calls,
+    }
+}
+
+fn trailers_only(status: u32, message: &'static str) -> Response<GrpcBody> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    r.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    r.headers_mut().insert("grpc-status", status.into());
+    r.headers_mut()
+        .insert("grpc-message", message.parse().unwrap());
+    r
+}
+
+async fn grpc_answer(
+    req: Request<Incoming>,
+    unavailable_left: &AtomicUsize,
+    calls: &AtomicUsize,
+) -> Response<GrpcBody> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    if path.ends_with("/Flaky")
+        && unavailable_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return trailers_only(14, "try again");
+    }
+    if path.ends_with("/Slow") {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    if path.ends_with("/Denied") {
+        return trailers_only(7, "not you");
+    }
+    // Echo every message back, then trailers with custom metadata.
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    trailers.insert("x-echo-bytes", body.len().into());
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(body)),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+        frames,
+    ))));
+    r.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    r
+}
+
+/// A length-prefixed gRPC message.
+fn grpc_message(payload: &[u8]) -> Bytes {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+struct GrpcAnswer {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl GrpcAnswer {
+    fn grpc_status(&self) -> String {
+        let from = |h: &HeaderMap| h.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+        self.trailers
+            .as_ref()
+            .and_then(from)
+            .or_else(|| from(&self.headers))
+            .unwrap_or_default()
+    }
+}
+
+async fn grpc_call(
+    proxy: SocketAddr,
+    url: &str,
+    payload: &[u8],
+    extra: &[(&str, &str)],
+) -> GrpcAnswer {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(8 << 20)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::post(url)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(grpc_message(payload))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    GrpcAnswer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+#[tokio::test]
+async fn grpc_calls_keep_trailers_get_grpc_errors_deadlines_and_named_retries() {
+    let server = grpc_server().await;
+    let s = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nregistry: {{static: {{greeter: [\"h2://{}\"]}}}}\nservices:\n  greeter: {{timeout: 5s, retry: {{attempts: 3, backoff: 5ms, on: [connect-failure, unavailable]}}}}\n",
+        server.addr
+    ))
+    .await;
+    let out = s.addresses.outbound;
+
+    let a = grpc_call(
+        out,
+        "http://greeter/helloworld.Greeter/SayHello",
+        b"hi",
+        &[],
+    )
+    .await;
+    assert_eq!((a.status, a.grpc_status().as_str()), (200, "0"));
+    assert_eq!(&a.body[5..], b"hi");
+    assert_eq!(
+        a.trailers.as_ref().unwrap()["x-echo-bytes"],
+        "7",
+        "trailers and metadata pass untouched"
+    );
+
+    let big = vec![42u8; 4 * 1024 * 1024];
+    let a = grpc_call(out, "http://greeter/helloworld.Greeter/Big", &big, &[]).await;
+    assert_eq!(a.grpc_status(), "0");
+    assert_eq!(
+        a.body.len(),
+        big.len() + 5,
+        "a 4 MiB message goes through whole"
+    );
+
+    server.unavailable_left.store(2, Ordering::SeqCst);
+    let before = server.calls.load(Ordering::SeqCst);
+    let a = grpc_call(out, "http://greeter/helloworld.Greeter/Flaky", b"x", &[]).await;
+    assert_eq!(
+        a.grpc_status(),
+        "0",
+        "UNAVAILABLE retried because it is named"
+    );
+    assert_eq!(a.headers["x-mesh-attempts"], "3");
+    assert_eq!(server.calls.load(Ordering::SeqCst) - before, 3);
+
+    let a = grpc_call(out, "http://greeter/helloworld.Greeter/Denied", b"x", &[]).await;
+    assert_eq!(
+        (
+            a.grpc_status().as_str(),
+            a.headers["x-mesh-attempts"].to_str().unwrap()
+        ),
+        ("7", "1"),
+        "not named: not retried, passed as is"
+    );
+
+    let started = Instant::now();
+    let a = grpc_call(
+        out,
+        "http://greeter/helloworld.Greeter/Slow",
+        b"x",
+        &[("grpc-timeout", "200m")],
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "the client's deadline caps meshlet's budget"
+    );
+    assert_eq!(
+        (a.status, a.grpc_status().as_str()),
+        (200, "4"),
+        "DEADLINE_EXCEEDED from meshlet"
+    );
+    assert_eq!(a.headers["grpc-message"], "timeout");
+
+    let a = grpc_call(out, "http://nowhere/svc/Method", b"x", &[]).await;
+    assert_eq!(
+        (a.status, a.grpc_status().as_str()),
+        (200, "12"),
+        "no_route → UNIMPLEMENTED"
+    );
+    assert_eq!(a.headers["x-mesh-error"], "no_route");
+}
+
+#[tokio::test]
+async fn streamed_responses_arrive_as_written_and_outlive_the_call_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    let events = futures_util::stream::unfold(0u32, |i| async move {
+                        if i == 5 {
+                            return None;
+                        }
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
+                        let chunk = Bytes::from(format!("data: event {i}\n\n"));
+                        Some((Ok::<_, Infallible>(Frame::data(chunk)), i + 1))
+                    });
+                    let mut r = Response::new(StreamBody::new(events));
+                    r.headers_mut()
+                        .insert("content-type", "text/event-stream".parse().unwrap());
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let s = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nregistry: {{static: {{feed: [\"{addr}\"]}}}}\nservices:\n  feed: {{timeout: 300ms}}\n"
+    ))
+    .await;
+    let stream = TcpStream::connect(s.addresses.outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let started = Instant::now();
+    let resp = sender
+        .send_request(
+            Request::get("http://feed/events")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut arrivals = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            arrivals.push((started.elapsed(), data));
+        }
+    }
+    let text: String = arrivals
+        .iter()
+        .map(|(_, d)| String::from_utf8_lossy(d).to_string())
+        .collect();
+    assert_eq!(text.matches("data: event").count(), 5, "{text}");
+    assert!(
+        arrivals[0].0 < Duration::from_millis(150),
+        "first event came before the stream ended: {:?}",
+        arrivals[0].0
+    );
+    assert!(
+        arrivals.last().unwrap().0 >= Duration::from_millis(550),
+        "the 300ms call timeout does not cut the stream"
+    );
+    assert!(
+        arrivals.len() >= 4,
+        "events arrived one by one, not buffered whole"
+    );
+}
+
+#[tokio::test]
+async fn connect_tunnels_only_to_egress_destinations() {
+    // A plain TCP echo standing in for an HTTPS partner.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let partner = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let s = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nservices:\n  partner: {{url: \"http://{partner}\"}}\n"
+    ))
+    .await;
+    let mut tunnel = TcpStream::connect(s.addresses.outbound).await.unwrap();
+    tunnel
+        .write_all(format!("CONNECT {partner} HTTP/1.1\r\nHost: {partner}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 256];
+    let n = tunnel.read(&mut head).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    tunnel
+        .write_all(b"tls bytes would flow here")
+        .await
+        .unwrap();
+    let mut back = [0u8; 64];
+    let n = tunnel.read(&mut back).await.unwrap();
+    assert_eq!(&back[..n], b"tls bytes would flow here");
+
+    let other = free_port();
+    let mut refused = TcpStream::connect(s.addresses.outbound).await.unwrap();
+    refused
+        .write_all(format!("CONNECT 127.0.0.1:{other} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let n = refused.read(&mut head).await.unwrap();
+    let text = String::from_utf8_lossy(&head[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 403") && text.contains("forbidden"),
+        "{text}"
+    );
+}

@@ -54,8 +54,10 @@ wait_http() {
   done
 }
 
-# MESHLET: the release binary (${CARGO_TARGET_DIR:-target}/release/meshlet), built if missing.
+# MESHLET: $MESHLET_BIN when set (CI can pass target/debug/meshlet), else the release
+# binary ${CARGO_TARGET_DIR:-target}/release/meshlet, built if missing.
 meshlet_binary() {
+  if [ -n "${MESHLET_BIN:-}" ]; then MESHLET=$MESHLET_BIN; return; fi
   local dir=${CARGO_TARGET_DIR:-target}
   case $dir in /*) ;; *) dir="$ROOT/$dir" ;; esac
   MESHLET="$dir/release/meshlet"

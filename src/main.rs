@@ -83,9 +83,9 @@ enum RegistryAction {
         /// Instance id (default: service-host-port).
         #[arg(long)]
         id: Option<String>,
-        /// http1 or h2.
-        #[arg(long, default_value = "http1")]
-        protocol: String,
+        /// http1 or h2 (default: from an `h2://` address, else http1).
+        #[arg(long)]
+        protocol: Option<String>,
         /// Version string.
         #[arg(long, default_value = "")]
         version: String,
@@ -242,10 +242,13 @@ async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), 
             ttl,
         } => {
             let endpoint: meshlet::config::StaticEndpoint = address.parse()?;
-            let protocol = match protocol.as_str() {
-                "http1" => Protocol::Http1,
-                "h2" => Protocol::H2,
-                other => return Err(format!("--protocol: expected http1 or h2, got `{other}`")),
+            let protocol = match protocol.as_deref() {
+                None => endpoint.protocol,
+                Some("http1") => Protocol::Http1,
+                Some("h2") => Protocol::H2,
+                Some(other) => {
+                    return Err(format!("--protocol: expected http1 or h2, got `{other}`"))
+                }
             };
             meshlet::config::ServiceName::parse(&service)?;
             let now = schema::now_ms();

@@ -195,6 +195,7 @@ impl Sidecar {
     /// Starts everything; returns once every listener is bound. Must be called inside a
     /// tokio runtime, which then carries the control plane.
     pub async fn start(loaded: LoadedConfig) -> Result<Sidecar, StartError> {
+        crate::proxy::tls::install_crypto_provider();
         let config = loaded.config.clone();
         let metrics = Metrics::new();
         let loaded_hash = loaded.hash.clone();
@@ -663,8 +664,21 @@ async fn reload_on_change(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) 
 /// Settings that only take effect at start: say so rather than pretend.
 fn warn_if_restart_needed(old: &Config, new: &Config) {
     let mut changed = Vec::new();
-    if old.service.name != new.service.name || old.service.app != new.service.app {
+    let service = |c: &Config| serde_json::to_string(&c.service).unwrap_or_default();
+    if service(old) != service(new) {
         changed.push("service");
+    }
+    let timers = |c: &Config| (c.registry.ttl, c.registry.heartbeat, c.registry.resync);
+    if timers(old) != timers(new) {
+        changed.push("registry.ttl/heartbeat/resync");
+    }
+    if old.shutdown_grace != new.shutdown_grace {
+        changed.push("shutdown_grace");
+    }
+    if old.events.subscriptions.len() != new.events.subscriptions.len()
+        || serde_json::to_string(&old.realtime).ok() != serde_json::to_string(&new.realtime).ok()
+    {
+        changed.push("events/realtime");
     }
     let (a, b) = (&old.listen, &new.listen);
     if a.outbound != b.outbound
@@ -680,10 +694,9 @@ fn warn_if_restart_needed(old: &Config, new: &Config) {
     if old.registry.redis != new.registry.redis || old.registry.prefix != new.registry.prefix {
         changed.push("registry.redis/prefix");
     }
-    if old.limits.max_header_bytes != new.limits.max_header_bytes
-        || old.limits.header_read_timeout != new.limits.header_read_timeout
-    {
-        changed.push("limits (header size and read timeout)");
+    let limits = |c: &Config| serde_json::to_string(&c.limits).unwrap_or_default();
+    if limits(old) != limits(new) {
+        changed.push("limits");
     }
     if !changed.is_empty() {
         tracing::warn!(fields = ?changed, "these settings changed but apply only after a restart");

@@ -190,3 +190,75 @@ async fn static_auth_headers_are_set_and_secrets_never_shown() {
         "Debug output redacts secrets"
     );
 }
+
+/// A TLS server on 127.0.0.1 with a certificate from a CA made at run time.
+async fn tls_upstream() -> (std::net::SocketAddr, tempfile::NamedTempFile) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    meshlet::proxy::tls::install_crypto_provider();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.pem()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(leaf.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let body = format!("{{\"tls\":true,\"path\":\"{}\"}}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_file)
+}
+
+#[tokio::test]
+async fn https_egress_is_verified_against_the_configured_ca() {
+    let (addr, ca) = tls_upstream().await;
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nservices:\n  partner: {{url: \"https://{addr}/api\", ca: \"{}\"}}\n  stranger: {{url: \"https://{addr}\"}}\n",
+        ca.path().display()
+    ))
+    .await;
+    let a = get_via(s.addresses.outbound, "http://partner/forecast").await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"tls": true, "path": "/api/forecast"})
+    );
+    let a = get_via(s.addresses.outbound, "http://stranger/").await;
+    assert_eq!(a.status, 502, "a certificate from an unknown CA is refused");
+    assert!(
+        a.json()["message"].as_str().unwrap().contains("TLS"),
+        "{}",
+        a.json()
+    );
+}

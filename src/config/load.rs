@@ -123,7 +123,15 @@ fn validate(c: &Config) -> Result<(), Violation> {
             "must be shorter than registry.ttl, or instances expire between heartbeats",
         );
     }
-    for (key, duration) in [("registry.ttl", r.ttl), ("registry.resync", r.resync)] {
+    let timers = [
+        ("registry.ttl", r.ttl),
+        ("registry.heartbeat", r.heartbeat),
+        ("registry.resync", r.resync),
+        ("service.health_interval", c.service.health_interval),
+        ("limits.idle_timeout", c.limits.idle_timeout),
+        ("limits.header_read_timeout", c.limits.header_read_timeout),
+    ];
+    for (key, duration) in timers {
         if duration.get().is_zero() {
             return fail(key.into(), "must be greater than 0s");
         }
@@ -141,10 +149,10 @@ fn validate(c: &Config) -> Result<(), Violation> {
         }
     }
     check_policy(&c.defaults, "defaults")?;
-    if c.defaults.url.is_some() || c.defaults.auth.is_some() {
+    if c.defaults.url.is_some() || c.defaults.auth.is_some() || c.defaults.ca.is_some() {
         return fail(
             "defaults".into(),
-            "`url` and `auth` belong under services.<name>, not defaults",
+            "`url`, `auth` and `ca` belong under services.<name>, not defaults",
         );
     }
     for (name, o) in &c.services {
@@ -153,6 +161,13 @@ fn validate(c: &Config) -> Result<(), Violation> {
         check_policy(o, &at)?;
         if let Some(url) = &o.url {
             check_egress_url(&url.0, &format!("{at}.url"))?;
+        }
+        let https = o
+            .url
+            .as_ref()
+            .is_some_and(|u| u.0.scheme_str() == Some("https"));
+        if o.ca.is_some() && !https {
+            return fail(format!("{at}.ca"), "a CA bundle needs an https:// url");
         }
         if let Some(a) = &o.auth {
             if http::HeaderName::from_bytes(a.header.as_bytes()).is_err() {

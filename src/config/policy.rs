@@ -320,6 +320,8 @@ pub struct PolicyOverride {
     pub url: Option<Parsed<http::Uri>>,
     /// A static auth header for this destination (`services.X` only).
     pub auth: Option<StaticAuth>,
+    /// PEM bundle trusted beside the webpki roots for an `https://` url (`services.X` only).
+    pub ca: Option<Text>,
 }
 
 /// The resolved retry policy of one destination.

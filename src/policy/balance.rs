@@ -26,6 +26,8 @@ pub struct Endpoint {
     pub draining: AtomicBool,
     /// Outlier ejection: an endpoint whose breaker is open is skipped unless all are.
     pub breaker: Breaker,
+    /// TLS toward this endpoint (`https://` egress), else plain TCP.
+    pub tls: Option<crate::proxy::tls::TlsTarget>,
     in_flight: AtomicU32,
 }
 
@@ -40,8 +42,15 @@ impl Endpoint {
             protocol,
             draining: AtomicBool::new(draining),
             breaker: Breaker::default(),
+            tls: None,
             in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// The same endpoint reached over TLS.
+    pub fn with_tls(mut self, tls: crate::proxy::tls::TlsTarget) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Requests sent and not yet finished.

@@ -98,6 +98,9 @@ impl Breaker {
                     .is_ok();
                 if moved {
                     self.probes_in_flight.store(0, Ordering::Release);
+                    // While half open, `open_until_ms` is the probes' deadline.
+                    self.open_until_ms
+                        .store(now.saturating_add(open_ms(policy)), Ordering::Release);
                 }
                 let (admission, _) = self.try_probe(policy);
                 (admission, moved.then_some(Transition(State::HalfOpen)))
@@ -107,6 +110,14 @@ impl Breaker {
     }
 
     fn try_probe(&self, policy: &BreakerPolicy) -> (Admission, Option<Transition>) {
+        // A probe that never reported (its caller went away, or it found no endpoint) must
+        // not keep the breaker half open forever: after `open_for` the slots are freed.
+        let now = clock::now_ms();
+        if now >= self.open_until_ms.load(Ordering::Acquire) {
+            self.open_until_ms
+                .store(now.saturating_add(open_ms(policy)), Ordering::Release);
+            self.probes_in_flight.store(0, Ordering::Release);
+        }
         let taken = self.probes_in_flight.fetch_add(1, Ordering::AcqRel);
         if taken < policy.half_open_probes {
             (Admission::Probe, None)
@@ -148,13 +159,18 @@ impl Breaker {
     }
 
     fn open(&self, policy: &BreakerPolicy) -> Option<Transition> {
-        let open_for = u64::try_from(policy.open_for.get().as_millis()).unwrap_or(u64::MAX);
-        self.open_until_ms
-            .store(clock::now_ms().saturating_add(open_for), Ordering::Release);
+        self.open_until_ms.store(
+            clock::now_ms().saturating_add(open_ms(policy)),
+            Ordering::Release,
+        );
         self.consecutive_failures.store(0, Ordering::Release);
         let prev = self.state.swap(OPEN, Ordering::AcqRel);
         (prev != OPEN).then_some(Transition(State::Open))
     }
+}
+
+fn open_ms(policy: &BreakerPolicy) -> u64 {
+    u64::try_from(policy.open_for.get().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -203,5 +219,22 @@ mod tests {
         assert_eq!(b.allow(&p).0, Admission::Probe);
         assert_eq!(b.record(true, &p), Some(Transition(State::Closed)));
         assert_eq!(b.allow(&p).0, Admission::Allowed);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_frees_its_slot_after_open_for() {
+        let (b, p) = (Breaker::default(), policy());
+        for _ in 0..3 {
+            b.record(false, &p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(b.allow(&p).0, Admission::Probe); // and never reports back
+        assert!(matches!(b.allow(&p).0, Admission::Rejected { .. }));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(
+            b.allow(&p).0,
+            Admission::Probe,
+            "a new probe after the deadline"
+        );
     }
 }

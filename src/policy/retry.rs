@@ -66,7 +66,13 @@ pub fn is_replayable(method: &Method, headers: &HeaderMap, policy: &RetryPolicy)
 
 /// The `grpc-status` of a trailers-only answer, when it is an error.
 pub fn grpc_failure(headers: &HeaderMap) -> Option<Failure> {
-    let status: u32 = headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    let status: u32 = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     (status != 0).then_some(Failure::Grpc(status))
 }
 
@@ -96,7 +102,9 @@ pub fn should_retry(policy: &RetryPolicy, failure: Failure, replayable: bool) ->
         Failure::Timeout => replayable && (named(RetryOn::Reset) || named(RetryOn::Status(504))),
         Failure::Status(s) => replayable && named(RetryOn::Status(s.as_u16())),
         Failure::Grpc(code) => {
-            replayable && crate::config::GrpcCode::from_status(code).is_some_and(|c| named(RetryOn::Grpc(c)))
+            replayable
+                && crate::config::GrpcCode::from_status(code)
+                    .is_some_and(|c| named(RetryOn::Grpc(c)))
         }
     }
 }
@@ -146,9 +154,14 @@ mod tests {
         assert!(is_replayable(&post, &keyed, &p));
         let mut grpc = HeaderMap::new();
         grpc.insert("content-type", "application/grpc".parse().unwrap());
-        assert!(!is_replayable(&post, &grpc, &p), "gRPC is retried only when a code is named");
+        assert!(
+            !is_replayable(&post, &grpc, &p),
+            "gRPC is retried only when a code is named"
+        );
         let mut named = p.clone();
-        named.on.push(RetryOn::Grpc(crate::config::GrpcCode::Unavailable));
+        named
+            .on
+            .push(RetryOn::Grpc(crate::config::GrpcCode::Unavailable));
         assert!(is_replayable(&post, &grpc, &named));
         assert!(should_retry(&named, Failure::Grpc(14), true));
         assert!(!should_retry(&named, Failure::Grpc(13), true));

@@ -96,15 +96,20 @@ pub async fn call(
         Err(_) => Err(ProxyError::Timeout(budget)),
     };
 
-    let succeeded = match &result {
-        Ok(up) => {
+    // No endpoint to try says nothing about the service's health: the breaker is left alone.
+    let verdict = match &result {
+        Ok(up) => Some(
             !up.response.status().is_server_error()
-                && !retry::grpc_failure(up.response.headers()).is_some_and(Failure::trips_breaker)
-        }
-        Err(_) => false,
+                && !retry::grpc_failure(up.response.headers()).is_some_and(Failure::trips_breaker),
+        ),
+        Err(ProxyError::NoEndpoints) => None,
+        Err(_) => Some(false),
     };
-    let transition = state.breaker.record(succeeded, &policy.breaker);
-    dest.metrics.breaker_changed(transition.map(|t| t.0));
+    let succeeded = verdict == Some(true);
+    if let Some(ok) = verdict {
+        let transition = state.breaker.record(ok, &policy.breaker);
+        dest.metrics.breaker_changed(transition.map(|t| t.0));
+    }
     if !succeeded {
         if let Some(answer) = fallback(dest, stale_key.as_deref()) {
             return Outcome {

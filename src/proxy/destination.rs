@@ -14,6 +14,7 @@ use crate::identity::token::TokenCache;
 use crate::identity::Identity;
 use crate::policy::balance::Endpoint;
 use crate::policy::DestinationState;
+use crate::proxy::tls::TlsTarget;
 use crate::registry::{Snapshot, Status};
 use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
 
@@ -169,11 +170,28 @@ fn build_destination(
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let host = uri.host().unwrap_or_default();
             let authority = format!("{host}:{port}").parse::<Authority>().ok();
+            let ca = config
+                .services
+                .get(name)
+                .and_then(|s| s.ca.as_ref())
+                .map(|c| c.as_str());
             let endpoints = authority
-                .map(|a| {
-                    let id = format!("url:{a}");
-                    reuse(&id, &a, policy.protocol)
-                        .unwrap_or_else(|| Arc::new(Endpoint::new(id, a, policy.protocol, false)))
+                .and_then(|a| {
+                    let id = format!("url:{}://{a}", if tls { "https" } else { "http" });
+                    if let Some(same) = reuse(&id, &a, Protocol::Http1) {
+                        return Some(same);
+                    }
+                    let plain = Endpoint::new(id, a, Protocol::Http1, false);
+                    if !tls {
+                        return Some(Arc::new(plain));
+                    }
+                    match TlsTarget::egress(host, ca) {
+                        Ok(target) => Some(Arc::new(plain.with_tls(target))),
+                        Err(e) => {
+                            tracing::error!(service = name, error = %e, "egress TLS unusable; the destination has no endpoint");
+                            None
+                        }
+                    }
                 })
                 .into_iter()
                 .collect();

@@ -95,7 +95,7 @@ impl ProxyError {
     /// The gRPC status a gRPC client gets for this error (DESIGN §7).
     pub fn grpc_status(&self) -> u8 {
         match self {
-            ProxyError::Timeout(_) => 4,   // DEADLINE_EXCEEDED
+            ProxyError::Timeout(_) => 4,      // DEADLINE_EXCEEDED
             ProxyError::NoRoute { .. } => 12, // UNIMPLEMENTED
             ProxyError::Unauthenticated(_) => 16,
             ProxyError::Forbidden(_) => 7, // PERMISSION_DENIED
@@ -108,7 +108,12 @@ impl ProxyError {
 
     /// The response meshlet sends for this error: JSON, or a trailers-only gRPC status
     /// toward a gRPC client.
-    pub fn to_response(&self, service: &str, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
+    pub fn to_response(
+        &self,
+        service: &str,
+        request_id: &HeaderValue,
+        grpc: bool,
+    ) -> Response<ResponseBody> {
         if grpc {
             return self.to_grpc_response();
         }
@@ -142,7 +147,10 @@ impl ProxyError {
         let mut resp = Response::new(ResponseBody::empty());
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
         // The code names are plain ASCII: no percent-encoding needed.
         h.insert("grpc-message", HeaderValue::from_static(self.code()));
         h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));

@@ -207,7 +207,9 @@ impl Upstreamed {
     pub fn into_response(self, mut guards: Guards, sent_at: Instant) -> Response<ResponseBody> {
         let (mut parts, body) = self.response.into_parts();
         let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        let upgrade = switching.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
+        let upgrade = switching
+            .then(|| parts.headers.get(UPGRADE).cloned())
+            .flatten();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(token) = upgrade {
             super::upgrade::restore(&mut parts.headers, token);

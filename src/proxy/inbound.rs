@@ -68,7 +68,12 @@ impl Handler for Inbound {
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut resp);
                 let gauge = self.upgraded.clone();
-                tokio::spawn(super::upgrade::splice(client, upstream, self.idle_timeout, gauge));
+                tokio::spawn(super::upgrade::splice(
+                    client,
+                    upstream,
+                    self.idle_timeout,
+                    gauge,
+                ));
             }
         }
         record(&app.metrics, resp, &method, &request_id, trace, started)

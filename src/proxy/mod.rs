@@ -14,5 +14,6 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod server;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;

@@ -14,8 +14,8 @@ use super::call::{call, Outcome};
 use super::destination::{Destination, RoutingTable};
 use super::error::{is_grpc, ProxyError};
 use super::headers::ensure_request_id;
-use super::upgrade;
 use super::server::Handler;
+use super::upgrade;
 use crate::config::Limits;
 use crate::identity::trace::{continue_trace, TraceId};
 use crate::telemetry::metrics::DestinationMetrics;
@@ -46,8 +46,8 @@ impl Handler for Outbound {
             let resp = self.tunnel(req);
             return record(&self.unrouted, resp, &method, &request_id, trace, started);
         }
-        let client_upgrade = upgrade::requested(req.headers(), req.version())
-            .map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade =
+            upgrade::requested(req.headers(), req.version()).map(|_| hyper::upgrade::on(&mut req));
         let routed = {
             // Route and stamp under one look at the table; nothing awaits while it is held.
             let table = self.table.load();
@@ -78,7 +78,12 @@ impl Handler for Outbound {
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut resp);
                 let idle = self.limits.idle_timeout.get();
-                tokio::spawn(upgrade::splice(client, upstream, idle, self.upgraded.clone()));
+                tokio::spawn(upgrade::splice(
+                    client,
+                    upstream,
+                    idle,
+                    self.upgraded.clone(),
+                ));
             }
         }
         record(&dest.metrics, resp, &method, &request_id, trace, started)
@@ -98,7 +103,10 @@ impl Outbound {
         let table = self.table.load();
         let allowed = target.as_deref().and_then(|t| {
             table.destinations().find(|d| {
-                d.egress.is_some() && d.endpoints.first().is_some_and(|e| e.authority.as_str() == t)
+                d.egress.is_some()
+                    && d.endpoints
+                        .first()
+                        .is_some_and(|e| e.authority.as_str() == t)
             })
         });
         let Some(dest) = allowed else {
@@ -111,7 +119,9 @@ impl Outbound {
         let gauge = self.upgraded.clone();
         let connect_timeout = dest.policy.connect_timeout.get();
         tokio::spawn(async move {
-            let upstream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target)).await;
+            let upstream =
+                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target))
+                    .await;
             let (Ok(Ok(upstream)), Ok(client)) = (upstream, client.await) else {
                 tracing::debug!(%target, "CONNECT tunnel could not be set up");
                 return;
@@ -165,13 +175,17 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// Counts and logs one answered request.
 pub(crate) fn record(
     metrics: &DestinationMetrics,
-    resp: Response<ResponseBody>,
+    mut resp: Response<ResponseBody>,
     method: &http::Method,
     request_id: &http::HeaderValue,
     trace: TraceId,
     started: Instant,
 ) -> Response<ResponseBody> {
     let elapsed = started.elapsed();
+    // The caller gets the id it can quote (the upstream's own, if it set one).
+    resp.headers_mut()
+        .entry(&super::headers::X_REQUEST_ID)
+        .or_insert_with(|| request_id.clone());
     metrics.count_request(method, resp.status());
     metrics.duration.observe(elapsed.as_secs_f64());
     tracing::info!(

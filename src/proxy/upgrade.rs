@@ -47,7 +47,12 @@ pub fn restore(headers: &mut HeaderMap, token: HeaderValue) {
 }
 
 /// Splices two upgraded connections until one side closes or both are idle for `idle`.
-pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, gauge: prometheus::IntGauge) {
+pub async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    gauge: prometheus::IntGauge,
+) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => {
@@ -66,8 +71,14 @@ where
 {
     gauge.inc();
     let last = Arc::new(AtomicU64::new(clock::now_ms()));
-    let mut a = Watched { io: a, last: last.clone() };
-    let mut b = Watched { io: b, last: last.clone() };
+    let mut a = Watched {
+        io: a,
+        last: last.clone(),
+    };
+    let mut b = Watched {
+        io: b,
+        last: last.clone(),
+    };
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut a, &mut b) => {
             if let Err(e) = result {
@@ -99,7 +110,11 @@ struct Watched<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -111,7 +126,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -137,6 +156,9 @@ mod tests {
         assert!(requested(&h, Version::HTTP_11).is_none());
         h.remove(CONNECTION);
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(requested(&h, Version::HTTP_11).is_none(), "Connection must ask for it");
+        assert!(
+            requested(&h, Version::HTTP_11).is_none(),
+            "Connection must ask for it"
+        );
     }
 }

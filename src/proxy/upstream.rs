@@ -48,6 +48,14 @@ pub enum UpstreamError {
         /// Cause.
         source: hyper::Error,
     },
+    /// The TLS handshake failed (bad certificate, wrong name): the request was never sent.
+    #[error("TLS with {authority} failed: {source}")]
+    Tls {
+        /// Endpoint.
+        authority: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The connection broke after the request was (possibly) sent.
     #[error("request to {authority} failed: {source}")]
     Reset {
@@ -66,6 +74,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. }
                 | UpstreamError::ConnectTimeout(_)
                 | UpstreamError::Handshake { .. }
+                | UpstreamError::Tls { .. }
         )
     }
 }
@@ -323,6 +332,10 @@ async fn connect_tcp(
     endpoint: &Endpoint,
     connect_timeout: Duration,
 ) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    tcp(endpoint, connect_timeout).await.map(TokioIo::new)
+}
+
+async fn tcp(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let authority = endpoint.authority.as_str();
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(authority))
         .await
@@ -333,14 +346,34 @@ async fn connect_tcp(
         })?;
     // Small requests and responses must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }
 
 async fn connect_http1(
     endpoint: &Endpoint,
     connect_timeout: Duration,
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-    let io = connect_tcp(endpoint, connect_timeout).await?;
+    let stream = tcp(endpoint, connect_timeout).await?;
+    match &endpoint.tls {
+        None => handshake_http1(endpoint, TokioIo::new(stream)).await,
+        Some(tls) => {
+            let authority = endpoint.authority.to_string();
+            let tls_stream = tokio::time::timeout(connect_timeout, tls.connect(stream))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout(authority.clone()))?
+                .map_err(|source| UpstreamError::Tls { authority, source })?;
+            handshake_http1(endpoint, TokioIo::new(tls_stream)).await
+        }
+    }
+}
+
+async fn handshake_http1<T>(
+    endpoint: &Endpoint,
+    io: T,
+) -> Result<http1::SendRequest<RequestBody>, UpstreamError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
         .handshake(io)
         .await

@@ -128,6 +128,10 @@ impl Watcher {
                 }
                 _ = resync.tick() => self.resync_all(&mut conn, state).await?,
                 () = sleep_until_ms(next_expiry) => {
+                    // Heartbeats move scores without a change message: re-read the services
+                    // whose instances look expired before dropping anything.
+                    let due = expiring_services(&state.redis, now_ms());
+                    self.refresh(&mut conn, state, &due).await?;
                     prune_expired(&mut state.redis, now_ms());
                     self.publish(state);
                 }
@@ -209,6 +213,14 @@ fn next_expiry(redis: &RedisInstances) -> Option<u64> {
         .flat_map(|m| m.values())
         .filter_map(|i| i.expires_at)
         .min()
+}
+
+fn expiring_services(redis: &RedisInstances, now: u64) -> Vec<String> {
+    redis
+        .iter()
+        .filter(|(_, m)| m.values().any(|i| i.expires_at.is_some_and(|e| e <= now)))
+        .map(|(s, _)| s.clone())
+        .collect()
 }
 
 fn prune_expired(redis: &mut RedisInstances, now: u64) {

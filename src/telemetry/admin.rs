@@ -70,7 +70,7 @@ pub fn respond(
     resp
 }
 
-/// 404 for an unknown path, 405 for a known path with the wrong method.
+/// 404 for any path (or method) the router does not serve.
 pub fn not_found(req: &Request<Incoming>) -> Response<ResponseBody> {
     json(
         StatusCode::NOT_FOUND,

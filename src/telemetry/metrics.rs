@@ -150,7 +150,7 @@ impl Metrics {
         ));
         let services = build(IntGauge::new(
             "meshlet_registry_services",
-            "Services in the local registry snapshot.",
+            "Destinations in the routing table (registry services, configured services and route targets).",
         ));
         let policy = PolicyFamilies {
             retries: build(IntCounterVec::new(

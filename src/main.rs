@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use meshlet::config::{Dur, LoadedConfig, Protocol};
@@ -38,6 +39,76 @@ enum Command {
         target: RegistryTarget,
         #[command(subcommand)]
         action: RegistryAction,
+    },
+    /// Publish, tail and replay events on Redis Streams (DESIGN §8).
+    Events {
+        #[command(flatten)]
+        target: RegistryTarget,
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Publish one event; prints {"event_id","stream_id","duplicate"}.
+    Publish {
+        /// Event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// The payload: one JSON document.
+        json: String,
+        /// Event id (default: a UUIDv7); a repeat inside the dedupe window is stored once.
+        #[arg(long)]
+        id: Option<String>,
+        /// Event version.
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+        /// Source recorded with the event (default: the config's service.name, else "cli").
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Print events of TYPE as they are published (takes nothing from subscribers).
+    Tail {
+        /// Event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// Start after this stream id (0 = from the oldest); default: new events only.
+        #[arg(long)]
+        from: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Inspect or replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters of TYPE, oldest first.
+    List {
+        /// Event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// Only entries after this DLQ id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Re-publish dead letters of TYPE to its stream (all, or the --id ones), keeping event ids.
+    Replay {
+        /// Event type.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// DLQ ids to replay (repeatable); default: all.
+        #[arg(long = "id")]
+        ids: Vec<String>,
     },
 }
 
@@ -126,6 +197,7 @@ fn main() -> ExitCode {
         Command::Run(arg) => runtime.block_on(run(&arg.config)),
         Command::Demo => runtime.block_on(demo()),
         Command::Registry { target, action } => runtime.block_on(registry(target, action)),
+        Command::Events { target, action } => runtime.block_on(events(target, action)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -282,6 +354,53 @@ async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), 
         }
     }
     Ok(())
+}
+
+async fn events(target: RegistryTarget, action: EventsAction) -> Result<(), String> {
+    use meshlet::events::cli;
+    let (url, prefix) = registry_target(&target)?;
+    let config = match &target.config {
+        Some(path) => Some(LoadedConfig::from_file(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let events = config.as_ref().map(|c| &c.config.events);
+    let target = cli::Target {
+        client: redis::Client::open(url.as_str()).map_err(|e| format!("--redis: {e}"))?,
+        keys: meshlet::events::Keys::new(&prefix),
+        retention: events.map_or(Duration::from_secs(24 * 3600), |e| e.retention.get()),
+        dedupe_window: events.map_or(Duration::from_secs(24 * 3600), |e| e.dedupe_window.get()),
+    };
+    let result = match action {
+        EventsAction::Publish {
+            event_type,
+            json,
+            id,
+            version,
+            source,
+        } => {
+            let source = source
+                .or_else(|| config.as_ref().map(|c| c.config.service.name.to_string()))
+                .unwrap_or_else(|| "cli".to_owned());
+            cli::publish(&target, &event_type, &json, id, version, &source).await
+        }
+        EventsAction::Tail {
+            event_type,
+            from,
+            count,
+        } => cli::tail(&target, &event_type, from.as_deref(), count).await,
+        EventsAction::Dlq {
+            action:
+                DlqAction::List {
+                    event_type,
+                    after,
+                    count,
+                },
+        } => cli::dlq_list(&target, &event_type, after.as_deref(), count).await,
+        EventsAction::Dlq {
+            action: DlqAction::Replay { event_type, ids },
+        } => cli::dlq_replay(&target, &event_type, &ids).await,
+    };
+    result.map_err(|e| e.to_string())
 }
 
 fn registry_target(target: &RegistryTarget) -> Result<(String, String), String> {

@@ -155,7 +155,9 @@ impl AppClient {
         let scheme = self.base.scheme_str().unwrap_or("http");
         let authority = self.base.authority()?;
         let base_path = self.base.path().trim_end_matches('/');
-        format!("{scheme}://{authority}{base_path}{path}").parse().ok()
+        format!("{scheme}://{authority}{base_path}{path}")
+            .parse()
+            .ok()
     }
 }
 

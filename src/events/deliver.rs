@@ -93,7 +93,7 @@ impl Subscriber {
 
     async fn read_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut outage = Outage::new("events delivery");
-        let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut start_at = match self.sub.start {
             StreamStart::Latest => "$",
             StreamStart::Earliest => "0",
@@ -316,7 +316,10 @@ impl Subscriber {
                     self.metrics.retry.inc();
                     last = Some(answer);
                     tracing::debug!(r#type = %self.sub.event_type, id = %entry.id, attempt, answer = %answer.label(), "delivery failed; will retry");
-                    match self.wait_and_reclaim(&entry.id, attempt, &mut shutdown).await {
+                    match self
+                        .wait_and_reclaim(&entry.id, attempt, &mut shutdown)
+                        .await
+                    {
                         Some((again, deliveries)) => {
                             entry = again;
                             attempt = deliveries;
@@ -488,9 +491,7 @@ impl Subscriber {
                     .arg(&last_status)
                     .arg("failed_at")
                     .arg(&failed_at);
-                invocation
-                    .invoke_async::<Option<String>>(&mut conn)
-                    .await
+                invocation.invoke_async::<Option<String>>(&mut conn).await
             }
             .await;
             match written {

@@ -188,7 +188,9 @@ pub fn child_traceparent(parent: &str) -> String {
         && parts[1].len() == 32
         && parts[2].len() == 16
         && parts[3].len() == 2
-        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
         && parts[1].bytes().any(|b| b != b'0');
     if valid {
         format!("00-{}-{span}-{}", parts[1], parts[3])

@@ -193,7 +193,9 @@ impl EventMetrics {
         SubscriptionMetrics {
             ok: self.delivered.with_label_values(&[event_type, "ok"]),
             retry: self.delivered.with_label_values(&[event_type, "retry"]),
-            dead_letter: self.delivered.with_label_values(&[event_type, "dead_letter"]),
+            dead_letter: self
+                .delivered
+                .with_label_values(&[event_type, "dead_letter"]),
             duration: self.duration.with_label_values(&t),
             lag: self.lag.with_label_values(&t),
             pending: self.pending.with_label_values(&t),

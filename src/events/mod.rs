@@ -1,32 +1,162 @@
-//! Events over Redis Streams (DESIGN §8): publish on the local API, delivery to the app
-//! as HTTP POSTs, at least once, with dead letters.
+//! Events over Redis Streams (DESIGN §8): the app POSTs an event to the local API, meshlet
+//! stores it once (dedupe by event id), and every subscribing service's meshlet delivers it
+//! to its app as an HTTP POST, at least once, with retries and dead letters.
 //!
-//! Not built yet: [`Events::start`] returns `None`, and the local API answers
-//! `/v1/events/...` with `not_configured`.
+//! Layout, one idea a file:
+//! - [`envelope`]: the stored entry, the delivered envelope, input checks, reply parsing.
+//! - [`scripts`]: the atomic Redis steps (publish, dead-letter, redeliver, takeover, replay).
+//! - [`link`]: a Redis connection that reconnects after a restart, bounded waits.
+//! - [`publish`]: single and pipelined batch publishing.
+//! - [`deliver`]: a subscription's read loop and per-entry delivery tasks.
+//! - [`app`]: the HTTP client to the app and the ack/retry/dead-letter verdict.
+//! - [`dlq`]: listing and replaying dead letters.
+//! - [`api`]: the `/v1/events` routes of the local API.
+//! - [`cli`]: `meshlet events ...` for operators.
+//! - [`metrics`]: metric families and handles.
+//! - [`error`]: request errors and their DESIGN §7 responses.
+//!
+//! Redis keys: `{prefix}:events:{type}` (stream), `{prefix}:evid:{event_id}` (dedupe,
+//! expires after `dedupe_window`), `{prefix}:dlq:{type}` (dead letters).
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod deliver;
+pub mod dlq;
+pub mod envelope;
+pub mod error;
+pub mod link;
+pub mod metrics;
+pub mod publish;
+pub mod scripts;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::sync::Semaphore;
 
+use crate::config::{Config, Subscription};
 use crate::proxy::body::ResponseBody;
+use crate::registry::connection::REDIS_IO_TIMEOUT;
 use crate::sidecar::Context;
-use crate::telemetry::admin;
 
-/// The events module of one sidecar.
+pub use error::EventsError;
+
+use app::AppClient;
+use deliver::Subscriber;
+use link::Link;
+use metrics::EventMetrics;
+use publish::Publisher;
+
+/// Redis key names under `registry.prefix`.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+    /// The stream of `event_type`.
+    pub fn stream(&self, event_type: &str) -> String {
+        format!("{}:events:{event_type}", self.prefix)
+    }
+    /// The dead-letter stream of `event_type`.
+    pub fn dlq(&self, event_type: &str) -> String {
+        format!("{}:dlq:{event_type}", self.prefix)
+    }
+    /// The dedupe key of `event_id`.
+    pub fn evid(&self, event_id: &str) -> String {
+        format!("{}:evid:{event_id}", self.prefix)
+    }
+}
+
+/// The events module of one sidecar: publishing and DLQ routes for the local API, and a
+/// delivery task per subscription.
 pub struct Events {
-    _private: (),
+    service: String,
+    consumer: String,
+    keys: Keys,
+    link: Arc<Link>,
+    publisher: Publisher,
+    metrics: Arc<EventMetrics>,
+    retention: Duration,
+    subscriptions: Vec<Subscription>,
 }
 
 impl Events {
-    /// Starts publishing and delivery tasks when `events` and `registry.redis` are set.
+    /// Starts when `registry.redis` is set (any service may publish); spawns one delivery
+    /// task per `events.subscriptions` entry. The tasks stop when `context.shutdown` turns
+    /// true.
     pub fn start(context: &Context<'_>) -> Option<Arc<Events>> {
-        let _ = context;
-        None
+        let client = context.redis.clone()?;
+        let config = context.config;
+        let metrics = Arc::new(EventMetrics::register(context.metrics.registry())?);
+        let keys = Keys::new(config.registry.prefix.as_str());
+        let link = Arc::new(Link::new(client.clone()));
+        let retention = config.events.retention.get();
+        let publisher = Publisher::new(
+            link.clone(),
+            keys.clone(),
+            retention,
+            config.events.dedupe_window.get(),
+        );
+        let events = Arc::new(Events {
+            service: config.service.name.to_string(),
+            consumer: context.instance_id.to_owned(),
+            keys,
+            link,
+            publisher,
+            metrics,
+            retention,
+            subscriptions: config.events.subscriptions.clone(),
+        });
+        for sub in &config.events.subscriptions {
+            match events.subscriber(config, sub, &client) {
+                Some(subscriber) => {
+                    tokio::spawn(subscriber.run(context.shutdown.clone()));
+                }
+                None => tracing::error!(r#type = %sub.event_type, "subscription needs service.app"),
+            }
+        }
+        Some(events)
+    }
+
+    fn subscriber(
+        &self,
+        config: &Config,
+        sub: &Subscription,
+        client: &redis::Client,
+    ) -> Option<Arc<Subscriber>> {
+        let app = config.service.app.as_ref()?;
+        let concurrency = sub.concurrency.get() as usize;
+        let block = sub
+            .timeout
+            .get()
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        Some(Arc::new(Subscriber {
+            sub: sub.clone(),
+            stream: self.keys.stream(sub.event_type.as_str()),
+            dlq: self.keys.dlq(sub.event_type.as_str()),
+            group: self.service.clone(),
+            consumer: self.consumer.clone(),
+            cmd: self.link.clone(),
+            reader: Link::with_response_timeout(client.clone(), block + REDIS_IO_TIMEOUT),
+            app: AppClient::new(&app.0, config.service.protocol, concurrency),
+            metrics: self.metrics.subscription(sub.event_type.as_str()),
+            retention: self.retention,
+            slots: Arc::new(Semaphore::new(concurrency)),
+        }))
     }
 
     /// Answers a local API request under `/v1/events`.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        admin::not_found(&req)
+        api::handle(self, req).await
     }
 }

@@ -42,14 +42,27 @@ impl Publisher {
         }
     }
 
-    /// Stores one event (or finds its first copy).
+    /// Stores one event (or finds its first copy). A connection that died since its last
+    /// use (Redis restarted) is replaced and the event sent once more: safe, the script
+    /// dedupes by id.
     pub async fn publish(&self, event: &NewEvent) -> Result<Published, RedisError> {
-        let mut conn = self.link.get().await?;
         let minid = self.minid();
-        let mut invocation = self.invocation(event, &minid);
-        let reply: Result<(String, i64), RedisError> =
-            invocation.invoke_async(&mut conn).await;
-        let (stream_id, duplicate) = reply.inspect_err(|e| self.link.failed(e))?;
+        let invocation = self.invocation(event, &minid);
+        let mut tries = 0;
+        let (stream_id, duplicate) = loop {
+            tries += 1;
+            let mut conn = self.link.get().await?;
+            let reply: Result<(String, i64), RedisError> = invocation.invoke_async(&mut conn).await;
+            match reply {
+                Ok(r) => break r,
+                Err(e) => {
+                    self.link.failed(&e);
+                    if tries > 1 || !stale_connection(&e) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         Ok(Published {
             event_id: event.event_id.clone(),
             stream_id,
@@ -63,7 +76,6 @@ impl Publisher {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.link.get().await?;
         let minid = self.minid();
         let invocations: Vec<_> = events.iter().map(|e| self.invocation(e, &minid)).collect();
         let mut pipe = redis::pipe();
@@ -71,10 +83,20 @@ impl Publisher {
         for invocation in &invocations {
             pipe.invoke_script(invocation);
         }
-        let replies: Vec<(String, i64)> = pipe
-            .query_async(&mut conn)
-            .await
-            .inspect_err(|e| self.link.failed(e))?;
+        let mut tries = 0;
+        let replies: Vec<(String, i64)> = loop {
+            tries += 1;
+            let mut conn = self.link.get().await?;
+            match pipe.query_async(&mut conn).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    self.link.failed(&e);
+                    if tries > 1 || !stale_connection(&e) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         Ok(events
             .iter()
             .zip(replies)
@@ -102,6 +124,12 @@ impl Publisher {
     fn minid(&self) -> String {
         minid(self.retention)
     }
+}
+
+/// Whether `e` says the connection was already dead (not that Redis is slow): worth one
+/// more try on a fresh connection.
+fn stale_connection(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// The MINID that trims entries older than `retention`.

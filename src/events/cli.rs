@@ -1,0 +1,186 @@
+//! `meshlet events ...`: operator commands that talk to Redis directly (no running meshlet
+//! needed). Each prints JSON, one document a line, so its output pipes into `jq`.
+
+use std::time::Duration;
+
+use redis::{RedisError, Value};
+
+use super::dlq;
+use super::envelope::{
+    is_json, parse_entries, parse_read_reply, valid_event_id, valid_type, NewEvent,
+};
+use super::link::Link;
+use super::publish::Publisher;
+use super::Keys;
+use crate::registry::connection::REDIS_IO_TIMEOUT;
+
+/// How long `tail` blocks per read.
+const TAIL_BLOCK: Duration = Duration::from_secs(5);
+
+/// Why an events command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Redis refused or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Where the commands act.
+pub struct Target {
+    /// Redis.
+    pub client: redis::Client,
+    /// Key names.
+    pub keys: Keys,
+    /// Trimming applied by publish and replay.
+    pub retention: Duration,
+    /// Dedupe window applied by publish.
+    pub dedupe_window: Duration,
+}
+
+fn check_type(event_type: &str) -> Result<(), CliError> {
+    if valid_type(event_type) {
+        Ok(())
+    } else {
+        Err(CliError::Input(format!(
+            "invalid event type `{event_type}`: use 1-128 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// `events publish TYPE JSON [--id ID] [--version N]`: prints `{"event_id","stream_id","duplicate"}`.
+pub async fn publish(
+    target: &Target,
+    event_type: &str,
+    json: &str,
+    event_id: Option<String>,
+    version: u32,
+    source: &str,
+) -> Result<(), CliError> {
+    check_type(event_type)?;
+    is_json(json.as_bytes()).map_err(|e| CliError::Input(format!("payload is not JSON: {e}")))?;
+    if let Some(id) = &event_id {
+        if !valid_event_id(id) {
+            return Err(CliError::Input(format!("invalid event id `{id}`")));
+        }
+    }
+    let link = std::sync::Arc::new(Link::new(target.client.clone()));
+    let publisher = Publisher::new(
+        link,
+        target.keys.clone(),
+        target.retention,
+        target.dedupe_window,
+    );
+    let event = NewEvent::new(
+        event_type,
+        event_id,
+        source,
+        version,
+        json.to_owned(),
+        String::new(),
+    );
+    let published = publisher.publish(&event).await?;
+    println!("{}", serde_json::json!(published));
+    Ok(())
+}
+
+/// `events tail TYPE [--from ID] [--count N]`: prints entries as they arrive (without a
+/// consumer group: tailing takes nothing from subscribers). `--from 0` starts at the oldest.
+pub async fn tail(
+    target: &Target,
+    event_type: &str,
+    from: Option<&str>,
+    count: Option<usize>,
+) -> Result<(), CliError> {
+    check_type(event_type)?;
+    let stream = target.keys.stream(event_type);
+    let link = Link::with_response_timeout(target.client.clone(), TAIL_BLOCK + REDIS_IO_TIMEOUT);
+    let mut conn = link.get().await?;
+    let mut last = match from {
+        Some(id) => id.to_owned(),
+        None => {
+            // `$` resolved once, so entries added between two reads are not skipped.
+            let newest: Value = redis::cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await?;
+            parse_entries(&newest)
+                .pop()
+                .map_or_else(|| "0-0".to_owned(), |e| e.id)
+        }
+    };
+    let mut printed = 0usize;
+    loop {
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(TAIL_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(&last)
+            .query_async(&mut conn)
+            .await?;
+        for entry in parse_read_reply(&reply) {
+            println!("{}", entry.to_json());
+            last = entry.id;
+            printed += 1;
+            if count.is_some_and(|c| printed >= c) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `events dlq list TYPE [--after ID] [--count N]`: prints dead letters, oldest first.
+pub async fn dlq_list(
+    target: &Target,
+    event_type: &str,
+    after: Option<&str>,
+    count: usize,
+) -> Result<(), CliError> {
+    check_type(event_type)?;
+    let link = Link::new(target.client.clone());
+    let mut conn = link.get().await?;
+    let page = dlq::list(&mut conn, &target.keys, event_type, after, count).await?;
+    for entry in &page.entries {
+        println!("{}", entry.to_json());
+    }
+    if let Some(next) = page.next {
+        eprintln!("more: --after {next}");
+    }
+    Ok(())
+}
+
+/// `events dlq replay TYPE [--id ID ...]`: re-publishes dead letters (all without `--id`).
+pub async fn dlq_replay(target: &Target, event_type: &str, ids: &[String]) -> Result<(), CliError> {
+    check_type(event_type)?;
+    let link = Link::new(target.client.clone());
+    let mut conn = link.get().await?;
+    let selected = (!ids.is_empty()).then_some(ids);
+    let report = dlq::replay(
+        &mut conn,
+        &target.keys,
+        event_type,
+        selected,
+        target.retention,
+    )
+    .await?;
+    for r in &report.replayed {
+        println!("{}", serde_json::json!(r));
+    }
+    for id in &report.missing {
+        eprintln!("not in the dead-letter stream: {id}");
+    }
+    eprintln!(
+        "replayed {} dead letter(s) of {event_type}",
+        report.replayed.len()
+    );
+    Ok(())
+}

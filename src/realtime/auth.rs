@@ -18,6 +18,9 @@ pub enum AuthError {
     /// The token did not verify (signature, expiry, shape).
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
+    /// `realtime.auth.secret` is empty (an unset `${ENV}`): no token can verify.
+    #[error("realtime.auth.secret is empty; no token can be verified")]
+    NoSecret,
 }
 
 /// Who a client is, once its token verified (or anonymous when tokens are optional).
@@ -70,7 +73,8 @@ struct Claims {
 
 /// Verifies client tokens with the configured secret.
 pub struct Verifier {
-    key: Option<DecodingKey>,
+    /// `None`: no `realtime.auth`; `Some(None)`: configured with an empty secret.
+    key: Option<Option<DecodingKey>>,
     require: bool,
     validation: Validation,
 }
@@ -82,7 +86,13 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
         Verifier {
-            key: auth.map(|a| DecodingKey::from_secret(a.secret.expose().as_bytes())),
+            key: auth.map(|a| {
+                let key = DecodingKey::from_secret(a.secret.expose().as_bytes()).ok();
+                if key.is_none() {
+                    tracing::error!("realtime.auth.secret is empty: every token will be refused");
+                }
+                key
+            }),
             require: auth.is_some_and(|a| a.require),
             validation,
         }
@@ -99,6 +109,7 @@ impl Verifier {
                 Ok(Identity::default())
             };
         };
+        let key = key.as_ref().ok_or(AuthError::NoSecret)?;
         let data = jsonwebtoken::decode::<Claims>(token.as_bytes(), key, &self.validation)?;
         Ok(Identity {
             user: Some(data.claims.sub),
@@ -167,7 +178,10 @@ mod tests {
 
     #[test]
     fn token_is_read_from_query_or_bearer_header() {
-        assert_eq!(token_from_query(Some("a=1&token=x.y.z")), Some("x.y.z".into()));
+        assert_eq!(
+            token_from_query(Some("a=1&token=x.y.z")),
+            Some("x.y.z".into())
+        );
         assert_eq!(token_from_query(Some("token=a%2Eb")), Some("a.b".into()));
         assert_eq!(token_from_query(Some("token=")), None);
         let mut h = HeaderMap::new();

@@ -1,0 +1,140 @@
+//! The app's side of the hub on the local API (15000): `POST /v1/broadcast`,
+//! `POST /v1/rooms/{room}/join|leave`, `GET /v1/rooms`, `GET /v1/rooms/{room}/presence`
+//! and `GET /v1/realtime`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::cluster::Op;
+use super::error::RealtimeError;
+use super::hub::Target;
+use super::Realtime;
+use crate::proxy::body::ResponseBody;
+use crate::telemetry::admin;
+
+/// Largest API body.
+const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Broadcast {
+    to: Target,
+    #[serde(default = "default_event")]
+    event: String,
+    #[serde(default)]
+    data: Value,
+}
+
+fn default_event() -> String {
+    "message".to_owned()
+}
+
+/// Routes one local API request.
+pub async fn handle(hub: &Arc<Realtime>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let request_id = super::request_id(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::POST, ["v1", "broadcast"]) => broadcast(hub, req).await,
+        (&Method::POST, ["v1", "rooms", room, "join"]) => {
+            membership(hub, Op::Join, room, req).await
+        }
+        (&Method::POST, ["v1", "rooms", room, "leave"]) => {
+            membership(hub, Op::Leave, room, req).await
+        }
+        (&Method::GET, ["v1", "rooms"]) => Ok(rooms(hub)),
+        (&Method::GET, ["v1", "rooms", room, "presence"]) => presence(hub, room).await,
+        (&Method::GET, ["v1", "realtime"]) => Ok(admin::json(StatusCode::OK, &hub.stats())),
+        _ => return admin::not_found(&req),
+    };
+    result.unwrap_or_else(|e| e.to_response(&hub.service, &request_id))
+}
+
+async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, RealtimeError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| RealtimeError::BodyTooLarge(MAX_BODY))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RealtimeError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn broadcast(
+    hub: &Arc<Realtime>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, RealtimeError> {
+    let b: Broadcast = body(req).await?;
+    let published = hub.broadcast(b.to, b.event, b.data).await?;
+    Ok(admin::json(
+        StatusCode::ACCEPTED,
+        &json!({"id": published.id, "offset": published.offset}),
+    ))
+}
+
+async fn membership(
+    hub: &Arc<Realtime>,
+    op: Op,
+    room: &str,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, RealtimeError> {
+    let to: Target = body(req).await?;
+    if to == Target::All {
+        return Err(RealtimeError::BadRequest(
+            "name a {\"user\":…} or a {\"client\":…}".to_owned(),
+        ));
+    }
+    let published = hub.membership(op, room, to).await?;
+    Ok(admin::json(
+        StatusCode::ACCEPTED,
+        &json!({"id": published.id, "room": room}),
+    ))
+}
+
+fn rooms(hub: &Realtime) -> Response<ResponseBody> {
+    let rooms: Vec<Value> = hub
+        .hub
+        .room_sizes()
+        .into_iter()
+        .map(|(room, clients)| json!({"room": room.as_ref(), "clients": clients}))
+        .collect();
+    admin::json(StatusCode::OK, &json!({ "rooms": rooms }))
+}
+
+async fn presence(hub: &Realtime, room: &str) -> Result<Response<ResponseBody>, RealtimeError> {
+    if !super::frames::valid_room(room) {
+        return Err(RealtimeError::BadRoom(room.to_owned()));
+    }
+    let members: Vec<(String, String)> = match &hub.cluster {
+        Some(cluster) => cluster
+            .presence(room)
+            .await
+            .map_err(|e| RealtimeError::Unavailable(e.to_string()))?,
+        None => hub
+            .hub
+            .members(room)
+            .into_iter()
+            .map(|(c, u)| (c.to_string(), u.as_deref().unwrap_or("").to_owned()))
+            .collect(),
+    };
+    let users: BTreeSet<&str> = members
+        .iter()
+        .map(|(_, u)| u.as_str())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let clients: Vec<Value> = members
+        .iter()
+        .map(|(c, u)| json!({"client": c, "user": if u.is_empty() { None } else { Some(u) }}))
+        .collect();
+    Ok(admin::json(
+        StatusCode::OK,
+        &json!({"room": room, "users": users, "clients": clients}),
+    ))
+}

@@ -1,0 +1,449 @@
+//! One client's socket task: the welcome, the client's frames, the bounded send queue
+//! drained to the socket in batches, WebSocket pings, and the close codes of DESIGN §9
+//! (4403 forbidden room, 4408 slow consumer, 1001 shutdown, 1009 frame too large).
+//!
+//! Every write races the hub's close request and a deadline: a client that stops reading
+//! blocks only its own task, and is cut once its queue overflows or a write stalls for
+//! `ping_timeout`.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::frames::{self, ClientFrame, FrameError};
+use super::hub::{Admission, Client, CloseReason, Delivery, Offset};
+use super::Realtime;
+
+/// Largest client message (and frame) accepted; larger ones close the socket with 1009.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Frames written per flush when the queue holds many.
+const WRITE_BATCH: usize = 64;
+/// How long the closing handshake may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Client,
+    PingTimeout,
+    Slow,
+    Forbidden,
+    Shutdown,
+    TooBig,
+    Error,
+}
+
+impl End {
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            End::Slow => (CloseCode::from(4408), "slow consumer"),
+            End::Forbidden => (CloseCode::from(4403), "forbidden room"),
+            End::Shutdown => (CloseCode::Away, "meshlet shutting down"),
+            End::TooBig => (CloseCode::Size, "message too large"),
+            End::Client | End::PingTimeout | End::Error => return None,
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+impl From<CloseReason> for End {
+    fn from(r: CloseReason) -> End {
+        match r {
+            CloseReason::Slow => End::Slow,
+            CloseReason::Forbidden => End::Forbidden,
+            CloseReason::Shutdown => End::Shutdown,
+        }
+    }
+}
+
+/// Socket settings: small buffers (a hub holds thousands of mostly idle sockets) and the
+/// message size limit.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// Serves one upgraded connection until it ends, then removes the client from the hub.
+pub(super) async fn serve(
+    hub: Arc<Realtime>,
+    upgraded: Upgraded,
+    client: Arc<Client>,
+    queue: mpsc::Receiver<Arc<Delivery>>,
+    admission: Admission,
+) {
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(socket_config()),
+    )
+    .await;
+    hub.connected(&client).await;
+    let mut session = Session {
+        ws,
+        clean: true,
+        closed: false,
+        queue,
+        dedupe: HashMap::new(),
+        sent: 0,
+        shutdown: hub.shutdown.clone(),
+        client: client.clone(),
+        hub: hub.clone(),
+    };
+    let end = session.run().await;
+    let end = session.finish(end).await;
+    hub.disconnected(&client);
+    let d = &hub.metrics.disconnects;
+    match end {
+        End::Client => d.client.inc(),
+        End::PingTimeout => d.ping_timeout.inc(),
+        End::Slow => d.slow.inc(),
+        End::Forbidden => d.forbidden.inc(),
+        End::Shutdown => d.shutdown.inc(),
+        End::TooBig => d.too_big.inc(),
+        End::Error => d.error.inc(),
+    }
+    tracing::debug!(client = %client.id, ?end, "websocket closed");
+    drop(admission);
+}
+
+struct Session {
+    ws: Socket,
+    /// No frame is half-written (so a close frame may still be written on drop).
+    clean: bool,
+    /// The close handshake ran (or the socket is beyond saving).
+    closed: bool,
+    queue: mpsc::Receiver<Arc<Delivery>>,
+    /// After a join, the room's offset already covered by `joined` and the replay: live
+    /// messages up to it are duplicates.
+    dedupe: HashMap<Arc<str>, Offset>,
+    /// Frames written since the counter was last updated.
+    sent: u64,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    client: Arc<Client>,
+    hub: Arc<Realtime>,
+}
+
+impl Session {
+    async fn run(&mut self) -> End {
+        let welcome = frames::welcome(&self.client.id, self.client.user.as_deref());
+        if let Err(end) = self.write(vec![welcome]).await {
+            return end;
+        }
+        let every = self
+            .hub
+            .config
+            .ping_interval
+            .get()
+            .max(Duration::from_millis(10));
+        let patience = self.hub.config.ping_timeout.get();
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pong_due: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            if *self.shutdown.borrow() {
+                return End::Shutdown;
+            }
+            tokio::select! {
+                biased;
+                () = self.client.closing.notified() => {
+                    let end = self.client.close_reason().map_or(End::Error, End::from);
+                    return end;
+                }
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                }
+                () = sleep_until(pong_due.unwrap_or(far)), if pong_due.is_some() => {
+                    return End::PingTimeout;
+                }
+                _ = ping.tick() => {
+                    if pong_due.is_none() {
+                        pong_due = Some(Instant::now() + patience);
+                    }
+                    if let Err(end) = self.write_message(Message::Ping(Default::default())).await {
+                        return end;
+                    }
+                }
+                delivery = self.queue.recv() => {
+                    let Some(delivery) = delivery else { return End::Error };
+                    if let Err(end) = self.forward(delivery).await {
+                        return end;
+                    }
+                }
+                incoming = self.ws.next() => {
+                    // Any frame proves the peer alive, not only a pong.
+                    pong_due = None;
+                    match incoming {
+                        None => return End::Client,
+                        Some(Ok(Message::Text(text))) => {
+                            self.hub.metrics.messages_in.inc();
+                            if let Err(end) = self.on_text(text.as_str()).await {
+                                return end;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.hub.metrics.messages_in.inc();
+                            let e = FrameError::Binary;
+                            if let Err(end) = self.write(vec![frames::error(e.code(), &e.to_string())]).await {
+                                return end;
+                            }
+                        }
+                        // Pongs answer our pings; pings are answered by tungstenite on the
+                        // next read; a close is answered by tungstenite, and the stream then ends.
+                        Some(Ok(_)) => {}
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                            return End::TooBig;
+                        }
+                        Some(Err(_)) => return End::Client,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one client frame; `Err` ends the connection.
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self
+                    .write(vec![frames::error(e.code(), &e.to_string())])
+                    .await
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.write(vec![frames::pong()]).await,
+            ClientFrame::Join { room, since } => {
+                if !frames::valid_room(&room) {
+                    let e = super::RealtimeError::BadRoom(room);
+                    return self
+                        .write(vec![frames::error(e.code(), &e.to_string())])
+                        .await;
+                }
+                if !self.client.identity.may_join(&room) {
+                    return Err(End::Forbidden);
+                }
+                match self.hub.join(&self.client, &room, since.as_deref()).await {
+                    Ok(joined) => {
+                        let recovery = joined.recovery;
+                        let latest = recovery.latest.map(|o| o.to_string());
+                        let mut out = Vec::with_capacity(1 + recovery.missed.len());
+                        out.push(frames::joined(&room, latest.as_deref(), recovery.recovered));
+                        for m in &recovery.missed {
+                            out.push(frames::message(
+                                Some(&room),
+                                m.offset.as_deref(),
+                                &m.event,
+                                &m.data,
+                            ));
+                        }
+                        match recovery.latest {
+                            Some(latest) => self.dedupe.insert(joined.room, latest),
+                            None => self.dedupe.remove(&joined.room),
+                        };
+                        self.write(out).await
+                    }
+                    Err(e) => {
+                        self.write(vec![frames::error(e.code(), &e.to_string())])
+                            .await
+                    }
+                }
+            }
+            ClientFrame::Leave { room } => {
+                self.hub.leave(&self.client, &room);
+                self.dedupe.remove(room.as_str());
+                self.write(vec![frames::left(&room)]).await
+            }
+            ClientFrame::Publish { room, data, event } => {
+                match self
+                    .hub
+                    .client_publish(&self.client, room, event, data)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.write(vec![frames::error(e.code(), &e.to_string())])
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a queued delivery and whatever else is queued (up to a batch), dropping
+    /// duplicates of a recovery.
+    async fn forward(&mut self, first: Arc<Delivery>) -> Result<(), End> {
+        let mut batch = Vec::with_capacity(8);
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            if !self.duplicate(&d) {
+                batch.push(d.frame.clone());
+            }
+            if batch.len() < WRITE_BATCH {
+                next = self.queue.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(batch).await
+    }
+
+    fn duplicate(&mut self, d: &Delivery) -> bool {
+        let (Some(room), Some(offset)) = (&d.room, d.offset) else {
+            return false;
+        };
+        let Some(seen) = self.dedupe.get(room) else {
+            return false;
+        };
+        if offset <= *seen {
+            return true;
+        }
+        // Offsets only grow: past the recovery point nothing can repeat any more.
+        self.dedupe.remove(room);
+        false
+    }
+
+    async fn write(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), End> {
+        let n = frames.len() as u64;
+        self.guarded(frames.into_iter().map(Message::Text)).await?;
+        self.sent += n;
+        if self.sent >= 16 || self.queue.is_empty() {
+            self.hub.metrics.messages_out.inc_by(self.sent);
+            self.sent = 0;
+        }
+        Ok(())
+    }
+
+    async fn write_message(&mut self, message: Message) -> Result<(), End> {
+        self.guarded(std::iter::once(message)).await
+    }
+
+    /// Feeds `messages` and flushes, racing the hub's close request and a stall deadline.
+    async fn guarded(&mut self, messages: impl Iterator<Item = Message>) -> Result<(), End> {
+        let stall = self
+            .hub
+            .config
+            .ping_timeout
+            .get()
+            .max(Duration::from_millis(100));
+        let Session {
+            ws,
+            client,
+            clean,
+            hub,
+            ..
+        } = self;
+        *clean = false;
+        let write = async {
+            for m in messages {
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            biased;
+            written = timeout(stall, write) => match written {
+                Ok(Ok(())) => {
+                    *clean = true;
+                    Ok(())
+                }
+                Ok(Err(_)) => Err(End::Client),
+                Err(_) => {
+                    // The peer stopped reading: its socket is full.
+                    if client.close(CloseReason::Slow) {
+                        hub.metrics.slow_dropped.inc();
+                    }
+                    Err(End::Slow)
+                }
+            },
+            () = client.closing.notified() => {
+                Err(client.close_reason().map_or(End::Error, End::from))
+            }
+        }
+    }
+
+    /// Ends the connection with `end`'s close code: at shutdown, first writes what is
+    /// queued; then the close frame, and waits (briefly) for the client's close reply.
+    async fn finish(&mut self, end: End) -> End {
+        self.close_with(end).await;
+        self.closed = true;
+        end
+    }
+
+    async fn close_with(&mut self, end: End) {
+        if end == End::Shutdown {
+            let mut pending = Vec::new();
+            while let Ok(d) = self.queue.try_recv() {
+                if !self.duplicate(&d) {
+                    pending.push(d.frame.clone());
+                }
+            }
+            if !pending.is_empty() && self.write(pending).await.is_err() {
+                return;
+            }
+        }
+        let Some(frame) = end.close_frame() else {
+            return;
+        };
+        // After a stalled write the rest of its frame waits in tungstenite's buffer: the
+        // close frame goes after it, so framing stays intact (a client that resumes reading
+        // gets what was buffered, then the code).
+        self.closed = true;
+        let ws = &mut self.ws;
+        let _ = timeout(CLOSE_WAIT, async {
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}
+
+impl Drop for Session {
+    /// The sidecar drops the worker runtime right after its listeners drain, which can be
+    /// before this task saw the shutdown signal. Then the task is dropped instead of
+    /// polled; while the runtime's I/O driver is still up, write the 1001 close frame
+    /// without waiting (best effort: one non-blocking write of a frame tungstenite made).
+    fn drop(&mut self) {
+        if self.closed || !self.clean || !*self.shutdown.borrow() {
+            return;
+        }
+        let Some(close) = End::Shutdown.close_frame() else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(32);
+        if Frame::close(Some(close)).format(&mut bytes).is_err() {
+            return;
+        }
+        let io = self.ws.get_mut();
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = Pin::new(io).poll_write(&mut cx, &bytes);
+    }
+}

@@ -1,0 +1,101 @@
+//! The hub's errors, turned into answers in one place: DESIGN §7 JSON responses for the
+//! connect request and the local API, and `error` frame codes on a socket.
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::auth::AuthError;
+use crate::proxy::body::ResponseBody;
+
+/// Header naming the error code (DESIGN §7).
+const X_MESH_ERROR: &str = "x-mesh-error";
+
+/// Why the hub refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum RealtimeError {
+    /// Missing or bad token (401).
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// `max_connections` reached (503).
+    #[error("the realtime hub is at max_connections ({0})")]
+    Overloaded(usize),
+    /// A request that is not a WebSocket upgrade on the hub path (400).
+    #[error("not a WebSocket upgrade: {0}")]
+    NotWebSocket(&'static str),
+    /// Malformed API request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// API body over the limit (413).
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// Redis unreachable: the message was NOT sent (503).
+    #[error("realtime backend unavailable: {0}")]
+    Unavailable(String),
+    /// The room name is not allowed.
+    #[error("invalid room name `{0}`: use 1-200 of A-Z a-z 0-9 . _ : - @ = +")]
+    BadRoom(String),
+    /// The token's `rooms` claim does not grant this room.
+    #[error("room `{0}` is not granted by the token's rooms claim")]
+    Forbidden(String),
+    /// `client_publish: deny`.
+    #[error("clients may not publish here (client_publish: deny)")]
+    PublishDenied,
+    /// `client_publish: app` without `service.app`.
+    #[error("client_publish is `app` but service.app is not configured")]
+    NoApp,
+}
+
+impl RealtimeError {
+    /// The DESIGN §7 code, also used as the `code` of an error frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RealtimeError::Unauthenticated(_) => "unauthenticated",
+            RealtimeError::Overloaded(_) => "overloaded",
+            RealtimeError::NotWebSocket(_) | RealtimeError::BadRequest(_) => "bad_request",
+            RealtimeError::BodyTooLarge(_) => "body_too_large",
+            RealtimeError::Unavailable(_) => "realtime_unavailable",
+            RealtimeError::BadRoom(_) => "bad_room",
+            RealtimeError::Forbidden(_) => "forbidden",
+            RealtimeError::PublishDenied => "publish_denied",
+            RealtimeError::NoApp => "no_app",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RealtimeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            RealtimeError::Overloaded(_) | RealtimeError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RealtimeError::NotWebSocket(_)
+            | RealtimeError::BadRequest(_)
+            | RealtimeError::BadRoom(_) => StatusCode::BAD_REQUEST,
+            RealtimeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RealtimeError::Forbidden(_) | RealtimeError::PublishDenied => StatusCode::FORBIDDEN,
+            RealtimeError::NoApp => StatusCode::CONFLICT,
+        }
+    }
+
+    /// The DESIGN §7 response: `{"error","message","service","request_id"}` and
+    /// `x-mesh-error`.
+    pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "service": service,
+            "request_id": request_id,
+        });
+        let mut bytes = body.to_string().into_bytes();
+        bytes.push(b'\n');
+        let mut resp = Response::new(ResponseBody::full(bytes));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
+        if matches!(self, RealtimeError::NotWebSocket(_)) {
+            h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        resp
+    }
+}

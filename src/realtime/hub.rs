@@ -1,0 +1,556 @@
+//! This meshlet's share of the hub: the connected clients, the rooms and users they belong
+//! to, and local fan-out. Fan-out never waits on a socket: each client has a bounded queue
+//! drained by its own connection task, and a client whose queue is full is marked slow and
+//! closed (4408) instead of slowing the others.
+//!
+//! Lock order: `rooms` before a client's own `rooms`; no lock is held across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::auth::Identity;
+use super::metrics::RealtimeMetrics;
+
+/// A position in a room's history: a Redis stream id (`ms-seq`), ordered numerically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Offset {
+    ms: u64,
+    seq: u64,
+}
+
+impl Offset {
+    /// Before every real offset.
+    pub const ZERO: Offset = Offset { ms: 0, seq: 0 };
+
+    /// Parses `ms-seq`; `None` for anything else (offsets are opaque to clients, so a
+    /// foreign string simply cannot be recovered from).
+    pub fn parse(s: &str) -> Option<Offset> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(Offset {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// The next offset after `self` for a given clock reading (local history).
+    pub fn next(self, now_ms: u64) -> Offset {
+        if now_ms > self.ms {
+            Offset { ms: now_ms, seq: 0 }
+        } else {
+            Offset {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Who a message or a server-side membership change is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "To", into = "To")]
+pub enum Target {
+    /// Every client of the service.
+    All,
+    /// The members of a room.
+    Room(String),
+    /// Every connection of a user.
+    User(String),
+    /// One connection.
+    Client(String),
+}
+
+/// The wire form of [`Target`]: `{"all":true}`, `{"room":"r"}`, `{"user":"u"}` or
+/// `{"client":"c"}`, exactly one of them.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct To {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    all: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+}
+
+impl TryFrom<To> for Target {
+    type Error = String;
+    fn try_from(to: To) -> Result<Target, String> {
+        match (to.all, to.room, to.user, to.client) {
+            (true, None, None, None) => Ok(Target::All),
+            (false, Some(r), None, None) => Ok(Target::Room(r)),
+            (false, None, Some(u), None) => Ok(Target::User(u)),
+            (false, None, None, Some(c)) => Ok(Target::Client(c)),
+            _ => Err(
+                "`to` must be exactly one of {\"all\":true}, {\"room\":…}, {\"user\":…}, {\"client\":…}"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+impl From<Target> for To {
+    fn from(t: Target) -> To {
+        match t {
+            Target::All => To {
+                all: true,
+                ..To::default()
+            },
+            Target::Room(r) => To {
+                room: Some(r),
+                ..To::default()
+            },
+            Target::User(u) => To {
+                user: Some(u),
+                ..To::default()
+            },
+            Target::Client(c) => To {
+                client: Some(c),
+                ..To::default()
+            },
+        }
+    }
+}
+
+/// One frame on its way to clients, shared by every recipient.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Room it was broadcast to (for dropping duplicates after a recovery).
+    pub room: Option<Arc<str>>,
+    /// Its history offset, when it has one.
+    pub offset: Option<Offset>,
+    /// The text frame.
+    pub frame: Utf8Bytes,
+}
+
+impl Delivery {
+    /// A frame that is not part of any room's history (errors, `joined`, user messages).
+    pub fn plain(frame: Utf8Bytes) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            room: None,
+            offset: None,
+            frame,
+        })
+    }
+}
+
+/// Why a connection is being closed by the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The send queue overflowed (4408).
+    Slow,
+    /// The client asked for a room its token does not grant (4403).
+    Forbidden,
+    /// meshlet is shutting down (1001).
+    Shutdown,
+}
+
+/// A connected client as the hub sees it.
+pub struct Client {
+    /// Unique id: `{instance}:{n}`, so presence can tell which meshlet holds it.
+    pub id: Arc<str>,
+    /// Verified identity.
+    pub identity: Identity,
+    /// The user id as a shared key.
+    pub user: Option<Arc<str>>,
+    queue: mpsc::Sender<Arc<Delivery>>,
+    rooms: Mutex<HashSet<Arc<str>>>,
+    close: Mutex<Option<CloseReason>>,
+    /// Woken when the hub wants the connection closed.
+    pub closing: Notify,
+    /// When the connection was accepted.
+    pub since: Instant,
+}
+
+impl Client {
+    /// A client and the receiving end of its send queue.
+    pub fn new(
+        id: Arc<str>,
+        identity: Identity,
+        queue_len: usize,
+    ) -> (Arc<Client>, mpsc::Receiver<Arc<Delivery>>) {
+        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        let user = identity.user.as_deref().map(Arc::from);
+        let client = Arc::new(Client {
+            id,
+            identity,
+            user,
+            queue: tx,
+            rooms: Mutex::new(HashSet::new()),
+            close: Mutex::new(None),
+            closing: Notify::new(),
+            since: Instant::now(),
+        });
+        (client, rx)
+    }
+
+    /// Queues `delivery` without waiting. A full queue marks the client slow; returns
+    /// whether the client was newly found slow.
+    pub fn send(&self, delivery: &Arc<Delivery>) -> bool {
+        match self.queue.try_send(delivery.clone()) {
+            Ok(()) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => self.close(CloseReason::Slow),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection task to close; the first reason wins. Returns whether this call
+    /// set it.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
+        if close.is_some() {
+            return false;
+        }
+        *close = Some(reason);
+        self.closing.notify_one();
+        true
+    }
+
+    /// The reason set by [`Client::close`].
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.close.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rooms the client is in.
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+type Members = HashMap<Arc<str>, Arc<Client>>;
+
+/// A room member as presence lists it: (client id, user).
+pub type Member = (Arc<str>, Option<Arc<str>>);
+
+/// The clients, rooms and users of this meshlet.
+pub struct Hub {
+    clients: RwLock<Members>,
+    rooms: RwLock<HashMap<Arc<str>, Members>>,
+    users: RwLock<HashMap<Arc<str>, Members>>,
+    admitted: AtomicUsize,
+    max_connections: usize,
+    metrics: RealtimeMetrics,
+}
+
+/// A slot under `max_connections`, given back when dropped.
+pub struct Admission {
+    hub: Arc<Hub>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.hub.metrics.connections.dec();
+    }
+}
+
+/// What removing a client left behind: rooms and user channels nobody holds any more.
+#[derive(Debug, Default)]
+pub struct Departure {
+    /// Rooms that lost their last local member.
+    pub empty_rooms: Vec<Arc<str>>,
+    /// Rooms the client was in.
+    pub rooms: Vec<Arc<str>>,
+    /// The user's last local connection closed.
+    pub user_gone: Option<Arc<str>>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(max_connections: usize, metrics: RealtimeMetrics) -> Arc<Hub> {
+        Arc::new(Hub {
+            clients: RwLock::default(),
+            rooms: RwLock::default(),
+            users: RwLock::default(),
+            admitted: AtomicUsize::new(0),
+            max_connections,
+            metrics,
+        })
+    }
+
+    /// Takes a connection slot, or `None` at `max_connections`.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let max = self.max_connections;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.metrics.connections.inc();
+        Some(Admission { hub: self.clone() })
+    }
+
+    /// Connections held (admitted, including those still upgrading).
+    pub fn connections(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Adds a connected client; returns whether it is its user's first local connection.
+    pub fn register(&self, client: &Arc<Client>) -> bool {
+        write(&self.clients).insert(client.id.clone(), client.clone());
+        match &client.user {
+            Some(user) => {
+                let mut users = write(&self.users);
+                let members = users.entry(user.clone()).or_default();
+                members.insert(client.id.clone(), client.clone());
+                members.len() == 1
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a client from everything.
+    pub fn unregister(&self, client: &Client) -> Departure {
+        write(&self.clients).remove(&client.id);
+        let mut departure = Departure::default();
+        {
+            let mut rooms = write(&self.rooms);
+            let mine: Vec<Arc<str>> = lock(&client.rooms).drain().collect();
+            for room in mine {
+                if let Some(members) = rooms.get_mut(&room) {
+                    members.remove(&client.id);
+                    if members.is_empty() {
+                        rooms.remove(&room);
+                        departure.empty_rooms.push(room.clone());
+                    }
+                }
+                departure.rooms.push(room);
+            }
+            self.metrics.rooms.set(rooms.len() as i64);
+        }
+        if let Some(user) = &client.user {
+            let mut users = write(&self.users);
+            if let Some(members) = users.get_mut(user) {
+                members.remove(&client.id);
+                if members.is_empty() {
+                    users.remove(user);
+                    departure.user_gone = Some(user.clone());
+                }
+            }
+        }
+        departure
+    }
+
+    /// Puts `client` in `room`; returns whether it was not a member before.
+    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> bool {
+        let mut rooms = write(&self.rooms);
+        let added = rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(client.id.clone(), client.clone())
+            .is_none();
+        lock(&client.rooms).insert(room.clone());
+        self.metrics.rooms.set(rooms.len() as i64);
+        added
+    }
+
+    /// Takes `client` out of `room`; returns `Some(room_now_empty)` when it was a member.
+    pub fn leave(&self, client: &Client, room: &str) -> Option<bool> {
+        let mut rooms = write(&self.rooms);
+        let members = rooms.get_mut(room)?;
+        members.remove(&client.id)?;
+        lock(&client.rooms).remove(room);
+        let empty = members.is_empty();
+        if empty {
+            rooms.remove(room);
+        }
+        self.metrics.rooms.set(rooms.len() as i64);
+        Some(empty)
+    }
+
+    /// Whether any local client is in `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        read(&self.rooms).contains_key(room)
+    }
+
+    /// Whether any local client belongs to `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        read(&self.users).contains_key(user)
+    }
+
+    /// Rooms and users held locally (what to subscribe to after a reconnect).
+    pub fn held(&self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        (
+            read(&self.rooms).keys().cloned().collect(),
+            read(&self.users).keys().cloned().collect(),
+        )
+    }
+
+    /// Local rooms with their member counts.
+    pub fn room_sizes(&self) -> Vec<(Arc<str>, usize)> {
+        let mut sizes: Vec<_> = read(&self.rooms)
+            .iter()
+            .map(|(r, m)| (r.clone(), m.len()))
+            .collect();
+        sizes.sort();
+        sizes
+    }
+
+    /// Local members of `room` as (client, user) pairs.
+    pub fn members(&self, room: &str) -> Vec<Member> {
+        read(&self.rooms)
+            .get(room)
+            .map(|m| m.values().map(|c| (c.id.clone(), c.user.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Local clients a target names (for server-side join and leave).
+    pub fn clients_for(&self, target: &Target) -> Vec<Arc<Client>> {
+        match target {
+            Target::All => read(&self.clients).values().cloned().collect(),
+            Target::Room(r) => read(&self.rooms)
+                .get(r.as_str())
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+            Target::User(u) => read(&self.users)
+                .get(u.as_str())
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+            Target::Client(c) => read(&self.clients)
+                .get(c.as_str())
+                .cloned()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Every local client (shutdown).
+    pub fn all_clients(&self) -> Vec<Arc<Client>> {
+        read(&self.clients).values().cloned().collect()
+    }
+
+    /// Queues `delivery` for every local client `target` names; returns how many.
+    /// Never waits: a full queue marks that client slow.
+    pub fn deliver(&self, target: &Target, delivery: &Arc<Delivery>) -> usize {
+        let started = Instant::now();
+        let mut slow = 0u64;
+        let mut reached = 0usize;
+        let mut each = |members: &Members| {
+            for client in members.values() {
+                if client.send(delivery) {
+                    slow += 1;
+                }
+                reached += 1;
+            }
+        };
+        match target {
+            Target::All => each(&read(&self.clients)),
+            Target::Room(r) => {
+                if let Some(m) = read(&self.rooms).get(r.as_str()) {
+                    each(m);
+                }
+            }
+            Target::User(u) => {
+                if let Some(m) = read(&self.users).get(u.as_str()) {
+                    each(m);
+                }
+            }
+            Target::Client(c) => {
+                if let Some(client) = read(&self.clients).get(c.as_str()) {
+                    if client.send(delivery) {
+                        slow += 1;
+                    }
+                    reached += 1;
+                }
+            }
+        }
+        if slow > 0 {
+            self.metrics.slow_dropped.inc_by(slow);
+        }
+        self.metrics.fanout.observe(started.elapsed().as_secs_f64());
+        reached
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A panic while holding the lock leaves plain maps behind: still consistent enough to
+    // keep serving, so poisoning is ignored.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(2, RealtimeMetrics::new(&prometheus::Registry::new()))
+    }
+
+    #[test]
+    fn offsets_order_numerically() {
+        let a = Offset::parse("9-5").expect("valid");
+        let b = Offset::parse("10-0").expect("valid");
+        assert!(a < b);
+        assert_eq!(b.to_string(), "10-0");
+        assert!(Offset::parse("x").is_none());
+        assert_eq!(b.next(10).to_string(), "10-1");
+        assert_eq!(b.next(11).to_string(), "11-0");
+    }
+
+    #[test]
+    fn targets_parse_exactly_one_of() {
+        let t: Target = serde_json::from_str(r#"{"room":"r"}"#).expect("room");
+        assert_eq!(t, Target::Room("r".into()));
+        assert!(serde_json::from_str::<Target>(r#"{"room":"r","user":"u"}"#).is_err());
+        assert!(serde_json::from_str::<Target>(r#"{}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Target::All).expect("serializes"),
+            r#"{"all":true}"#
+        );
+    }
+
+    #[test]
+    fn admission_is_capped_and_returned() {
+        let hub = hub();
+        let a = hub.admit().expect("first");
+        let _b = hub.admit().expect("second");
+        assert!(hub.admit().is_none());
+        drop(a);
+        assert!(hub.admit().is_some());
+    }
+
+    #[test]
+    fn full_queue_marks_the_client_slow_once() {
+        let hub = hub();
+        let (client, _rx) = Client::new("i:1".into(), Identity::default(), 1);
+        hub.register(&client);
+        let room: Arc<str> = "r".into();
+        assert!(hub.join(&client, &room));
+        let d = Delivery::plain("x".into());
+        assert_eq!(hub.deliver(&Target::Room("r".into()), &d), 1);
+        assert!(client.close_reason().is_none());
+        hub.deliver(&Target::Room("r".into()), &d);
+        hub.deliver(&Target::Room("r".into()), &d);
+        assert_eq!(client.close_reason(), Some(CloseReason::Slow));
+        assert_eq!(hub.metrics.slow_dropped.get(), 1);
+        let gone = hub.unregister(&client);
+        assert_eq!(gone.empty_rooms.len(), 1);
+        assert!(!hub.has_room("r"));
+    }
+}

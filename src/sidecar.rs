@@ -30,6 +30,7 @@ use crate::proxy::inbound::Inbound;
 use crate::proxy::outbound::Outbound;
 use crate::proxy::{server, upstream};
 use crate::realtime::{self, Realtime};
+use crate::registry::health::HealthCheck;
 use crate::registry::registration::Registration;
 use crate::registry::watch::Watcher;
 use crate::registry::{connection, schema, static_instances, Instance, Keys, Snapshot, Status};
@@ -78,6 +79,8 @@ pub struct Shared {
     pub listening: AtomicBool,
     /// First registry snapshot in (or Redis still unreachable after 10 s).
     pub registry_ready: Arc<AtomicBool>,
+    /// The app's health check passes (always true without `service.health`).
+    pub app_healthy: Arc<AtomicBool>,
     /// This pod's instance id in the registry.
     pub instance_id: String,
     rebuild_lock: Mutex<()>,
@@ -88,7 +91,9 @@ pub struct Shared {
 impl Shared {
     /// Ready for traffic: listeners bound and the registry loaded.
     pub fn is_ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.registry_ready.load(Ordering::Acquire)
+        self.listening.load(Ordering::Acquire)
+            && self.registry_ready.load(Ordering::Acquire)
+            && self.app_healthy.load(Ordering::Acquire)
     }
 
     /// Rebuilds the routing table from the active config and the latest snapshot.
@@ -215,6 +220,7 @@ impl Sidecar {
             metrics,
             listening: AtomicBool::new(false),
             registry_ready: Arc::new(AtomicBool::new(redis_client.is_none())),
+            app_healthy: Arc::new(AtomicBool::new(config.service.health.is_none())),
             instance_id: instance_id(config.service.name.as_str()),
             rebuild_lock: Mutex::new(()),
             last_seen_hash: Mutex::new(loaded_hash),
@@ -291,6 +297,23 @@ impl Sidecar {
             tokio::spawn(reload_on_change(shared.clone(), shutdown_rx.clone())),
         ];
 
+        // Registration status: driven by the app's health check when there is one.
+        let initial_status = if config.service.health.is_some() {
+            Status::Draining
+        } else {
+            Status::Up
+        };
+        let (status_tx, _) = watch::channel(initial_status);
+        if let (Some(app), Some(path)) = (&app, &config.service.health) {
+            let check = HealthCheck {
+                app: app.endpoints[0].authority.clone(),
+                path: path.to_string(),
+                interval: config.service.health_interval.get(),
+                status: status_tx.clone(),
+                healthy: shared.app_healthy.clone(),
+            };
+            control.push(tokio::spawn(check.run(stopped(shutdown_rx.clone()))));
+        }
         let mut registration = None;
         if let Some(client) = redis_client {
             let keys = Keys::new(config.registry.prefix.as_str());
@@ -317,7 +340,7 @@ impl Sidecar {
             }));
             if let Some(inbound_addr) = inbound_addr {
                 let instance = own_instance(&config, &shared.instance_id, inbound_addr)?;
-                let (_status_tx, status_rx) = watch::channel(Status::Up);
+                let status_rx = status_tx.subscribe();
                 let reg = Registration {
                     client,
                     keys,
@@ -330,8 +353,6 @@ impl Sidecar {
                 };
                 let (stop_tx, stop_rx) = oneshot::channel::<()>();
                 let handle = tokio::spawn(async move {
-                    // Keeps the status channel open for the registration's lifetime.
-                    let _status_tx = _status_tx;
                     reg.run(async {
                         let _ = stop_rx.await;
                     })
@@ -734,6 +755,7 @@ fn telemetry_answer(shared: &Shared, req: &Request<Incoming>) -> Response<Respon
                     "ready": ready,
                     "listening": shared.listening.load(Ordering::Acquire),
                     "registry_loaded": shared.registry_ready.load(Ordering::Acquire),
+                    "app_healthy": shared.app_healthy.load(Ordering::Acquire),
                 }),
             )
         } else {

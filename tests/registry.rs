@@ -239,3 +239,54 @@ async fn readiness_waits_for_the_first_snapshot() {
     let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
     assert_eq!(ready.status, 503);
 }
+
+#[tokio::test]
+async fn a_failing_app_health_check_drains_the_registration_and_unreadies_the_pod() {
+    let redis = RedisServer::start();
+    let app = Upstream::start("app").await;
+    let yaml = format!(
+        "service: {{name: billing, app: \"http://{}\", health: /flaky, health_interval: 100ms}}\nworkers: 1\nregistry: {{redis: \"{}\", ttl: 3s, heartbeat: 1s}}\n",
+        app.addr,
+        redis.url()
+    );
+    let s = sidecar(&yaml).await;
+    let mut conn = redis.conn();
+    let key = format!("mesh:inst:billing:{}", s.shared.instance_id);
+    let status = |conn: &mut redis::Connection| -> String {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg("status")
+            .query(conn)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let st = status(&mut conn);
+            async move { st == "up" }
+        })
+        .await
+    );
+    assert!(s.shared.is_ready());
+
+    app.fail_next(1000);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let st = status(&mut conn);
+            async move { st == "draining" }
+        })
+        .await
+    );
+    let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["app_healthy"], false);
+
+    app.fail_next(0);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let st = status(&mut conn);
+            async move { st == "up" }
+        })
+        .await
+    );
+    assert!(eventually(Duration::from_secs(2), || async { s.shared.is_ready() }).await);
+}

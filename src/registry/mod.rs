@@ -6,6 +6,7 @@
 //! Redis. [`registration`] keeps this pod's own entry alive with heartbeats.
 
 pub mod connection;
+pub mod health;
 pub mod registration;
 pub mod schema;
 mod static_entries;

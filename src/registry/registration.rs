@@ -38,12 +38,14 @@ impl Registration {
         let mut outage = Outage::new("self-registration");
         let mut ticker = tokio::time::interval(self.heartbeat);
         let mut announce = true;
+        let mut status_open = true;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = self.reconnected.notified() => announce = true,
-                changed = self.status.changed() => {
-                    if changed.is_err() { return; }
+                changed = self.status.changed(), if status_open => {
+                    // A closed channel only means nobody drives the status any more.
+                    status_open = changed.is_ok();
                     announce = true;
                 }
                 () = &mut shutdown => break,

@@ -1,0 +1,85 @@
+//! The local app's health: `service.health` is polled every `service.health_interval`.
+//! While it fails, this pod's registration turns `draining` (callers stop sending) and
+//! readiness says not ready; when it passes again, both come back. Until the first check
+//! passes the pod is not ready, so traffic never reaches an app that is still starting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::schema::Status;
+
+/// Longest wait for one health answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health poller; built by the sidecar.
+pub struct HealthCheck {
+    /// The app's `host:port`.
+    pub app: Authority,
+    /// The health path.
+    pub path: String,
+    /// Poll interval.
+    pub interval: Duration,
+    /// Registration status to drive.
+    pub status: watch::Sender<Status>,
+    /// Readiness flag to drive.
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl HealthCheck {
+    /// Polls until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(self.interval);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = &mut shutdown => return,
+            }
+            let ok = probe(&self.app, &self.path, PROBE_TIMEOUT.min(self.interval)).await;
+            let was = self.healthy.swap(ok, Ordering::AcqRel);
+            if was != ok || first {
+                if ok {
+                    tracing::info!(path = %self.path, "app healthy; registration up");
+                } else {
+                    tracing::warn!(path = %self.path, "app health check failed; registration draining");
+                }
+            }
+            first = false;
+            let next = if ok { Status::Up } else { Status::Draining };
+            self.status.send_if_modified(|s| {
+                let changed = *s != next;
+                *s = next;
+                changed
+            });
+        }
+    }
+}
+
+/// One GET of the health path: healthy on a 2xx within `timeout`.
+async fn probe(app: &Authority, path: &str, timeout: Duration) -> bool {
+    let attempt = async {
+        let stream = TcpStream::connect(app.as_str()).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, app.as_str())
+            .header(http::header::USER_AGENT, "meshlet-health")
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        Some(resp.status().is_success())
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}

@@ -28,6 +28,7 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::destination::{Destination, RoutingTable};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::outbound::Outbound;
+use crate::proxy::tls::{MeshTls, TlsError};
 use crate::proxy::{server, upstream};
 use crate::realtime::{self, Realtime};
 use crate::registry::health::HealthCheck;
@@ -57,6 +58,9 @@ pub enum StartError {
     /// The Redis URL is invalid.
     #[error("registry.redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The `tls:` files could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
@@ -79,6 +83,8 @@ pub struct Shared {
     pub listening: AtomicBool,
     /// First registry snapshot in (or Redis still unreachable after 10 s).
     pub registry_ready: Arc<AtomicBool>,
+    /// Mutual TLS between meshlets (`tls:`), loaded at start.
+    pub mesh_tls: Option<Arc<MeshTls>>,
     /// The app's health check passes (always true without `service.health`).
     pub app_healthy: Arc<AtomicBool>,
     /// This pod's instance id in the registry.
@@ -102,8 +108,13 @@ impl Shared {
         let _guard = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
         let config = self.config.load();
         let snapshot = self.registry_view(&config.config);
-        let table =
-            RoutingTable::build(&config.config, &snapshot, &self.table.load(), &self.metrics);
+        let table = RoutingTable::build(
+            &config.config,
+            &snapshot,
+            &self.table.load(),
+            &self.metrics,
+            self.mesh_tls.as_deref(),
+        );
         self.table.store(Arc::new(table));
     }
 
@@ -206,7 +217,21 @@ impl Sidecar {
         let loaded_hash = loaded.hash.clone();
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         let initial = Snapshot::default().with_statics(&static_instances(&config.registry));
-        let table = RoutingTable::build(&config, &initial, &RoutingTable::empty(&config), &metrics);
+        let mesh_tls = match &config.tls {
+            Some(t) => Some(Arc::new(MeshTls::load(
+                t.cert.as_str(),
+                t.key.as_str(),
+                t.ca.as_str(),
+            )?)),
+            None => None,
+        };
+        let table = RoutingTable::build(
+            &config,
+            &initial,
+            &RoutingTable::empty(&config),
+            &metrics,
+            mesh_tls.as_deref(),
+        );
         let redis_client = config
             .registry
             .redis
@@ -221,6 +246,7 @@ impl Sidecar {
             listening: AtomicBool::new(false),
             registry_ready: Arc::new(AtomicBool::new(redis_client.is_none())),
             app_healthy: Arc::new(AtomicBool::new(config.service.health.is_none())),
+            mesh_tls: mesh_tls.clone(),
             instance_id: instance_id(config.service.name.as_str()),
             rebuild_lock: Mutex::new(()),
             last_seen_hash: Mutex::new(loaded_hash),
@@ -555,6 +581,7 @@ fn spawn_workers(
             idle_timeout: inbound_template.idle_timeout,
         }));
         let builder = server::http_builder(&config.limits);
+        let inbound_tls = shared.mesh_tls.as_ref().map(|m| m.acceptor.clone());
         let shutdown = shutdown.clone();
         let gauges = (
             shared
@@ -595,6 +622,7 @@ fn spawn_workers(
                                     l,
                                     outbound_handler,
                                     builder.clone(),
+                                    None,
                                     shutdown.clone(),
                                     grace,
                                     gauges.0,
@@ -612,6 +640,7 @@ fn spawn_workers(
                                         l,
                                         h,
                                         builder.clone(),
+                                        inbound_tls,
                                         shutdown.clone(),
                                         grace,
                                         gauges.1,

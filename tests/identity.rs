@@ -262,3 +262,103 @@ async fn https_egress_is_verified_against_the_configured_ca() {
         a.json()
     );
 }
+
+/// A mesh CA and certificates for service names, written to a temp dir.
+struct MeshCerts {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl MeshCerts {
+    fn new() -> MeshCerts {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        MeshCerts {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// `tls:` YAML for a meshlet whose certificate names `service`.
+    fn tls_yaml(&self, service: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![service.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let (crt, pem) = (
+            self.dir.path().join(format!("{service}.crt")),
+            self.dir.path().join(format!("{service}.key")),
+        );
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem, key.serialize_pem()).unwrap();
+        format!(
+            "tls: {{cert: \"{}\", key: \"{}\", ca: \"{}\"}}\n",
+            crt.display(),
+            pem.display(),
+            self.dir.path().join("ca.crt").display()
+        )
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_between_meshlets_both_ways() {
+    let redis = RedisServer::start();
+    let app = Upstream::start("inventory-app").await;
+    let mesh = MeshCerts::new();
+    let callee = sidecar(&format!(
+        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{}",
+        app.addr,
+        redis.url(),
+        mesh.tls_yaml("inventory")
+    ))
+    .await;
+    let caller = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{}",
+        redis.url(),
+        mesh.tls_yaml("orders")
+    ))
+    .await;
+    let out = caller.addresses.outbound;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            get_via(out, "http://inventory/").await.status == 200
+        })
+        .await
+    );
+    assert_eq!(
+        get_via(out, "http://inventory/x").await.json()["upstream"],
+        "inventory-app"
+    );
+
+    // Plain HTTP to the inbound port gets no answer: TLS with a client certificate is required.
+    let inbound = callee.addresses.inbound.unwrap();
+    let plain = send(
+        inbound,
+        Request::get("/")
+            .header("host", "inventory")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    // A meshlet whose certificate comes from another CA is refused.
+    let stranger_mesh = MeshCerts::new();
+    let stranger = sidecar(&format!(
+        "service: {{name: game}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{}",
+        redis.url(),
+        stranger_mesh.tls_yaml("game")
+    ))
+    .await;
+    until_ready(&stranger).await;
+    let a = get_via(stranger.addresses.outbound, "http://inventory/").await;
+    assert_eq!(a.status, 502, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.header("x-mesh-error"), "upstream_unavailable");
+    let hits = app.hits();
+    assert!(hits >= 2);
+}

@@ -14,7 +14,7 @@ use crate::identity::token::TokenCache;
 use crate::identity::Identity;
 use crate::policy::balance::Endpoint;
 use crate::policy::DestinationState;
-use crate::proxy::tls::TlsTarget;
+use crate::proxy::tls::{MeshTls, TlsTarget};
 use crate::registry::{Snapshot, Status};
 use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
 
@@ -104,6 +104,7 @@ impl RoutingTable {
         snapshot: &Snapshot,
         previous: &RoutingTable,
         metrics: &Metrics,
+        mesh_tls: Option<&MeshTls>,
     ) -> RoutingTable {
         let mut names: Vec<&str> = snapshot.services.keys().map(String::as_str).collect();
         names.extend(config.services.keys().map(String::as_str));
@@ -114,7 +115,7 @@ impl RoutingTable {
         let mut services = HashMap::with_capacity(names.len());
         for name in names {
             let old = previous.services.get(name);
-            let destination = build_destination(name, config, snapshot, old, metrics);
+            let destination = build_destination(name, config, snapshot, old, metrics, mesh_tls);
             metrics
                 .endpoints
                 .with_label_values(&[name])
@@ -148,6 +149,7 @@ fn build_destination(
     snapshot: &Snapshot,
     old: Option<&Arc<Destination>>,
     metrics: &Metrics,
+    mesh_tls: Option<&MeshTls>,
 ) -> Destination {
     let policy = config.policy_for(name);
     let url = config.services.get(name).and_then(|s| s.url.as_ref());
@@ -209,14 +211,20 @@ fn build_destination(
                         Protocol::Http1 => policy.protocol,
                     };
                     let draining = inst.status == Status::Draining;
-                    let ep = reuse(&inst.id, &authority, protocol).unwrap_or_else(|| {
-                        Arc::new(Endpoint::new(
-                            inst.id.clone(),
-                            authority,
-                            protocol,
-                            draining,
-                        ))
-                    });
+                    let ep = match reuse(&inst.id, &authority, protocol) {
+                        Some(ep) => ep,
+                        None => {
+                            let ep = Endpoint::new(inst.id.clone(), authority, protocol, draining);
+                            Arc::new(match mesh_tls.map(|m| m.target(name)) {
+                                None => ep,
+                                Some(Ok(target)) => ep.with_tls(target),
+                                Some(Err(e)) => {
+                                    tracing::error!(service = name, error = %e, "no mutual TLS toward this service");
+                                    return None;
+                                }
+                            })
+                        }
+                    };
                     ep.draining
                         .store(draining, std::sync::atomic::Ordering::Relaxed);
                     Some(ep)

@@ -18,6 +18,7 @@ use prometheus::IntGauge;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::body::ResponseBody;
 use crate::config::Limits;
@@ -68,12 +69,13 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `listener` with `handler` until `shutdown` turns true, then drains for at most
-/// `grace`.
+/// Serves `listener` with `handler` (behind TLS when `tls` is set) until `shutdown` turns
+/// true, then drains for at most `grace`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     open_connections: IntGauge,
@@ -92,23 +94,28 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler.handle(req).await) }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                let gauge = open_connections.clone();
-                tokio::spawn(async move {
-                    gauge.inc();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "client connection ended with an error");
+                let conn = Conn {
+                    handler: handler.clone(),
+                    builder: builder.clone(),
+                    graceful: graceful.watcher(),
+                    gauge: open_connections.clone(),
+                };
+                match &tls {
+                    None => conn.spawn(stream),
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // The handshake runs in the connection's task, never in the
+                            // accept loop: a slow client cannot stall the listener.
+                            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                            match handshake.await {
+                                Ok(Ok(tls_stream)) => conn.spawn(tls_stream),
+                                Ok(Err(e)) => tracing::debug!(error = %e, "inbound TLS handshake refused"),
+                                Err(_) => tracing::debug!("inbound TLS handshake timed out"),
+                            }
+                        });
                     }
-                    gauge.dec();
-                });
+                }
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -123,5 +130,39 @@ pub async fn serve<H: Handler>(
         () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace period over; closing the connections left");
         }
+    }
+}
+
+/// What one accepted connection needs.
+struct Conn<H> {
+    handler: Arc<H>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: hyper_util::server::graceful::Watcher,
+    gauge: IntGauge,
+}
+
+impl<H: Handler> Conn<H> {
+    fn spawn<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = self.handler;
+        let service = hyper::service::service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = self.graceful.watch(conn);
+        let gauge = self.gauge;
+        tokio::spawn(async move {
+            gauge.inc();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+            gauge.dec();
+        });
     }
 }

@@ -125,3 +125,63 @@ pub fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> 
     }
     Ok(certs)
 }
+
+/// Mutual TLS between meshlets (`tls: {cert, key, ca}`): the inbound listener requires a
+/// client certificate from the mesh CA, and calls to mesh destinations present this
+/// meshlet's certificate and verify the peer's against the same CA, under the destination's
+/// service name (each meshlet's certificate names its `service.name`).
+pub struct MeshTls {
+    client: Arc<ClientConfig>,
+    /// Terminates TLS on the inbound listener.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshTls")
+    }
+}
+
+impl MeshTls {
+    /// Loads the certificate, key and CA files.
+    pub fn load(cert: &str, key: &str, ca: &str) -> Result<MeshTls, TlsError> {
+        use rustls::pki_types::PrivateKeyDer;
+        install_crypto_provider();
+        let pem_error = |path: &str, e: &dyn std::fmt::Display| TlsError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let chain = read_certs(cert)?;
+        let private_key = || PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e));
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(ca)? {
+            roots.add(c).map_err(|e| pem_error(ca, &e))?;
+        }
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder(roots.clone())
+            .build()
+            .map_err(|e| pem_error(ca, &e))?;
+        let server = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), private_key()?)
+            .map_err(|e| pem_error(cert, &e))?;
+        let client = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, private_key()?)
+            .map_err(|e| pem_error(cert, &e))?;
+        Ok(MeshTls {
+            client: Arc::new(client),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+
+    /// TLS toward an endpoint of mesh destination `service`.
+    pub fn target(&self, service: &str) -> Result<TlsTarget, TlsError> {
+        let server_name = ServerName::try_from(service.to_owned())
+            .map_err(|_| TlsError::ServerName(service.to_owned()))?;
+        Ok(TlsTarget {
+            connector: TlsConnector::from(self.client.clone()),
+            server_name,
+        })
+    }
+}

@@ -209,7 +209,29 @@ async fn connect_h2(
     endpoint: &Endpoint,
     connect_timeout: Duration,
 ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-    let io = connect_tcp(endpoint, connect_timeout).await?;
+    let stream = tcp(endpoint, connect_timeout).await?;
+    let sender = match &endpoint.tls {
+        None => handshake_h2(endpoint, TokioIo::new(stream)).await?,
+        Some(tls) => {
+            let authority = endpoint.authority.to_string();
+            let tls_stream = tokio::time::timeout(connect_timeout, tls.connect(stream))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout(authority.clone()))?
+                .map_err(|source| UpstreamError::Tls { authority, source })?;
+            handshake_h2(endpoint, TokioIo::new(tls_stream)).await?
+        }
+    };
+    POOL.with(|p| p.borrow_mut().h2.insert(endpoint.key, sender.clone()));
+    Ok(sender)
+}
+
+async fn handshake_h2<T>(
+    endpoint: &Endpoint,
+    io: T,
+) -> Result<http2::SendRequest<RequestBody>, UpstreamError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
@@ -224,7 +246,6 @@ async fn connect_h2(
             tracing::debug!(error = %e, "upstream h2 connection closed with an error");
         }
     });
-    POOL.with(|p| p.borrow_mut().h2.insert(endpoint.key, sender.clone()));
     Ok(sender)
 }
 
@@ -326,13 +347,6 @@ pub async fn send(
             ))
         }
     }
-}
-
-async fn connect_tcp(
-    endpoint: &Endpoint,
-    connect_timeout: Duration,
-) -> Result<TokioIo<TcpStream>, UpstreamError> {
-    tcp(endpoint, connect_timeout).await.map(TokioIo::new)
 }
 
 async fn tcp(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, UpstreamError> {

@@ -220,6 +220,13 @@ async fn grpc_answer(
     if path.ends_with("/Denied") {
         return trailers_only(7, "not you");
     }
+    if path.ends_with("/Chat") {
+        // Bidi streaming: every message goes back the moment it arrives.
+        let mut r = Response::new(BodyExt::boxed(req.into_body().map_err(|_| unreachable!())));
+        r.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        return r;
+    }
     // Echo every message back, then trailers with custom metadata.
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let mut trailers = HeaderMap::new();
@@ -371,6 +378,43 @@ async fn grpc_calls_keep_trailers_get_grpc_errors_deadlines_and_named_retries() 
     );
     assert_eq!(a.headers["grpc-message"], "timeout");
 
+    // A bidi stream through a destination that retries gRPC codes is not held back
+    // waiting for the request to end: each message comes back before the next is sent.
+    let stream = TcpStream::connect(out).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let req = Request::post("http://greeter/chat.Room/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(2), async {
+        tx.send(Ok(Frame::data(grpc_message(b"one"))))
+            .await
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    })
+    .await
+    .expect("response headers while the request is still open");
+    let mut replies = resp.into_body();
+    for word in [&b"one"[..], b"two", b"three"] {
+        if word != b"one" {
+            tx.send(Ok(Frame::data(grpc_message(word)))).await.unwrap();
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(2), replies.frame())
+            .await
+            .expect("each message echoed before the next is sent")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&frame.into_data().unwrap()[5..], word);
+    }
+    drop(tx);
+
     let a = grpc_call(out, "http://nowhere/svc/Method", b"x", &[]).await;
     assert_eq!(
         (a.status, a.grpc_status().as_str()),
@@ -507,4 +551,11 @@ async fn connect_tunnels_only_to_egress_destinations() {
         text.starts_with("HTTP/1.1 403") && text.contains("forbidden"),
         "{text}"
     );
+}
+
+/// An mpsc receiver as a stream (no extra crate needed).
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

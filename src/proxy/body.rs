@@ -10,6 +10,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::forward::TeeReader;
 use super::upstream::{self, Http1Lease};
 use crate::policy::balance::InFlight;
 use crate::policy::stale::StaleRecorder;
@@ -27,13 +28,8 @@ pub enum RequestBody {
         /// Request trailers, if the client sent any.
         trailers: Option<HeaderMap>,
     },
-    /// The first bytes were read while trying to buffer, the rest still streams (sent once).
-    Prefixed {
-        /// Already read.
-        head: Option<Bytes>,
-        /// Still to come.
-        rest: Incoming,
-    },
+    /// Streamed from the client while a copy is kept for a retry (see [`super::forward::Tee`]).
+    Teed(TeeReader),
 }
 
 impl RequestBody {
@@ -61,10 +57,7 @@ impl Body for RequestBody {
                     .map(|d| Ok(Frame::data(d)))
                     .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
             ),
-            RequestBody::Prefixed { head, rest } => match head.take() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            RequestBody::Teed(reader) => reader.poll_frame(cx),
         }
     }
 
@@ -72,7 +65,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Replay { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestBody::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
+            RequestBody::Teed(reader) => reader.is_end_stream(),
         }
     }
 
@@ -82,16 +75,7 @@ impl Body for RequestBody {
             RequestBody::Replay { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            RequestBody::Prefixed { head, rest } => {
-                let extra = head.as_ref().map_or(0, |d| d.len() as u64);
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + extra);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + extra);
-                }
-                hint
-            }
+            RequestBody::Teed(reader) => reader.size_hint(),
         }
     }
 }

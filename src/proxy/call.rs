@@ -156,11 +156,12 @@ async fn retries(
     let (parts, body) = req.into_parts();
     let replayable = retry::is_replayable(&parts.method, &parts.headers, policy);
     let mut template = Template::new(parts, dest, strip)?;
-    let mut payload = if replayable && policy.attempts > 1 {
-        Payload::buffer(body, replay_limit).await?
+    let replay_limit = if replayable && policy.attempts > 1 {
+        replay_limit
     } else {
-        Payload::Once(Some(super::body::RequestBody::Stream(body)))
+        0
     };
+    let mut payload = Payload::new(body, replay_limit);
     let per_try = Some(policy.per_try_timeout.get()).filter(|d| !d.is_zero());
     let mut avoid = None;
     loop {
@@ -205,14 +206,19 @@ async fn retries(
             dest.metrics.budget_exhausted.inc();
             return result.map_err(forward::AttemptError::into_proxy_error);
         }
-        dest.metrics.count_retry(failure.reason());
         let pause = retry::backoff(
             policy,
             *attempts,
             result.as_ref().ok().map(|u| u.response.headers()),
         );
-        drop(result);
+        // The copy of a streamed body may still be completing (the upstream can answer
+        // before it read the whole request): decide after the pause whether it is whole.
         tokio::time::sleep(pause).await;
+        if !payload.available() {
+            return result.map_err(forward::AttemptError::into_proxy_error);
+        }
+        drop(result);
+        dest.metrics.count_retry(failure.reason());
         avoid = Some(endpoint.key);
     }
 }

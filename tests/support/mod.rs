@@ -316,7 +316,7 @@ async fn upstream_answer(
             format!("{{\"upstream\":\"{name}\",\"slept_ms\":{ms}}}"),
         );
     }
-    if path == "/echo" {
+    if path == "/echo" || path == "/flaky/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();
         let mut r = Response::new(body);
         r.headers_mut()

@@ -132,9 +132,12 @@ impl Shared {
         let Some(path) = current.path.clone() else {
             return Ok(false);
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
+        let text = std::fs::read_to_string(&path).map_err(|source| {
+            self.metrics.reload.errors.inc();
+            ConfigError::Read {
+                path: path.clone(),
+                source,
+            }
         })?;
         let hash = crate::config::content_hash(&text);
         {
@@ -542,7 +545,9 @@ fn own_instance(config: &Config, id: &str, inbound: SocketAddr) -> Result<Instan
             .map(|v| v.to_string())
             .unwrap_or_default(),
         status: Status::Up,
-        protocol: crate::config::Protocol::Http1,
+        // Callers reach the inbound listener, which takes h1 and h2c alike; advertising the
+        // app's protocol lets an h2 (gRPC) app be called over h2 end to end.
+        protocol: config.service.protocol,
         metadata: serde_json::to_value(&config.service.metadata).unwrap_or_default(),
         registered_at: now,
         last_heartbeat: now,
@@ -747,6 +752,11 @@ fn warn_if_restart_needed(old: &Config, new: &Config) {
     let limits = |c: &Config| serde_json::to_string(&c.limits).unwrap_or_default();
     if limits(old) != limits(new) {
         changed.push("limits");
+    }
+    let rest =
+        |c: &Config| serde_json::to_string(&(&c.tls, &c.telemetry, &c.events)).unwrap_or_default();
+    if rest(old) != rest(new) {
+        changed.push("tls/telemetry/events");
     }
     if !changed.is_empty() {
         tracing::warn!(fields = ?changed, "these settings changed but apply only after a restart");

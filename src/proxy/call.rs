@@ -182,7 +182,7 @@ async fn retries(
         )
         .await;
         let failure = match &result {
-            Ok(up) => failure_of(&up.response),
+            Ok(up) => failure_of(&up.response, policy),
             Err(e) => Some(e.failure()),
         };
         let healthy = !failure.is_some_and(Failure::trips_breaker);
@@ -223,11 +223,14 @@ async fn retries(
     }
 }
 
-/// Answers that count as a failed attempt: 5xx, 429 (retryable when named), and a
+/// Answers that count as a failed attempt: 5xx, 429, any status `retry.on` names, and a
 /// trailers-only gRPC error status.
-fn failure_of<B>(response: &Response<B>) -> Option<Failure> {
+fn failure_of<B>(response: &Response<B>, policy: &crate::config::RetryPolicy) -> Option<Failure> {
     let status = response.status();
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+    let named = policy
+        .on
+        .contains(&crate::config::RetryOn::Status(status.as_u16()));
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || named {
         return Some(Failure::Status(status));
     }
     retry::grpc_failure(response.headers())

@@ -45,6 +45,8 @@ pub struct Egress {
     pub tls: bool,
     /// Base path without a trailing slash (may be empty).
     pub base_path: String,
+    /// `Host` sent to it: the URL's host (and port when not the scheme's default).
+    pub host: HeaderValue,
 }
 
 /// A path-prefix route, longest prefix first.
@@ -198,7 +200,20 @@ fn build_destination(
                 .into_iter()
                 .collect();
             let base_path = uri.path().trim_end_matches('/').to_owned();
-            (endpoints, Some(Egress { tls, base_path }))
+            let host_header = match uri.port_u16() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_owned(),
+            };
+            let host = HeaderValue::from_str(&host_header)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+            (
+                endpoints,
+                Some(Egress {
+                    tls,
+                    base_path,
+                    host,
+                }),
+            )
         }
         None => {
             let instances = snapshot.services.get(name).map_or(&[][..], Vec::as_slice);

@@ -47,7 +47,10 @@ impl Template {
             extensions,
             ..
         } = parts;
-        if !headers.contains_key(HOST) {
+        if let Some(egress) = &dest.egress {
+            // A partner API serves its own name, not the mesh name the app used.
+            headers.insert(HOST, egress.host.clone());
+        } else if !headers.contains_key(HOST) {
             if let Some(v) = uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())

@@ -43,7 +43,7 @@ impl Handler for Outbound {
         let method = req.method().clone();
         let grpc = is_grpc(req.headers());
         if method == http::Method::CONNECT {
-            let resp = self.tunnel(req);
+            let resp = self.tunnel(req).await;
             return record(&self.unrouted, resp, &method, &request_id, trace, started);
         }
         let client_upgrade =
@@ -93,7 +93,7 @@ impl Handler for Outbound {
 impl Outbound {
     /// `CONNECT host:port` (an app's HTTPS through `HTTP_PROXY`): a tunnel only to a host
     /// configured as egress (`services.X.url`); anything else is 403.
-    fn tunnel(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn tunnel(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let request_id = req
             .headers()
             .get(&super::headers::X_REQUEST_ID)
@@ -109,21 +109,34 @@ impl Outbound {
                         .is_some_and(|e| e.authority.as_str() == t)
             })
         });
-        let Some(dest) = allowed else {
+        let Some(dest) = allowed.cloned() else {
             let e = ProxyError::Forbidden(format!("CONNECT {}", target.unwrap_or_default()));
             return e.to_response("", &request_id, false);
         };
         let target = dest.endpoints[0].authority.to_string();
+        let connect_timeout = dest.policy.connect_timeout.get();
+        drop(table);
+        // Dial before answering: a target that cannot be reached gets a 502, not a 200
+        // followed by a closed connection.
+        let dialed =
+            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target)).await;
+        let upstream = match dialed {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                let e = ProxyError::UpstreamUnavailable(format!("connect to {target} failed: {e}"));
+                return e.to_response(&dest.name, &request_id, false);
+            }
+            Err(_) => {
+                let e = ProxyError::UpstreamUnavailable(format!("connect to {target} timed out"));
+                return e.to_response(&dest.name, &request_id, false);
+            }
+        };
         let client = hyper::upgrade::on(&mut req);
         let idle = self.limits.idle_timeout.get();
         let gauge = self.upgraded.clone();
-        let connect_timeout = dest.policy.connect_timeout.get();
         tokio::spawn(async move {
-            let upstream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target))
-                    .await;
-            let (Ok(Ok(upstream)), Ok(client)) = (upstream, client.await) else {
-                tracing::debug!(%target, "CONNECT tunnel could not be set up");
+            let Ok(client) = client.await else {
+                tracing::debug!(%target, "CONNECT tunnel: the client went away");
                 return;
             };
             upgrade::splice_io(hyper_util::rt::TokioIo::new(client), upstream, idle, gauge).await;

@@ -888,3 +888,93 @@ async fn one_meshlet_without_redis_serves_rooms_recovery_and_presence() {
     assert_eq!(presence["clients"].as_array().map(Vec::len), Some(1));
     hub.shutdown().await;
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A rough figure, not a pass/fail check: memory per held connection (both ends, client
+/// sockets with small buffers) and broadcast latency to every client of one meshlet.
+/// `RT_CLIENTS=5000 cargo test --release --test realtime measure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_connections_and_fanout() {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let n: usize = std::env::var("RT_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let hub = sidecar(&config(None, "  max_connections: 100000\n")).await;
+    let addr = inbound(&hub);
+    let t = token("load", None);
+    let before = rss_kib();
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("ws://{addr}/ws?token={t}")
+            .into_client_request()
+            .expect("request");
+        let cfg = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg))
+            .await
+            .expect("upgrade");
+        next(&mut ws).await;
+        clients.push(ws);
+    }
+    let held = rss_kib();
+    println!(
+        "{n} connections: RSS +{} KiB = {:.1} KiB per connection (client and server ends)",
+        held - before,
+        (held - before) as f64 / n as f64
+    );
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n * 20)));
+    let mut readers = Vec::new();
+    for mut ws in clients {
+        let latencies = latencies.clone();
+        readers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let m = next(&mut ws).await;
+                let sent = m["data"].as_u64().expect("timestamp");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_micros() as u64;
+                latencies
+                    .lock()
+                    .expect("lock")
+                    .push(now.saturating_sub(sent));
+            }
+        }));
+    }
+    for _ in 0..20 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_micros() as u64;
+        broadcast(hub.addresses.api, json!({"all": true}), "t", json!(now)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    let mut l = latencies.lock().expect("lock").clone();
+    l.sort_unstable();
+    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)] as f64 / 1000.0;
+    println!(
+        "broadcast to {n} clients x20: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    hub.shutdown().await;
+}

@@ -85,6 +85,9 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        // Tokens from an app's login often carry an audience of their own; the hub is not
+        // one of them and does not judge it.
+        validation.validate_aud = false;
         Verifier {
             key: auth.map(|a| {
                 let key = DecodingKey::from_secret(a.secret.expose().as_bytes()).ok();
@@ -174,6 +177,35 @@ mod tests {
         assert!(g.allows("orders:42"));
         assert!(!g.allows("lobby2"));
         assert!(!g.allows("admin"));
+    }
+
+    #[test]
+    fn verifies_sub_and_rooms_and_ignores_an_audience() {
+        let auth = RealtimeAuth {
+            secret: crate::config::Secret::from("k"),
+            require: true,
+        };
+        let v = Verifier::new(Some(&auth));
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 60;
+        let claims = serde_json::json!({"sub": "alice", "exp": exp, "aud": "web", "rooms": ["a"]});
+        let key = jsonwebtoken::EncodingKey::from_secret(b"k").expect("non-empty key");
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+            .expect("token signs");
+        let id = v
+            .verify(Some(&format!("token={token}")), &HeaderMap::new())
+            .expect("valid token");
+        assert_eq!(id.user.as_deref(), Some("alice"));
+        assert!(id.may_join("a") && !id.may_join("b"));
+        assert!(matches!(
+            v.verify(None, &HeaderMap::new()),
+            Err(AuthError::Missing)
+        ));
+        assert!(Verifier::new(None)
+            .verify(None, &HeaderMap::new())
+            .is_ok_and(|i| i.user.is_none()));
     }
 
     #[test]

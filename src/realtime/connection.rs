@@ -393,6 +393,10 @@ impl Session {
     async fn finish(&mut self, end: End) -> End {
         self.close_with(end).await;
         self.closed = true;
+        self.hub
+            .metrics
+            .messages_out
+            .inc_by(std::mem::take(&mut self.sent));
         end
     }
 

@@ -159,7 +159,11 @@ async fn static_auth_headers_are_set_and_secrets_never_shown() {
     let a = send(out, req).await.unwrap();
     let j = a.json();
     assert_eq!(j["uri"], "/v2/forecast");
-    assert_eq!(j["headers"]["host"], api.addr.to_string(), "egress gets the partner's own Host");
+    assert_eq!(
+        j["headers"]["host"],
+        api.addr.to_string(),
+        "egress gets the partner's own Host"
+    );
     assert_eq!(
         j["headers"]["authorization"], "Bearer weather-secret-xyz",
         "egress: meshlet's header replaces the app's"

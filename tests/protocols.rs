@@ -422,6 +422,31 @@ async fn grpc_calls_keep_trailers_get_grpc_errors_deadlines_and_named_retries() 
         "no_route → UNIMPLEMENTED"
     );
     assert_eq!(a.headers["x-mesh-error"], "no_route");
+    let t = s.addresses.telemetry;
+    let series = |code: &str| {
+        format!(
+            r#"meshlet_grpc_responses_total{{destination="greeter",direction="outbound",grpc_status="{code}"}}"#
+        )
+    };
+    let dump = String::from_utf8_lossy(&get_host(t, "x", "/metrics").await.body)
+        .lines()
+        .filter(|l| l.contains("grpc"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        metric(t, &series("0")).await >= 3.0,
+        "OK statuses counted from the trailers: {dump}"
+    );
+    assert_eq!(
+        metric(t, &series("7")).await,
+        1.0,
+        "trailers-only PERMISSION_DENIED counted"
+    );
+    assert_eq!(
+        metric(t, &series("4")).await,
+        1.0,
+        "meshlet's own DEADLINE_EXCEEDED counted"
+    );
 }
 
 #[tokio::test]

@@ -64,15 +64,20 @@ pub fn is_replayable(method: &Method, headers: &HeaderMap, policy: &RetryPolicy)
             && policy.on.iter().any(|c| matches!(c, RetryOn::Grpc(_))))
 }
 
-/// The `grpc-status` of a trailers-only answer, when it is an error.
-pub fn grpc_failure(headers: &HeaderMap) -> Option<Failure> {
-    let status: u32 = headers
+/// The `grpc-status` in a header map (trailers, or the headers of a trailers-only answer).
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
         .get("grpc-status")?
         .to_str()
         .ok()?
         .trim()
         .parse()
-        .ok()?;
+        .ok()
+}
+
+/// The `grpc-status` of a trailers-only answer, when it is an error.
+pub fn grpc_failure(headers: &HeaderMap) -> Option<Failure> {
+    let status = grpc_status(headers)?;
     (status != 0).then_some(Failure::Grpc(status))
 }
 

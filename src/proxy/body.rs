@@ -92,6 +92,8 @@ pub struct Guards {
     pub lease: Option<Http1Lease>,
     /// Copy for the stale cache (boxed: only stale-mode destinations have one).
     pub record: Option<Box<StaleRecorder>>,
+    /// A gRPC call's destination metrics: its `grpc-status` arrives in the trailers.
+    pub grpc: Option<std::sync::Arc<crate::telemetry::metrics::DestinationMetrics>>,
 }
 
 impl Guards {
@@ -167,6 +169,14 @@ impl Body for ResponseBody {
                         {
                             if !record.push(data) {
                                 guards.record = None;
+                            }
+                        }
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let (Some(metrics), Some(status)) = (
+                                guards.grpc.take(),
+                                crate::policy::retry::grpc_status(trailers),
+                            ) {
+                                metrics.count_grpc(status);
                             }
                         }
                         if body.is_end_stream() {

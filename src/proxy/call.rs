@@ -48,6 +48,7 @@ pub async fn call(
     let policy = &dest.policy;
     let state = &dest.state;
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let grpc = super::error::is_grpc(req.headers());
     let stale_key = match policy.degrade {
         Degrade::Stale(_) if req.method() == Method::GET => {
             req.uri().path_and_query().map(|p| p.as_str().to_owned())
@@ -133,9 +134,19 @@ pub async fn call(
             }
             _ => None,
         };
+        // A gRPC status arrives in the trailers, or in the headers of a trailers-only answer.
+        let grpc_metrics = match grpc.then(|| retry::grpc_status(up.response.headers())) {
+            Some(Some(status)) => {
+                dest.metrics.count_grpc(status);
+                None
+            }
+            Some(None) => Some(dest.metrics.clone()),
+            None => None,
+        };
         let guards = Guards {
             permit: Some(permit),
             record,
+            grpc: grpc_metrics,
             ..Guards::default()
         };
         up.into_response(guards, sent_at)

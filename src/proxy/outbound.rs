@@ -69,6 +69,9 @@ impl Handler for Outbound {
             Ok(resp) => resp,
             Err(e) => {
                 dest.metrics.count_error(e.code());
+                if grpc {
+                    dest.metrics.count_grpc(u32::from(e.grpc_status()));
+                }
                 e.to_response(&dest.name, &request_id, grpc)
             }
         };

@@ -44,6 +44,7 @@ pub struct Metrics {
     durations: HistogramVec,
     errors: IntCounterVec,
     connect_errors: IntCounterVec,
+    grpc: IntCounterVec,
     policy: PolicyFamilies,
     /// Live endpoints per service.
     pub endpoints: IntGaugeVec,
@@ -118,6 +119,13 @@ impl Metrics {
                 "Errors meshlet answered itself, by DESIGN §7 code.",
             ),
             &["direction", "destination", "code"],
+        ));
+        let grpc = build(IntCounterVec::new(
+            Opts::new(
+                "meshlet_grpc_responses_total",
+                "gRPC calls answered, by grpc-status (from trailers, or trailers-only headers).",
+            ),
+            &["direction", "destination", "grpc_status"],
         ));
         let connect_errors = build(IntCounterVec::new(
             Opts::new(
@@ -214,6 +222,7 @@ impl Metrics {
             Box::new(durations.clone()),
             Box::new(errors.clone()),
             Box::new(connect_errors.clone()),
+            Box::new(grpc.clone()),
             Box::new(endpoints.clone()),
             Box::new(open_connections.clone()),
             Box::new(upgraded_connections.clone()),
@@ -241,6 +250,7 @@ impl Metrics {
             durations,
             errors,
             connect_errors,
+            grpc,
             policy,
             reload: ReloadMetrics {
                 reloads,
@@ -284,6 +294,7 @@ impl Metrics {
             endpoint_ejections: self.policy.endpoint_ejections.with_label_values(&[name]),
             requests: self.requests.clone(),
             errors: self.errors.clone(),
+            grpc: self.grpc.clone(),
             policy: self.policy.clone(),
         })
     }
@@ -310,6 +321,7 @@ pub struct DestinationMetrics {
     endpoint_ejections: IntCounter,
     requests: IntCounterVec,
     errors: IntCounterVec,
+    grpc: IntCounterVec,
     policy: PolicyFamilies,
 }
 
@@ -319,6 +331,7 @@ thread_local! {
     // no allocation.
     static REQUEST_COUNTERS: RefCell<HashMap<(u32, u8, u16), IntCounter>> = RefCell::new(HashMap::new());
     static ERROR_COUNTERS: RefCell<HashMap<(u32, &'static str), IntCounter>> = RefCell::new(HashMap::new());
+    static GRPC_COUNTERS: RefCell<HashMap<(u32, u32), IntCounter>> = RefCell::new(HashMap::new());
 }
 
 const METHODS: [&str; 10] = [
@@ -360,6 +373,24 @@ impl DestinationMetrics {
                         &self.name,
                         METHODS[usize::from(key.1)],
                         code.format(key.2),
+                    ])
+                })
+                .inc();
+        });
+    }
+
+    /// Counts one gRPC answer by its status code.
+    pub fn count_grpc(&self, status: u32) {
+        GRPC_COUNTERS.with(|cache| {
+            cache
+                .borrow_mut()
+                .entry((self.id, status))
+                .or_insert_with(|| {
+                    let mut code = itoa::Buffer::new();
+                    self.grpc.with_label_values(&[
+                        self.direction.as_str(),
+                        &self.name,
+                        code.format(status),
                     ])
                 })
                 .inc();
@@ -422,5 +453,14 @@ impl DestinationMetrics {
         if to == crate::policy::breaker::State::Open {
             self.endpoint_ejections.inc();
         }
+    }
+}
+
+impl std::fmt::Debug for DestinationMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationMetrics")
+            .field("direction", &self.direction)
+            .field("name", &self.name)
+            .finish()
     }
 }

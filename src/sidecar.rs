@@ -208,6 +208,9 @@ pub struct Sidecar {
     registration: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     control: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// Lets the worker runtimes end once the hub's sockets are closed.
+    release_workers: watch::Sender<bool>,
+    realtime: Option<Arc<Realtime>>,
 }
 
 impl Sidecar {
@@ -292,6 +295,7 @@ impl Sidecar {
         };
         let events = Events::start(&context);
         let realtime = Realtime::start(&context);
+        let (release_tx, release_rx) = watch::channel(false);
 
         let worker_done = spawn_workers(
             &config,
@@ -309,8 +313,10 @@ impl Sidecar {
             outbound,
             inbound,
             &shutdown_rx,
+            &release_rx,
         )?;
 
+        let realtime_handle = realtime.clone();
         let mut control = vec![
             tokio::spawn(admin::serve(
                 api,
@@ -413,6 +419,8 @@ impl Sidecar {
             registration,
             control,
             grace: config.shutdown_grace.get(),
+            release_workers: release_tx,
+            realtime: realtime_handle,
         })
     }
 
@@ -426,6 +434,19 @@ impl Sidecar {
             let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
         }
         let _ = self.shutdown.send(true);
+        if let Some(hub) = &self.realtime {
+            // The hub closes its clients with 1001 after their queues drain.
+            let drained = tokio::time::timeout(self.grace, async {
+                while hub.connections() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("realtime clients still connected after the grace period");
+            }
+        }
+        let _ = self.release_workers.send(true);
         let deadline = self.grace + Duration::from_secs(1);
         let _ = tokio::time::timeout(deadline, async {
             for done in self.workers.drain(..) {
@@ -562,6 +583,7 @@ fn spawn_workers(
     outbound: Vec<std::net::TcpListener>,
     inbound: Option<Vec<std::net::TcpListener>>,
     shutdown: &watch::Receiver<bool>,
+    release: &watch::Receiver<bool>,
 ) -> Result<Vec<oneshot::Receiver<()>>, StartError> {
     let mut inbound = inbound.map(Vec::into_iter);
     let unrouted = shared.metrics.destination(Direction::Outbound, "-");
@@ -588,6 +610,7 @@ fn spawn_workers(
         let builder = server::http_builder(&config.limits);
         let inbound_tls = shared.mesh_tls.as_ref().map(|m| m.acceptor.clone());
         let shutdown = shutdown.clone();
+        let release = stopped(release.clone());
         let gauges = (
             shared
                 .metrics
@@ -657,6 +680,9 @@ fn spawn_workers(
                         }
                     };
                     tokio::join!(out, inb);
+                    // Upgraded sockets (the hub's WebSockets, spliced upgrades) run as
+                    // tasks of this runtime: it must live until they have said goodbye.
+                    release.await;
                     sweeper.abort();
                 });
                 let _ = done_tx.send(());

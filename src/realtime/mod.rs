@@ -485,6 +485,11 @@ impl Realtime {
         client.send(&Delivery::plain(frame));
     }
 
+    /// WebSocket clients connected to this meshlet.
+    pub fn connections(&self) -> usize {
+        self.hub.connections()
+    }
+
     /// The numbers of `GET /v1/realtime`.
     pub fn stats(&self) -> Value {
         serde_json::json!({

@@ -37,6 +37,7 @@ use crate::registry::watch::Watcher;
 use crate::registry::{connection, schema, static_instances, Instance, Keys, Snapshot, Status};
 use crate::telemetry::admin::{self, ResponseFuture, Router};
 use crate::telemetry::metrics::{Direction, Metrics};
+use crate::telemetry::otlp::SpanExport;
 
 /// How long readiness waits for a first Redis snapshot before serving static and
 /// last-known entries anyway (DESIGN §5).
@@ -58,6 +59,9 @@ pub enum StartError {
     /// The Redis URL is invalid.
     #[error("registry.redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The OTLP exporter could not be built.
+    #[error("{0}")]
+    Otlp(#[from] crate::telemetry::otlp::OtlpError),
     /// The `tls:` files could not be used.
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
@@ -211,6 +215,7 @@ pub struct Sidecar {
     /// Lets the worker runtimes end once the hub's sockets are closed.
     release_workers: watch::Sender<bool>,
     realtime: Option<Arc<Realtime>>,
+    spans: Option<Arc<SpanExport>>,
 }
 
 impl Sidecar {
@@ -293,6 +298,13 @@ impl Sidecar {
             metrics: &shared.metrics,
             shutdown: shutdown_rx.clone(),
         };
+        let spans = match &config.telemetry.otlp {
+            Some(otlp) => Some(Arc::new(SpanExport::new(
+                config.service.name.as_str(),
+                otlp,
+            )?)),
+            None => None,
+        };
         let events = Events::start(&context);
         let realtime = Realtime::start(&context);
         let (release_tx, release_rx) = watch::channel(false);
@@ -309,6 +321,7 @@ impl Sidecar {
                     .upgraded_connections
                     .with_label_values(&["inbound"]),
                 idle_timeout: config.limits.idle_timeout.get(),
+                spans: spans.clone(),
             },
             outbound,
             inbound,
@@ -317,6 +330,7 @@ impl Sidecar {
         )?;
 
         let realtime_handle = realtime.clone();
+        let spans_handle = spans.clone();
         let mut control = vec![
             tokio::spawn(admin::serve(
                 api,
@@ -421,6 +435,7 @@ impl Sidecar {
             grace: config.shutdown_grace.get(),
             release_workers: release_tx,
             realtime: realtime_handle,
+            spans: spans_handle,
         })
     }
 
@@ -456,6 +471,10 @@ impl Sidecar {
         .await;
         for task in self.control.drain(..) {
             task.abort();
+        }
+        if let Some(spans) = self.spans.take() {
+            // The SDK's flush blocks on its export thread.
+            let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         }
         tracing::info!("stopped");
     }
@@ -599,6 +618,7 @@ fn spawn_workers(
                 .metrics
                 .upgraded_connections
                 .with_label_values(&["outbound"]),
+            spans: inbound_template.spans.clone(),
         });
         let inbound_handler = Some(Arc::new(Inbound {
             table: inbound_template.table.clone(),
@@ -606,6 +626,7 @@ fn spawn_workers(
             realtime: inbound_template.realtime.clone(),
             upgraded: inbound_template.upgraded.clone(),
             idle_timeout: inbound_template.idle_timeout,
+            spans: inbound_template.spans.clone(),
         }));
         let builder = server::http_builder(&config.limits);
         let inbound_tls = shared.mesh_tls.as_ref().map(|m| m.acceptor.clone());

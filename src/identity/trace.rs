@@ -9,21 +9,48 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// A trace id (32 hex digits) kept as text, ready for logs.
+/// This hop's trace context: the `traceparent` sent on (trace id, this hop's new span id,
+/// flags) and the span id it continues, kept as text for logs and span export.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TraceId([u8; 32]);
+pub struct TraceContext {
+    sent: [u8; 55],
+    parent: Option<[u8; 16]>,
+}
 
-impl TraceId {
-    /// The hex text.
-    pub fn as_str(&self) -> &str {
+impl TraceContext {
+    fn text(bytes: &[u8]) -> &str {
         // Only ever filled with ASCII hex digits.
-        std::str::from_utf8(&self.0).unwrap_or("")
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+
+    /// The trace id (32 hex digits).
+    pub fn trace_id(&self) -> &str {
+        Self::text(&self.sent[3..35])
+    }
+
+    /// This hop's span id (16 hex digits), the parent of the next hop.
+    pub fn span_id(&self) -> &str {
+        Self::text(&self.sent[36..52])
+    }
+
+    /// The span this hop continues, when the request came with a `traceparent`.
+    pub fn parent_span_id(&self) -> Option<&str> {
+        self.parent.as_ref().map(|p| Self::text(p))
+    }
+
+    /// Whether the trace is sampled (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        // The low bit of the last hex digit: odd digits.
+        matches!(
+            self.sent[54],
+            b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'
+        )
     }
 }
 
-impl std::fmt::Debug for TraceId {
+impl std::fmt::Debug for TraceContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(Self::text(&self.sent))
     }
 }
 
@@ -43,9 +70,9 @@ fn is_lower_hex(s: &[u8]) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
-/// Continues the request's trace with a new span id (or starts one), writes the new
-/// `traceparent` and returns the trace id.
-pub fn continue_trace(headers: &mut HeaderMap) -> TraceId {
+/// Continues the request's trace with a new span id (or starts one, sampled with
+/// probability `sample`), writes the new `traceparent` and returns this hop's context.
+pub fn continue_trace(headers: &mut HeaderMap, sample: f64) -> TraceContext {
     // 00-<32 trace>-<16 span>-<2 flags>
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let incoming = headers.get(&TRACEPARENT).map(HeaderValue::as_bytes);
@@ -61,12 +88,19 @@ pub fn continue_trace(headers: &mut HeaderMap) -> TraceId {
             && is_lower_hex(&v[53..55])
             && v[3..35].iter().any(|b| *b != b'0')
     });
+    let mut parent = None;
     match valid {
         Some(v) => {
             out[3..35].copy_from_slice(&v[3..35]);
             out[53..55].copy_from_slice(&v[53..55]);
+            let mut p = [0u8; 16];
+            p.copy_from_slice(&v[36..52]);
+            parent = Some(p);
         }
         None => {
+            if sample < 1.0 && fastrand::f64() >= sample {
+                out[54] = b'0';
+            }
             hex_fill(&mut out[3..35]);
             // A fresh trace must not be declared invalid (all zeros).
             if out[3..35].iter().all(|b| *b == b'0') {
@@ -82,13 +116,11 @@ pub fn continue_trace(headers: &mut HeaderMap) -> TraceId {
     if out[36..52].iter().all(|b| *b == b'0') {
         out[51] = b'1';
     }
-    let mut trace = [0u8; 32];
-    trace.copy_from_slice(&out[3..35]);
     // Hex digits and dashes only: always a valid header value.
     if let Ok(v) = HeaderValue::from_bytes(&out) {
         headers.insert(TRACEPARENT.clone(), v);
     }
-    TraceId(trace)
+    TraceContext { sent: out, parent }
 }
 
 #[cfg(test)]
@@ -96,13 +128,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn new_traces_are_sampled_at_the_configured_rate() {
+        let sampled = (0..1000)
+            .filter(|_| continue_trace(&mut HeaderMap::new(), 0.1).sampled())
+            .count();
+        assert!((40..=180).contains(&sampled), "{sampled} of 1000 at 10%");
+        assert!(!continue_trace(&mut HeaderMap::new(), 0.0).sampled());
+    }
+
+    #[test]
     fn keeps_trace_id_and_flags_with_a_new_span() {
         let mut h = HeaderMap::new();
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         h.insert("traceparent", HeaderValue::from_static(parent));
         h.insert("tracestate", HeaderValue::from_static("vendor=x"));
-        let id = continue_trace(&mut h);
-        assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let id = continue_trace(&mut h, 1.0);
+        assert_eq!(id.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(id.parent_span_id(), Some("00f067aa0ba902b7"));
+        assert!(!id.sampled(), "flags 00 kept");
         let out = h.get("traceparent").unwrap().to_str().unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-00"), "sampled flag kept");
@@ -121,11 +164,13 @@ mod tests {
             if let Some(b) = bad {
                 h.insert("traceparent", HeaderValue::from_static(b));
             }
-            let id = continue_trace(&mut h);
+            let id = continue_trace(&mut h, 1.0);
             let out = h.get("traceparent").unwrap().to_str().unwrap();
             assert_eq!(out.len(), 55);
-            assert_eq!(&out[3..35], id.as_str());
-            assert_ne!(id.as_str(), "00000000000000000000000000000000");
+            assert_eq!(&out[3..35], id.trace_id());
+            assert_eq!(&out[36..52], id.span_id());
+            assert_ne!(id.trace_id(), "00000000000000000000000000000000");
+            assert!(id.sampled() && id.parent_span_id().is_none());
         }
     }
 }

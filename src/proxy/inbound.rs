@@ -30,6 +30,21 @@ pub struct Inbound {
     pub upgraded: prometheus::IntGauge,
     /// No bytes either way on an upgraded connection for this long: closed.
     pub idle_timeout: std::time::Duration,
+    /// OTLP span export, when configured.
+    pub spans: Option<Arc<crate::telemetry::otlp::SpanExport>>,
+}
+
+impl Inbound {
+    fn export(
+        &self,
+    ) -> Option<(
+        &crate::telemetry::otlp::SpanExport,
+        crate::telemetry::otlp::Side,
+    )> {
+        self.spans
+            .as_deref()
+            .map(|s| (s, crate::telemetry::otlp::Side::Server))
+    }
 }
 
 impl Handler for Inbound {
@@ -41,7 +56,8 @@ impl Handler for Inbound {
         }
         let started = Instant::now();
         let request_id = ensure_request_id(req.headers_mut());
-        let trace = continue_trace(req.headers_mut());
+        let sample = self.spans.as_ref().map_or(1.0, |s| s.sample);
+        let trace = continue_trace(req.headers_mut(), sample);
         let Some(app) = &self.app else {
             let e = ProxyError::UpstreamUnavailable("no service.app is configured".to_owned());
             return e.to_response("", &request_id, is_grpc(req.headers()));
@@ -52,7 +68,15 @@ impl Handler for Inbound {
         if let Err(e) = checked {
             app.metrics.count_error(e.code());
             let resp = e.to_response(&app.name, &request_id, grpc);
-            return record(&app.metrics, resp, &method, &request_id, trace, started);
+            return record(
+                &app.metrics,
+                resp,
+                &method,
+                &request_id,
+                trace,
+                started,
+                self.export(),
+            );
         }
         let client_upgrade = super::upgrade::requested(req.headers(), req.version())
             .map(|_| hyper::upgrade::on(&mut req));
@@ -76,6 +100,14 @@ impl Handler for Inbound {
                 ));
             }
         }
-        record(&app.metrics, resp, &method, &request_id, trace, started)
+        record(
+            &app.metrics,
+            resp,
+            &method,
+            &request_id,
+            trace,
+            started,
+            self.export(),
+        )
     }
 }

@@ -17,8 +17,9 @@ use super::headers::ensure_request_id;
 use super::server::Handler;
 use super::upgrade;
 use crate::config::Limits;
-use crate::identity::trace::{continue_trace, TraceId};
+use crate::identity::trace::{continue_trace, TraceContext};
 use crate::telemetry::metrics::DestinationMetrics;
+use crate::telemetry::otlp::{Finished, Side, SpanExport};
 
 /// Response header: attempts the call took (0 = answered by meshlet before any).
 pub const X_MESH_ATTEMPTS: &str = "x-mesh-attempts";
@@ -33,18 +34,29 @@ pub struct Outbound {
     pub unrouted: Arc<DestinationMetrics>,
     /// Upgraded connections being spliced.
     pub upgraded: prometheus::IntGauge,
+    /// OTLP span export, when configured.
+    pub spans: Option<Arc<SpanExport>>,
 }
 
 impl Handler for Outbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = ensure_request_id(req.headers_mut());
-        let trace = continue_trace(req.headers_mut());
+        let sample = self.spans.as_ref().map_or(1.0, |s| s.sample);
+        let trace = continue_trace(req.headers_mut(), sample);
         let method = req.method().clone();
         let grpc = is_grpc(req.headers());
         if method == http::Method::CONNECT {
             let resp = self.tunnel(req).await;
-            return record(&self.unrouted, resp, &method, &request_id, trace, started);
+            return record(
+                &self.unrouted,
+                resp,
+                &method,
+                &request_id,
+                trace,
+                started,
+                self.export(),
+            );
         }
         let client_upgrade =
             upgrade::requested(req.headers(), req.version()).map(|_| hyper::upgrade::on(&mut req));
@@ -60,7 +72,15 @@ impl Handler for Outbound {
             Err(e) => {
                 let resp = e.to_response("", &request_id, grpc);
                 self.unrouted.count_error(e.code());
-                return record(&self.unrouted, resp, &method, &request_id, trace, started);
+                return record(
+                    &self.unrouted,
+                    resp,
+                    &method,
+                    &request_id,
+                    trace,
+                    started,
+                    self.export(),
+                );
             }
         };
         let replay_limit = self.limits.replay_buffer.as_usize();
@@ -89,11 +109,23 @@ impl Handler for Outbound {
                 ));
             }
         }
-        record(&dest.metrics, resp, &method, &request_id, trace, started)
+        record(
+            &dest.metrics,
+            resp,
+            &method,
+            &request_id,
+            trace,
+            started,
+            self.export(),
+        )
     }
 }
 
 impl Outbound {
+    fn export(&self) -> Option<(&SpanExport, Side)> {
+        self.spans.as_deref().map(|s| (s, Side::Client))
+    }
+
     /// `CONNECT host:port` (an app's HTTPS through `HTTP_PROXY`): a tunnel only to a host
     /// configured as egress (`services.X.url`); anything else is 403.
     async fn tunnel(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
@@ -194,8 +226,9 @@ pub(crate) fn record(
     mut resp: Response<ResponseBody>,
     method: &http::Method,
     request_id: &http::HeaderValue,
-    trace: TraceId,
+    trace: TraceContext,
     started: Instant,
+    spans: Option<(&SpanExport, Side)>,
 ) -> Response<ResponseBody> {
     let elapsed = started.elapsed();
     // The caller gets the id it can quote (the upstream's own, if it set one).
@@ -211,8 +244,20 @@ pub(crate) fn record(
         status = resp.status().as_u16(),
         duration_us = elapsed.as_micros() as u64,
         request_id = request_id.to_str().unwrap_or(""),
-        trace_id = trace.as_str(),
+        trace_id = trace.trace_id(),
     );
+    if let Some((export, side)) = spans {
+        let end = std::time::SystemTime::now();
+        let done = Finished {
+            destination: metrics.name(),
+            method,
+            status: resp.status().as_u16(),
+            request_id: request_id.to_str().unwrap_or(""),
+            start: end.checked_sub(elapsed).unwrap_or(end),
+            end,
+        };
+        export.record(side, &trace, &done);
+    }
     resp
 }
 

@@ -1,13 +1,9 @@
 //! Why an events request failed, and the one place that turns it into the DESIGN §7 JSON
 //! error (`{"error","message","service","request_id"}` + `x-mesh-error`).
 
-use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use crate::proxy::body::ResponseBody;
-
-/// Header naming the error code (DESIGN §7).
-const X_MESH_ERROR: &str = "x-mesh-error";
 
 /// An events request that could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -64,19 +60,14 @@ impl EventsError {
 
     /// The response for this error.
     pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
-        let body = serde_json::json!({
-            "error": self.code(),
-            "message": self.to_string(),
-            "service": service,
-            "request_id": request_id,
-        });
-        let mut bytes = body.to_string().into_bytes();
-        bytes.push(b'\n');
-        let mut resp = Response::new(ResponseBody::full(bytes));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
+        let message = self.to_string();
+        let resp = crate::proxy::error::error_response(
+            self.status(),
+            self.code(),
+            &message,
+            service,
+            request_id,
+        );
         resp
     }
 }

@@ -118,19 +118,9 @@ impl ProxyError {
             return self.to_grpc_response();
         }
         let request_id = request_id.to_str().unwrap_or("");
-        let body = serde_json::json!({
-            "error": self.code(),
-            "message": self.to_string(),
-            "service": service,
-            "request_id": request_id,
-        });
-        let mut bytes = body.to_string().into_bytes();
-        bytes.push(b'\n');
-        let mut resp = Response::new(ResponseBody::full(bytes));
-        *resp.status_mut() = self.status();
+        let message = self.to_string();
+        let mut resp = error_response(self.status(), self.code(), &message, service, request_id);
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
         match self {
             ProxyError::CircuitOpen(secs) => {
                 h.insert(RETRY_AFTER, HeaderValue::from(*secs));
@@ -156,6 +146,31 @@ impl ProxyError {
         h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
         resp
     }
+}
+
+/// The DESIGN §7 error answer every part of meshlet gives: a JSON body
+/// `{"error","message","service","request_id"}` and an `x-mesh-error` header.
+pub fn error_response(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    service: &str,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": code,
+        "message": message,
+        "service": service,
+        "request_id": request_id,
+    });
+    let mut bytes = body.to_string().into_bytes();
+    bytes.push(b'\n');
+    let mut resp = Response::new(ResponseBody::full(bytes));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_MESH_ERROR, HeaderValue::from_static(code));
+    resp
 }
 
 /// Whether a request is gRPC (its errors must be gRPC statuses).

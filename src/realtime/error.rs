@@ -1,14 +1,11 @@
 //! The hub's errors, turned into answers in one place: DESIGN §7 JSON responses for the
 //! connect request and the local API, and `error` frame codes on a socket.
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::HeaderValue;
 use http::{Response, StatusCode};
 
 use super::auth::AuthError;
 use crate::proxy::body::ResponseBody;
-
-/// Header naming the error code (DESIGN §7).
-const X_MESH_ERROR: &str = "x-mesh-error";
 
 /// Why the hub refused something.
 #[derive(Debug, thiserror::Error)]
@@ -80,21 +77,17 @@ impl RealtimeError {
     /// The DESIGN §7 response: `{"error","message","service","request_id"}` and
     /// `x-mesh-error`.
     pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
-        let body = serde_json::json!({
-            "error": self.code(),
-            "message": self.to_string(),
-            "service": service,
-            "request_id": request_id,
-        });
-        let mut bytes = body.to_string().into_bytes();
-        bytes.push(b'\n');
-        let mut resp = Response::new(ResponseBody::full(bytes));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
+        let message = self.to_string();
+        let mut resp = crate::proxy::error::error_response(
+            self.status(),
+            self.code(),
+            &message,
+            service,
+            request_id,
+        );
         if matches!(self, RealtimeError::NotWebSocket(_)) {
-            h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            resp.headers_mut()
+                .insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         resp
     }

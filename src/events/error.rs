@@ -61,13 +61,12 @@ impl EventsError {
     /// The response for this error.
     pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
         let message = self.to_string();
-        let resp = crate::proxy::error::error_response(
+        crate::proxy::error::error_response(
             self.status(),
             self.code(),
             &message,
             service,
             request_id,
-        );
-        resp
+        )
     }
 }

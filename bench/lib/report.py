@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Turns bench/run's raw results into markdown tables and decides pass/fail.
+
+    report.py OUTDIR            print the report for OUTDIR/results.jsonl + OUTDIR/meta.txt;
+                                exit 1 when meshlet answered any error or did no work
+    report.py oha-json FILE     print oha's --output-format json as this bench's load record
+
+A results line is {"mode", "conns", "target", "load": {...}, "proc": {...} | null}:
+"load" is what the load tool measured (requests, rps, p50_us, p99_us, errors by kind),
+"proc" what bench/run read from /proc for the proxy (RSS in KiB, CPU seconds).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+PROXY = "meshlet"
+TARGET_ORDER = ["direct", "nginx", "haproxy", "envoy", "meshlet"]
+
+
+def errors(load):
+    keys = ("non2xx", "connect_errors", "read_errors", "write_errors", "timeouts", "socket_errors")
+    return sum(load.get(k, 0) for k in keys)
+
+
+def error_detail(load):
+    keys = ("non2xx", "connect_errors", "read_errors", "write_errors", "timeouts", "socket_errors")
+    parts = [f"{k} {load[k]}" for k in keys if load.get(k)]
+    return ", ".join(parts)
+
+
+def others(row):
+    """Share of the machine (all cores) that processes outside the bench used during the run."""
+    v = row.get("others_pct")
+    return "–" if v is None else f"{v:.0f}"
+
+
+def lat(us):
+    if us is None:
+        return "–"
+    return f"{us} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+
+
+def mib(kb):
+    return "–" if kb is None else f"{kb / 1024:.1f}"
+
+
+def ratio(a, b):
+    return "–" if not a or not b else f"{a / b:.2f}×"
+
+
+def rps(load):
+    if "rps" in load:  # rate clients: requests over the scheduled time, not the tail
+        return load["rps"]
+    return load["requests"] / load["duration_s"] if load["duration_s"] else 0.0
+
+
+def cpu_per_req_us(row):
+    proc = row["proc"]
+    if not proc or not row["load"]["requests"]:
+        return None
+    return proc["cpu_s"] * 1e6 / row["load"]["requests"]
+
+
+def mode_title(mode, conns, meta):
+    dur = meta.get("duration", "?")
+    threads = min(conns, 2)
+    if mode == "keepalive":
+        return f"keep-alive, {conns} connection{'s' if conns != 1 else ''} (wrk -t{threads} -c{conns} -d{dur})"
+    return (f"close: one request per connection, {conns} connections "
+            f"(wrk -t{threads} -c{conns} -d{dur} -H 'Connection: close')")
+
+
+def table(rows):
+    out = ["| target | req/s | p50 | p99 | errors | RSS idle MiB | RSS peak MiB | CPU s | CPU µs/req | new origin conns | others % |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        load, proc = r["load"], r["proc"] or {}
+        cpr = cpu_per_req_us(r)
+        out.append("| {} | {:,.0f} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["target"], rps(load), lat(load["p50_us"]), lat(load["p99_us"]), errors(load),
+            mib(proc.get("rss_idle_kb")), mib(proc.get("rss_peak_kb")),
+            "–" if not proc else f"{proc['cpu_s']:.2f}", "–" if cpr is None else f"{cpr:.1f}",
+            f"{r['origin_accepts']:,}" if "origin_accepts" in r else "–", others(r)))
+    return out
+
+
+def ratios(rows):
+    by = {r["target"]: r for r in rows}
+    me = by.get(PROXY)
+    if not me:
+        return []
+    out = [f"{PROXY} vs | req/s ratio | p99 ratio | p50 added | CPU/req ratio",
+           "|---|---:|---:|---:|---:|"]
+    out[0] = "| " + out[0] + " |"
+    for name in TARGET_ORDER:
+        if name == PROXY or name not in by:
+            continue
+        peer = by[name]
+        p50_delta = me["load"]["p50_us"] - peer["load"]["p50_us"]
+        cpu_ratio = ratio(cpu_per_req_us(me), cpu_per_req_us(peer))
+        out.append("| {} | {} | {} | {:+d} µs | {} |".format(
+            name, ratio(rps(me["load"]), rps(peer["load"])),
+            ratio(me["load"]["p99_us"], peer["load"]["p99_us"]), p50_delta, cpu_ratio))
+    return out
+
+
+def rate_table(rows, meta):
+    seconds = float(meta.get("rate_seconds") or 0)
+    out = ["| proxy | achieved req/s | p50 | p99 | errors | CPU s | vCPU | CPU µs/req | RSS idle MiB | RSS peak MiB | others % |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        load, proc = r["load"], r["proc"]
+        vcpu = proc["cpu_s"] / seconds if seconds else 0
+        cpr = cpu_per_req_us(r)
+        out.append("| {} | {:,.0f} | {} | {} | {} | {:.2f} | {:.3f} | {} | {} | {} | {} |".format(
+            r["target"], rps(load), lat(load["p50_us"]), lat(load["p99_us"]), errors(load),
+            proc["cpu_s"], vcpu, "–" if cpr is None else f"{cpr:.1f}",
+            mib(proc["rss_idle_kb"]), mib(proc["rss_peak_kb"]), others(r)))
+    return out
+
+
+def memory_table(results):
+    """RSS of each proxy after every run, in run order: growth shows up as a rising row."""
+    runs = [r for r in results if r["proc"]]
+    targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in runs)]
+    cols = []
+    for r in runs:
+        label = f"{r['mode']}/{r['conns']}"
+        if label not in cols:
+            cols.append(label)
+    out = ["| proxy | idle | " + " | ".join(cols) + " |",
+           "|---|" + "---:|" * (len(cols) + 1)]
+    for t in targets:
+        mine = {f"{r['mode']}/{r['conns']}": r for r in runs if r["target"] == t}
+        idle = next(iter(mine.values()))["proc"]["rss_idle_kb"]
+        cells = [mib(mine[c]["proc"]["rss_after_kb"]) if c in mine else "–" for c in cols]
+        out.append(f"| {t} | {mib(idle)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def read_meta(outdir):
+    meta = {}
+    path = outdir / "meta.txt"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "note":
+                meta.setdefault("notes", []).append(value.strip())
+            elif value:
+                meta[key.strip()] = value.strip()
+    return meta
+
+
+def report(outdir):
+    meta = read_meta(outdir)
+    results = [json.loads(l) for l in (outdir / "results.jsonl").read_text().splitlines() if l.strip()]
+    for r in results:  # wrk's summary.lua gives µs, the rate clients give seconds
+        load = r["load"]
+        if "duration_s" not in load:
+            load["duration_s"] = load.get("duration_us", 0) / 1e6
+    order = {t: i for i, t in enumerate(TARGET_ORDER)}
+    lines = [f"## meshlet benchmark: {meta.get('workers', '?')} worker(s) per proxy", ""]
+    for key in ("date", "machine", "cpu", "kernel", "meshlet", "tools", "command", "priority", "peak RSS"):
+        if key in meta:
+            lines.append(f"- {key}: {meta[key]}")
+    lines += ["- access logging off everywhere: nginx `access_log off`, HAProxy without `log`, "
+              "Envoy without access_log, meshlet with `RUST_LOG=warn` (its access lines are info)",
+              "- meshlet: static registry (no Redis), policy on: timeout 5s, retry attempts 3, "
+              "breaker failures 5 / open_for 30s; requests carry `Host: origin`",
+              "- errors = non-2xx/3xx + socket errors (connect, read, write, timeout)",
+              "- new origin conns = connections the origin accepted during the run (nginx "
+              "stub_status): for a proxy, the upstream connections it opened; 0 = all reused",
+              "- CPU s = utime+stime of the proxy's processes (all threads) during the run; "
+              "others % = CPU used by processes outside the bench during the run, as a share of "
+              "the whole machine (noise: anything above a few % skews that row)", ""]
+    for n in meta.get("notes", []):
+        lines.append(f"Note: {n}")
+    if meta.get("notes"):
+        lines.append("")
+
+    failures, warnings = [], []
+    groups = []
+    for r in results:
+        key = (r["mode"], r["conns"])
+        if r["mode"] != "rate" and key not in groups:
+            groups.append(key)
+    for mode, conns in groups:
+        rows = sorted((r for r in results if (r["mode"], r["conns"]) == (mode, conns)),
+                      key=lambda r: order.get(r["target"], 99))
+        lines += [f"### {mode_title(mode, conns, meta)}", ""] + table(rows) + [""]
+        rat = ratios(rows)
+        if rat:
+            lines += rat + [""]
+    rate_rows = sorted((r for r in results if r["mode"] == "rate"), key=lambda r: order.get(r["target"], 99))
+    if rate_rows:
+        r0 = rate_rows[0]
+        lines += [f"### fixed rate: {meta.get('rate', '1000')} req/s, {r0['conns']} connections, "
+                  f"{meta.get('rate_seconds', '?')}s ({meta.get('rate_tool', '?')})", ""]
+        lines += rate_table(rate_rows, meta) + [""]
+        lines += ["vCPU = the proxy's CPU seconds over the run / its scheduled seconds (1.000 = one "
+                  "core busy): the share of a core it takes to serve this rate. RSS peak: VmHWM "
+                  "of the run.", ""]
+    if any(r["proc"] for r in results):
+        lines += ["### RSS (MiB) of each proxy at idle and after each run", ""] + memory_table(results) + [""]
+
+    metrics = outdir / "meshlet-metrics.txt"
+    if metrics.exists():
+        wanted = ("meshlet_requests_total", "meshlet_errors_total", "meshlet_retries_total",
+                  "meshlet_upstream_connect_errors_total", "meshlet_breaker_transitions_total",
+                  "meshlet_retry_budget_exhausted_total", "meshlet_breaker_state")
+        found = [l for l in metrics.read_text().splitlines() if l.startswith(wanted)]
+        lines += ["### meshlet's own counters at the end (/metrics, warm-up included)", "", "```"]
+        lines += found or ["(none of the request, error, retry or breaker counters is present)"]
+        lines += ["```", ""]
+
+    for r in results:
+        n = errors(r["load"])
+        where = f"{r['target']} {r['mode']}/{r['conns']}"
+        if r["target"] == PROXY and (n or not r["load"]["requests"]):
+            failures.append(f"{where}: {n} errors ({error_detail(r['load']) or 'no requests done'})")
+        elif n:
+            warnings.append(f"{where}: {n} errors ({error_detail(r['load'])})")
+    for w in warnings:
+        lines.append(f"WARNING (peer, not meshlet): {w}")
+    for f in failures:
+        lines.append(f"FAIL: {f}")
+    if not failures:
+        lines.append(f"OK: {PROXY} answered every request of every run without error.")
+    print("\n".join(lines))
+    return 1 if failures else 0
+
+
+def oha_json(path):
+    """oha's JSON → this bench's load record (seconds → µs)."""
+    d = json.loads(Path(path).read_text())
+    s = d["summary"]
+    pct = d.get("latencyPercentiles", {})
+    codes = d.get("statusCodeDistribution", {})
+    non2xx = sum(v for k, v in codes.items() if not 200 <= int(k) < 400)
+    # oha cuts the requests still in flight when -z runs out: not an answer, not an error.
+    errs = dict(d.get("errorDistribution", {}))
+    cut = errs.pop("aborted due to deadline", 0)
+    socket_errors = sum(errs.values())
+    ok = sum(codes.values())
+    total = s.get("total", 0)
+    rec = {
+        "requests": ok,
+        "duration_s": round(total, 3),
+        "rps": round(s.get("requestsPerSec", 0), 1),
+        "p50_us": round((pct.get("p50") or 0) * 1e6),
+        "p99_us": round((pct.get("p99") or 0) * 1e6),
+        "max_us": round((s.get("slowest") or 0) * 1e6),
+        "non2xx": non2xx,
+        "socket_errors": socket_errors,
+        "cut_at_end": cut,
+    }
+    print(json.dumps(rec))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "oha-json":
+        sys.exit(oha_json(sys.argv[2]))
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(report(Path(sys.argv[1])))

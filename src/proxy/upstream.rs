@@ -21,8 +21,9 @@ use super::body::RequestBody;
 use crate::config::Protocol;
 use crate::policy::balance::Endpoint;
 
-/// Idle HTTP/1.1 connections kept per endpoint and worker.
-const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Idle HTTP/1.1 connections kept per endpoint and worker: enough for every connection a
+/// busy worker holds at once (closing released ones only to dial again costs more).
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -152,17 +153,20 @@ fn checkout_http1(key: u64) -> Option<http1::SendRequest<RequestBody>> {
         let mut pool = p.borrow_mut();
         let idle = pool.http1.get_mut(&key)?;
         let now = Instant::now();
-        // Most recently used first: its peer is least likely to have closed it.
-        while let Some(entry) = idle.pop() {
+        // Oldest release first: a connection goes back at the end of its response body,
+        // a moment before hyper marks it ready, so the newest one is often not ready yet.
+        // Skip those (they stay) rather than dial: dialling under load churns connections.
+        let mut i = 0;
+        while i < idle.len() {
+            let entry = &idle[i];
             if entry.sender.is_closed() || now - entry.since > IDLE_TIMEOUT {
+                idle.swap_remove(i);
                 continue;
             }
             if entry.sender.is_ready() {
-                return Some(entry.sender);
+                return Some(idle.swap_remove(i).sender);
             }
-            // Still finishing its last exchange: a new request should not wait for it.
-            idle.insert(0, entry);
-            break;
+            i += 1;
         }
         None
     })

@@ -6,6 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// `traceparent`.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -106,9 +107,9 @@ pub fn continue_trace(headers: &mut HeaderMap, sample: f64) -> TraceContext {
             if out[3..35].iter().all(|b| *b == b'0') {
                 out[34] = b'1';
             }
-            if headers.contains_key("tracestate") {
+            if headers.contains_key(&TRACESTATE) {
                 // tracestate without a valid traceparent is meaningless (W3C §3.3).
-                headers.remove("tracestate");
+                headers.remove(&TRACESTATE);
             }
         }
     }

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use http::header::RETRY_AFTER;
+use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::{RetryOn, RetryPolicy};
 
 /// Header a client sets to declare a non-idempotent request safe to repeat.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// What went wrong with one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +61,7 @@ pub fn is_replayable(method: &Method, headers: &HeaderMap, policy: &RetryPolicy)
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || headers.contains_key(IDEMPOTENCY_KEY)
+    ) || headers.contains_key(&IDEMPOTENCY_KEY)
         || (crate::proxy::error::is_grpc(headers)
             && policy.on.iter().any(|c| matches!(c, RetryOn::Grpc(_))))
 }
@@ -67,7 +69,7 @@ pub fn is_replayable(method: &Method, headers: &HeaderMap, policy: &RetryPolicy)
 /// The `grpc-status` in a header map (trailers, or the headers of a trailers-only answer).
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()
@@ -83,7 +85,7 @@ pub fn grpc_failure(headers: &HeaderMap) -> Option<Failure> {
 
 /// A client's `grpc-timeout` (e.g. `250m`, `5S`), which caps meshlet's own budget.
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let raw = headers.get("grpc-timeout")?.to_str().ok()?;
+    let raw = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (value, unit) = raw.split_at(raw.len().checked_sub(1)?);
     let n: u64 = value.parse().ok()?;
     Some(match unit {
@@ -155,7 +157,7 @@ mod tests {
             replayable
         ));
         let mut keyed = HeaderMap::new();
-        keyed.insert(IDEMPOTENCY_KEY, "k1".parse().unwrap());
+        keyed.insert(IDEMPOTENCY_KEY.clone(), "k1".parse().unwrap());
         assert!(is_replayable(&post, &keyed, &p));
         let mut grpc = HeaderMap::new();
         grpc.insert("content-type", "application/grpc".parse().unwrap());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, EXPECT, HOST, UPGRADE, VIA};
+use http::header::{HeaderName, HeaderValue, EXPECT, HOST, UPGRADE, VIA};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
@@ -25,7 +25,7 @@ use crate::policy::balance::{Endpoint, InFlight};
 use crate::policy::retry::Failure;
 
 /// Response header: time from sending upstream to its response headers, in ms.
-pub const X_MESH_UPSTREAM_MS: &str = "x-mesh-upstream-ms";
+pub static X_MESH_UPSTREAM_MS: HeaderName = HeaderName::from_static("x-mesh-upstream-ms");
 
 /// A request rewritten for its destination, buildable once per attempt.
 pub struct Template {
@@ -352,7 +352,7 @@ impl Upstreamed {
         let mut ms = itoa::Buffer::new();
         let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Ok(v) = HeaderValue::from_str(ms.format(elapsed)) {
-            parts.headers.insert(X_MESH_UPSTREAM_MS, v);
+            parts.headers.insert(X_MESH_UPSTREAM_MS.clone(), v);
         }
         guards.in_flight = Some(self.in_flight);
         // An upgraded connection belongs to the splice now, never to the pool.

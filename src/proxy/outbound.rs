@@ -22,7 +22,7 @@ use crate::telemetry::metrics::DestinationMetrics;
 use crate::telemetry::otlp::{Finished, Side, SpanExport};
 
 /// Response header: attempts the call took (0 = answered by meshlet before any).
-pub const X_MESH_ATTEMPTS: &str = "x-mesh-attempts";
+pub static X_MESH_ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-mesh-attempts");
 
 /// The outbound listener's handler; one per worker, sharing the routing table.
 pub struct Outbound {
@@ -96,7 +96,7 @@ impl Handler for Outbound {
             }
         };
         resp.headers_mut()
-            .insert(X_MESH_ATTEMPTS, http::HeaderValue::from(attempts));
+            .insert(X_MESH_ATTEMPTS.clone(), http::HeaderValue::from(attempts));
         if let Some(client) = client_upgrade {
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut resp);

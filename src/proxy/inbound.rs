@@ -5,17 +5,15 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use super::body::ResponseBody;
 use super::destination::{Destination, RoutingTable};
-use super::error::{is_grpc, ProxyError};
+use super::error::ProxyError;
+use super::exchange::Exchange;
 use super::forward;
-use super::headers::ensure_request_id;
-use super::outbound::record;
 use super::server::Handler;
-use crate::identity::trace::continue_trace;
 use crate::realtime::Realtime;
+use crate::telemetry::otlp::Side;
 use arc_swap::ArcSwap;
 
 /// The inbound listener's handler.
@@ -34,19 +32,6 @@ pub struct Inbound {
     pub spans: Option<Arc<crate::telemetry::otlp::SpanExport>>,
 }
 
-impl Inbound {
-    fn export(
-        &self,
-    ) -> Option<(
-        &crate::telemetry::otlp::SpanExport,
-        crate::telemetry::otlp::Side,
-    )> {
-        self.spans
-            .as_deref()
-            .map(|s| (s, crate::telemetry::otlp::Side::Server))
-    }
-}
-
 impl Handler for Inbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         if let Some(hub) = &self.realtime {
@@ -54,60 +39,32 @@ impl Handler for Inbound {
                 return hub.accept(req).await;
             }
         }
-        let started = Instant::now();
-        let request_id = ensure_request_id(req.headers_mut());
-        let sample = self.spans.as_ref().map_or(1.0, |s| s.sample);
-        let trace = continue_trace(req.headers_mut(), sample);
+        let exchange = Exchange::begin(&mut req, self.spans.as_deref(), Side::Server);
         let Some(app) = &self.app else {
             let e = ProxyError::UpstreamUnavailable("no service.app is configured".to_owned());
-            return e.to_response("", &request_id, is_grpc(req.headers()));
+            return exchange.error_response("", &e);
         };
-        let method = req.method().clone();
-        let grpc = is_grpc(req.headers());
         let checked = self.table.load().identity.check_inbound(req.headers_mut());
         if let Err(e) = checked {
             app.metrics.count_error(e.code());
-            let resp = e.to_response(&app.name, &request_id, grpc);
-            return record(
-                &app.metrics,
-                resp,
-                &method,
-                &request_id,
-                trace,
-                started,
-                self.export(),
-            );
+            let resp = exchange.error_response(&app.name, &e);
+            return exchange.finish(&app.metrics, resp);
         }
         let client_upgrade = super::upgrade::requested(req.headers(), req.version())
             .map(|_| hyper::upgrade::on(&mut req));
-        let resp = match forward::once(app, req).await {
+        let mut resp = match forward::once(app, req).await {
             Ok(resp) => resp,
             Err(e) => {
                 app.metrics.count_error(e.code());
-                e.to_response(&app.name, &request_id, grpc)
+                exchange.error_response(&app.name, &e)
             }
         };
-        let mut resp = resp;
-        if let Some(client) = client_upgrade {
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                let upstream = hyper::upgrade::on(&mut resp);
-                let gauge = self.upgraded.clone();
-                tokio::spawn(super::upgrade::splice(
-                    client,
-                    upstream,
-                    self.idle_timeout,
-                    gauge,
-                ));
-            }
-        }
-        record(
-            &app.metrics,
-            resp,
-            &method,
-            &request_id,
-            trace,
-            started,
-            self.export(),
-        )
+        super::upgrade::splice_if_switched(
+            client_upgrade,
+            &mut resp,
+            self.idle_timeout,
+            &self.upgraded,
+        );
+        exchange.finish(&app.metrics, resp)
     }
 }

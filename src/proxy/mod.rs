@@ -9,6 +9,7 @@ pub mod body;
 pub mod call;
 pub mod destination;
 pub mod error;
+mod exchange;
 pub mod forward;
 pub mod headers;
 pub mod inbound;

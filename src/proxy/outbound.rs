@@ -7,19 +7,17 @@ use arc_swap::ArcSwap;
 use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use super::body::ResponseBody;
 use super::call::{call, Outcome};
 use super::destination::{Destination, RoutingTable};
-use super::error::{is_grpc, ProxyError};
-use super::headers::ensure_request_id;
+use super::error::ProxyError;
+use super::exchange::Exchange;
 use super::server::Handler;
 use super::upgrade;
 use crate::config::Limits;
-use crate::identity::trace::{continue_trace, TraceContext};
 use crate::telemetry::metrics::DestinationMetrics;
-use crate::telemetry::otlp::{Finished, Side, SpanExport};
+use crate::telemetry::otlp::{Side, SpanExport};
 
 /// Response header: attempts the call took (0 = answered by meshlet before any).
 pub static X_MESH_ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-mesh-attempts");
@@ -40,23 +38,10 @@ pub struct Outbound {
 
 impl Handler for Outbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let request_id = ensure_request_id(req.headers_mut());
-        let sample = self.spans.as_ref().map_or(1.0, |s| s.sample);
-        let trace = continue_trace(req.headers_mut(), sample);
-        let method = req.method().clone();
-        let grpc = is_grpc(req.headers());
-        if method == http::Method::CONNECT {
+        let exchange = Exchange::begin(&mut req, self.spans.as_deref(), Side::Client);
+        if exchange.method == http::Method::CONNECT {
             let resp = self.tunnel(req).await;
-            return record(
-                &self.unrouted,
-                resp,
-                &method,
-                &request_id,
-                trace,
-                started,
-                self.export(),
-            );
+            return exchange.finish(&self.unrouted, resp);
         }
         let client_upgrade =
             upgrade::requested(req.headers(), req.version()).map(|_| hyper::upgrade::on(&mut req));
@@ -70,17 +55,9 @@ impl Handler for Outbound {
         let (dest, strip) = match routed {
             Ok(found) => found,
             Err(e) => {
-                let resp = e.to_response("", &request_id, grpc);
                 self.unrouted.count_error(e.code());
-                return record(
-                    &self.unrouted,
-                    resp,
-                    &method,
-                    &request_id,
-                    trace,
-                    started,
-                    self.export(),
-                );
+                let resp = exchange.error_response("", &e);
+                return exchange.finish(&self.unrouted, resp);
             }
         };
         let replay_limit = self.limits.replay_buffer.as_usize();
@@ -89,43 +66,21 @@ impl Handler for Outbound {
             Ok(resp) => resp,
             Err(e) => {
                 dest.metrics.count_error(e.code());
-                if grpc {
+                if exchange.grpc {
                     dest.metrics.count_grpc(u32::from(e.grpc_status()));
                 }
-                e.to_response(&dest.name, &request_id, grpc)
+                exchange.error_response(&dest.name, &e)
             }
         };
         resp.headers_mut()
             .insert(X_MESH_ATTEMPTS.clone(), http::HeaderValue::from(attempts));
-        if let Some(client) = client_upgrade {
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                let upstream = hyper::upgrade::on(&mut resp);
-                let idle = self.limits.idle_timeout.get();
-                tokio::spawn(upgrade::splice(
-                    client,
-                    upstream,
-                    idle,
-                    self.upgraded.clone(),
-                ));
-            }
-        }
-        record(
-            &dest.metrics,
-            resp,
-            &method,
-            &request_id,
-            trace,
-            started,
-            self.export(),
-        )
+        let idle = self.limits.idle_timeout.get();
+        upgrade::splice_if_switched(client_upgrade, &mut resp, idle, &self.upgraded);
+        exchange.finish(&dest.metrics, resp)
     }
 }
 
 impl Outbound {
-    fn export(&self) -> Option<(&SpanExport, Side)> {
-        self.spans.as_deref().map(|s| (s, Side::Client))
-    }
-
     /// `CONNECT host:port` (an app's HTTPS through `HTTP_PROXY`): a tunnel only to a host
     /// configured as egress (`services.X.url`); anything else is 403.
     async fn tunnel(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
@@ -218,47 +173,6 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
         _ => raw,
     };
     Some(host.trim_start_matches('[').trim_end_matches(']'))
-}
-
-/// Counts and logs one answered request.
-pub(crate) fn record(
-    metrics: &DestinationMetrics,
-    mut resp: Response<ResponseBody>,
-    method: &http::Method,
-    request_id: &http::HeaderValue,
-    trace: TraceContext,
-    started: Instant,
-    spans: Option<(&SpanExport, Side)>,
-) -> Response<ResponseBody> {
-    let elapsed = started.elapsed();
-    // The caller gets the id it can quote (the upstream's own, if it set one).
-    resp.headers_mut()
-        .entry(&super::headers::X_REQUEST_ID)
-        .or_insert_with(|| request_id.clone());
-    metrics.count_request(method, resp.status());
-    metrics.duration.observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "meshlet::access",
-        destination = metrics.name(),
-        %method,
-        status = resp.status().as_u16(),
-        duration_us = elapsed.as_micros() as u64,
-        request_id = request_id.to_str().unwrap_or(""),
-        trace_id = trace.trace_id(),
-    );
-    if let Some((export, side)) = spans {
-        let end = std::time::SystemTime::now();
-        let done = Finished {
-            destination: metrics.name(),
-            method,
-            status: resp.status().as_u16(),
-            request_id: request_id.to_str().unwrap_or(""),
-            start: end.checked_sub(elapsed).unwrap_or(end),
-            end,
-        };
-        export.record(side, &trace, &done);
-    }
-    resp
 }
 
 #[cfg(test)]

@@ -46,6 +46,22 @@ pub fn restore(headers: &mut HeaderMap, token: HeaderValue) {
     headers.insert(UPGRADE, token);
 }
 
+/// After a `101`, splices the client's connection (when it asked for the upgrade) with the
+/// upstream's in a task of its own.
+pub fn splice_if_switched(
+    client: Option<OnUpgrade>,
+    resp: &mut http::Response<crate::proxy::body::ResponseBody>,
+    idle: Duration,
+    gauge: &prometheus::IntGauge,
+) {
+    if let Some(client) = client {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(resp);
+            tokio::spawn(splice(client, upstream, idle, gauge.clone()));
+        }
+    }
+}
+
 /// Splices two upgraded connections until one side closes or both are idle for `idle`.
 pub async fn splice(
     client: OnUpgrade,

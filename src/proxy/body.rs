@@ -1,9 +1,18 @@
 //! Body types of the proxy: bodies stream through untouched; only meshlet's own answers
 //! (errors, degrade answers) and replayable request bodies are held in memory. Plain enums
 //! rather than boxed trait objects: no allocation per request.
+//!
+//! A streamed response is cut after `limits.idle_timeout` without a byte in either
+//! direction (DESIGN §4: the call's timeout ends at the response headers). The timer is
+//! armed only when the upstream makes the body wait, so a response that arrives whole costs
+//! nothing; bytes of a still-streaming request body (a bidi gRPC call) count as activity.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -13,6 +22,7 @@ use hyper::body::Incoming;
 use super::forward::TeeReader;
 use super::upstream::{self, Http1Lease};
 use crate::policy::balance::InFlight;
+use crate::policy::clock;
 use crate::policy::stale::StaleRecorder;
 use crate::policy::Permit;
 
@@ -20,7 +30,12 @@ use crate::policy::Permit;
 #[derive(Debug)]
 pub enum RequestBody {
     /// Streamed from the client as it arrives (sent once).
-    Stream(Incoming),
+    Stream {
+        /// The client's body.
+        body: Incoming,
+        /// Noted on every chunk when the body has no declared length (it may stream on).
+        activity: Option<Arc<Activity>>,
+    },
     /// Held whole: small enough to be sent again on a retry.
     Replay {
         /// The bytes, taken on first poll.
@@ -29,7 +44,33 @@ pub enum RequestBody {
         trailers: Option<HeaderMap>,
     },
     /// Streamed from the client while a copy is kept for a retry (see [`super::forward::Tee`]).
-    Teed(TeeReader),
+    Teed {
+        /// This attempt's view of the shared body.
+        reader: TeeReader,
+        /// As for `Stream`.
+        activity: Option<Arc<Activity>>,
+    },
+}
+
+/// When bytes last moved on a streamed request body, read by the response's idle timer.
+#[derive(Debug, Default)]
+pub struct Activity(AtomicU64);
+
+impl Activity {
+    /// One for a body that may go on streaming after the response headers: no declared
+    /// length and not already ended (a request with a length completes on its own).
+    pub fn for_body(body: &Incoming) -> Option<Arc<Activity>> {
+        (!body.is_end_stream() && body.size_hint().exact().is_none())
+            .then(|| Arc::new(Activity(AtomicU64::new(clock::now_ms()))))
+    }
+
+    fn touch(&self) {
+        self.0.store(clock::now_ms(), Ordering::Relaxed);
+    }
+
+    fn last_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl RequestBody {
@@ -50,32 +91,38 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Replay { data, trailers } => Poll::Ready(
-                data.take()
-                    .map(|d| Ok(Frame::data(d)))
-                    .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
-            ),
-            RequestBody::Teed(reader) => reader.poll_frame(cx),
+        let (polled, activity) = match self.get_mut() {
+            RequestBody::Stream { body, activity } => (Pin::new(body).poll_frame(cx), activity),
+            RequestBody::Replay { data, trailers } => {
+                return Poll::Ready(
+                    data.take()
+                        .map(|d| Ok(Frame::data(d)))
+                        .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                )
+            }
+            RequestBody::Teed { reader, activity } => (reader.poll_frame(cx), activity),
+        };
+        if let (Poll::Ready(Some(Ok(_))), Some(activity)) = (&polled, activity) {
+            activity.touch();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Stream { body, .. } => body.is_end_stream(),
             RequestBody::Replay { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestBody::Teed(reader) => reader.is_end_stream(),
+            RequestBody::Teed { reader, .. } => reader.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Stream { body, .. } => body.size_hint(),
             RequestBody::Replay { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            RequestBody::Teed(reader) => reader.size_hint(),
+            RequestBody::Teed { reader, .. } => reader.size_hint(),
         }
     }
 }
@@ -94,6 +141,8 @@ pub struct Guards {
     pub record: Option<Box<StaleRecorder>>,
     /// A gRPC call's destination metrics: its `grpc-status` arrives in the trailers.
     pub grpc: Option<std::sync::Arc<crate::telemetry::metrics::DestinationMetrics>>,
+    /// The request body's activity, when it may still be streaming.
+    pub activity: Option<Arc<Activity>>,
 }
 
 impl Guards {
@@ -122,6 +171,8 @@ pub enum ResponseBody {
         body: Incoming,
         /// Released when the body ends or is dropped.
         guards: Guards,
+        /// `limits.idle_timeout`, once the handler set it.
+        idle: IdleWatch,
     },
     /// meshlet's own answer (errors, degrade answers).
     Full(Option<Bytes>),
@@ -136,13 +187,73 @@ impl ResponseBody {
     pub fn empty() -> Self {
         ResponseBody::Full(None)
     }
+
+    /// Cuts a streamed body after `limit` without a byte either way.
+    pub fn set_idle_timeout(&mut self, limit: Duration) {
+        if let ResponseBody::Upstream { idle, .. } = self {
+            idle.limit = Some(limit);
+        }
+    }
+}
+
+/// Why a response body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream's connection failed mid-body.
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    /// Nothing moved for `limits.idle_timeout`.
+    #[error("no bytes either way for {0:?} (limits.idle_timeout)")]
+    Idle(Duration),
+}
+
+/// The idle timer of a streamed response. Lazily armed: only a body that makes the client
+/// wait allocates a timer, and a frame only sets a flag (the deadline moves on the next wait).
+#[derive(Debug, Default)]
+pub struct IdleWatch {
+    limit: Option<Duration>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+}
+
+impl IdleWatch {
+    /// Called when the upstream body is pending: whether the limit has passed, with the
+    /// waker registered for when it will.
+    fn expired(&mut self, activity: Option<&Activity>, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if std::mem::take(&mut self.moved) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(limit))),
+        };
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // The response was quiet for `limit`; the request may not have been.
+            let quiet_ms =
+                activity.map_or(u64::MAX, |a| clock::now_ms().saturating_sub(a.last_ms()));
+            let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+            if quiet_ms >= limit_ms {
+                return true;
+            }
+            let left = Duration::from_millis(limit_ms - quiet_ms);
+            timer.as_mut().reset(tokio::time::Instant::now() + left);
+        }
+    }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // An empty body (204, HEAD, content-length: 0) may never be polled: its connection
         // is still reusable. A body dropped half-read is not: its connection closes.
-        if let ResponseBody::Upstream { body, guards } = self {
+        if let ResponseBody::Upstream { body, guards, .. } = self {
             let complete = body.is_end_stream();
             guards.finish(complete);
         }
@@ -151,19 +262,20 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, guards } => {
+            ResponseBody::Upstream { body, guards, idle } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => guards.finish(true),
                     Poll::Ready(Some(Err(_))) => guards.finish(false),
                     Poll::Ready(Some(Ok(frame))) => {
+                        idle.moved = true;
                         if let (Some(data), Some(record)) =
                             (frame.data_ref(), guards.record.as_mut())
                         {
@@ -183,9 +295,16 @@ impl Body for ResponseBody {
                             guards.finish(true);
                         }
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => {
+                        if idle.expired(guards.activity.as_deref(), cx) {
+                            let limit = idle.limit.unwrap_or_default();
+                            tracing::debug!(?limit, "streamed response idle; closing it");
+                            guards.finish(false);
+                            return Poll::Ready(Some(Err(BodyError::Idle(limit))));
+                        }
+                    }
                 }
-                polled
+                polled.map(|frame| frame.map(|r| r.map_err(BodyError::from)))
             }
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }

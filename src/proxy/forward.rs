@@ -15,7 +15,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Guards, RequestBody, ResponseBody};
+use super::body::{Activity, Guards, IdleWatch, RequestBody, ResponseBody};
 use super::destination::Destination;
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
@@ -140,7 +140,13 @@ impl Template {
 /// streaming gRPC call or a slow upload is never held back) while the bytes read so far are
 /// kept, up to the replay limit. A retry replays what was read, then goes on reading the
 /// client: it works even when the upstream answered before reading the whole request.
-pub enum Payload {
+pub struct Payload {
+    kind: PayloadKind,
+    /// Shared with the response's idle timer while the body may still stream.
+    activity: Option<Arc<Activity>>,
+}
+
+enum PayloadKind {
     /// Sent at most once (`None` after it was sent).
     Once(Option<Incoming>),
     /// Replayable while the copy of what was read stays within the limit.
@@ -150,30 +156,37 @@ pub enum Payload {
 impl Payload {
     /// `body`, kept for a retry when `replay_limit` is non-zero.
     pub fn new(body: Incoming, replay_limit: usize) -> Payload {
-        if replay_limit == 0 {
-            Payload::Once(Some(body))
+        let activity = Activity::for_body(&body);
+        let kind = if replay_limit == 0 {
+            PayloadKind::Once(Some(body))
         } else {
-            Payload::Teed(Tee::new(body, replay_limit))
-        }
+            PayloadKind::Teed(Tee::new(body, replay_limit))
+        };
+        Payload { kind, activity }
     }
 
     /// Whether a body can still be sent.
     pub fn available(&self) -> bool {
-        match self {
-            Payload::Once(body) => body.is_some(),
-            Payload::Teed(tee) => tee.replayable(),
+        match &self.kind {
+            PayloadKind::Once(body) => body.is_some(),
+            PayloadKind::Teed(tee) => tee.replayable(),
         }
     }
 
     /// Whether it can be sent again after being sent.
     pub fn is_replayable(&self) -> bool {
-        matches!(self, Payload::Teed(tee) if tee.replayable())
+        matches!(&self.kind, PayloadKind::Teed(tee) if tee.replayable())
     }
 
     fn take(&mut self) -> Option<RequestBody> {
-        match self {
-            Payload::Once(body) => body.take().map(RequestBody::Stream),
-            Payload::Teed(tee) => Tee::attempt(tee),
+        let activity = self.activity.clone();
+        match &mut self.kind {
+            PayloadKind::Once(body) => body
+                .take()
+                .map(|body| RequestBody::Stream { body, activity }),
+            PayloadKind::Teed(tee) => {
+                Tee::attempt(tee).map(|reader| RequestBody::Teed { reader, activity })
+            }
         }
     }
 }
@@ -233,8 +246,8 @@ impl Tee {
         !self.lock().overflow
     }
 
-    /// A body for the next attempt, or `None` when what was read no longer fits.
-    fn attempt(tee: &Arc<Tee>) -> Option<RequestBody> {
+    /// A reader for the next attempt, or `None` when what was read no longer fits.
+    fn attempt(tee: &Arc<Tee>) -> Option<TeeReader> {
         let generation = {
             let mut s = tee.lock();
             if s.overflow {
@@ -243,12 +256,12 @@ impl Tee {
             s.generation += 1;
             s.generation
         };
-        Some(RequestBody::Teed(TeeReader {
+        Some(TeeReader {
             tee: tee.clone(),
             generation,
             next_chunk: 0,
             trailers_sent: false,
-        }))
+        })
     }
 }
 
@@ -333,6 +346,7 @@ pub struct Upstreamed {
     pub response: Response<Incoming>,
     lease: Option<Http1Lease>,
     in_flight: InFlight,
+    activity: Option<Arc<Activity>>,
 }
 
 impl Upstreamed {
@@ -355,9 +369,11 @@ impl Upstreamed {
             parts.headers.insert(X_MESH_UPSTREAM_MS.clone(), v);
         }
         guards.in_flight = Some(self.in_flight);
+        guards.activity = self.activity;
         // An upgraded connection belongs to the splice now, never to the pool.
         guards.lease = if switching { None } else { self.lease };
-        Response::from_parts(parts, ResponseBody::Upstream { body, guards })
+        let idle = IdleWatch::default();
+        Response::from_parts(parts, ResponseBody::Upstream { body, guards, idle })
     }
 }
 
@@ -429,6 +445,7 @@ pub async fn attempt(
         response,
         lease,
         in_flight,
+        activity: payload.activity.clone(),
     })
 }
 

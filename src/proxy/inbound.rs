@@ -26,7 +26,7 @@ pub struct Inbound {
     pub realtime: Option<Arc<Realtime>>,
     /// Upgraded connections being spliced.
     pub upgraded: prometheus::IntGauge,
-    /// No bytes either way on an upgraded connection for this long: closed.
+    /// No bytes either way on an upgraded connection or a streamed body for this long: closed.
     pub idle_timeout: std::time::Duration,
     /// OTLP span export, when configured.
     pub spans: Option<Arc<crate::telemetry::otlp::SpanExport>>,
@@ -59,6 +59,7 @@ impl Handler for Inbound {
                 exchange.error_response(&app.name, &e)
             }
         };
+        resp.body_mut().set_idle_timeout(self.idle_timeout);
         super::upgrade::splice_if_switched(
             client_upgrade,
             &mut resp,

@@ -75,6 +75,7 @@ impl Handler for Outbound {
         resp.headers_mut()
             .insert(X_MESH_ATTEMPTS.clone(), http::HeaderValue::from(attempts));
         let idle = self.limits.idle_timeout.get();
+        resp.body_mut().set_idle_timeout(idle);
         upgrade::splice_if_switched(client_upgrade, &mut resp, idle, &self.upgraded);
         exchange.finish(&dest.metrics, resp)
     }

@@ -523,6 +523,133 @@ async fn streamed_responses_arrive_as_written_and_outlive_the_call_timeout() {
     );
 }
 
+/// An h2c app that accepts RFC 8441 extended CONNECT for `websocket` and echoes the
+/// stream's bytes.
+async fn h2_tunnel_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    let protocol = req.extensions().get::<hyper::ext::Protocol>();
+                    let wanted = req.method() == http::Method::CONNECT
+                        && protocol.is_some_and(|p| p.as_str() == "websocket");
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    if !wanted {
+                        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = upgrade.await else { return };
+                        let mut io = TokioIo::new(upgraded);
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    Ok(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends an extended CONNECT for `websocket` to `url` over h2c to `proxy`.
+async fn extended_connect(
+    proxy: SocketAddr,
+    url: &str,
+) -> (
+    http::Response<Incoming>,
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+) {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(url)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    (resp, sender)
+}
+
+#[tokio::test]
+async fn h2_extended_connect_is_carried_through_outbound_and_inbound_to_an_h2_app() {
+    let app = h2_tunnel_app().await;
+    let redis = RedisServer::start();
+    let callee = sidecar(&format!(
+        "service: {{name: chat, app: \"http://{app}\", protocol: h2}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n",
+        redis.url()
+    ))
+    .await;
+    let caller = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n",
+        redis.url()
+    ))
+    .await;
+    let out = caller.addresses.outbound;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get_via(out, "http://chat/").await.status == 400
+        })
+        .await,
+        "the callee is discovered (its app answers a plain GET with 400)"
+    );
+    let (resp, _sender) = extended_connect(out, "http://chat/socket").await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    for text in ["hello over h2", "and again"] {
+        tunnel.write_all(text.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; text.len()];
+        tunnel.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, text.as_bytes());
+    }
+    let gauge = |addr, listener: &'static str| async move {
+        let series = format!(r#"meshlet_upgraded_connections{{listener="{listener}"}}"#);
+        metric(addr, &series).await
+    };
+    assert_eq!(gauge(caller.addresses.telemetry, "outbound").await, 1.0);
+    assert_eq!(gauge(callee.addresses.telemetry, "inbound").await, 1.0);
+    drop(tunnel);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gauge(caller.addresses.telemetry, "outbound").await == 0.0
+        })
+        .await,
+        "the splice ends when the client closes its stream"
+    );
+
+    // An endpoint that speaks HTTP/1.1 cannot carry it: a clear error, not a hang.
+    let legacy = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nregistry: {{static: {{chat: [\"{app}\"]}}}}\n"
+    ))
+    .await;
+    let (resp, _sender) = extended_connect(legacy.addresses.outbound, "http://chat/socket").await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-mesh-error"], "upstream_unavailable");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("needs an h2 endpoint"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
 /// An HTTP/1.1 app with two streams: `/stall` writes one event then goes silent;
 /// `/drain` answers headers at once and writes `got N` only after the whole request body.
 async fn stalling_app() -> SocketAddr {

@@ -33,6 +33,8 @@ pub struct Template {
     headers: HeaderMap,
     path_and_query: PathAndQuery,
     extensions: http::Extensions,
+    /// `:protocol` of an h2 extended CONNECT, sent again on every attempt.
+    connect_protocol: Option<hyper::ext::Protocol>,
 }
 
 impl Template {
@@ -44,9 +46,10 @@ impl Template {
             method,
             uri,
             mut headers,
-            extensions,
+            mut extensions,
             ..
         } = parts;
+        let connect_protocol = extensions.remove::<hyper::ext::Protocol>();
         if let Some(egress) = &dest.egress {
             // A partner API serves its own name, not the mesh name the app used.
             headers.insert(HOST, egress.host.clone());
@@ -81,6 +84,7 @@ impl Template {
             headers,
             path_and_query,
             extensions,
+            connect_protocol,
         })
     }
 
@@ -130,6 +134,9 @@ impl Template {
         *req.headers_mut() = headers;
         if !keep {
             *req.extensions_mut() = std::mem::take(&mut self.extensions);
+        }
+        if let Some(protocol) = &self.connect_protocol {
+            req.extensions_mut().insert(protocol.clone());
         }
         req
     }
@@ -386,6 +393,8 @@ pub enum AttemptError {
     Timeout(Duration),
     /// The body was already sent by an earlier attempt.
     BodyGone,
+    /// The endpoint cannot carry this request (an extended CONNECT to an HTTP/1.1 endpoint).
+    Unsupported(String),
 }
 
 impl AttemptError {
@@ -393,7 +402,9 @@ impl AttemptError {
     pub fn failure(&self) -> Failure {
         match self {
             AttemptError::Upstream(e) if e.is_connect_failure() => Failure::Connect,
-            AttemptError::Upstream(_) | AttemptError::BodyGone => Failure::Reset,
+            AttemptError::Upstream(_) | AttemptError::BodyGone | AttemptError::Unsupported(_) => {
+                Failure::Reset
+            }
             AttemptError::Timeout(_) => Failure::Timeout,
         }
     }
@@ -406,6 +417,7 @@ impl AttemptError {
             AttemptError::BodyGone => {
                 ProxyError::UpstreamUnavailable("request body already sent".to_owned())
             }
+            AttemptError::Unsupported(why) => ProxyError::UpstreamUnavailable(why),
         }
     }
 }
@@ -420,6 +432,12 @@ pub async fn attempt(
     keep: bool,
     per_try: Option<Duration>,
 ) -> Result<Upstreamed, AttemptError> {
+    if template.connect_protocol.is_some() && endpoint.protocol == Protocol::Http1 {
+        return Err(AttemptError::Unsupported(format!(
+            "{} speaks HTTP/1.1; an h2 extended CONNECT needs an h2 endpoint",
+            endpoint.authority
+        )));
+    }
     let in_flight = InFlight::start(endpoint);
     let connect_timeout = dest.policy.connect_timeout.get();
     let work = async {

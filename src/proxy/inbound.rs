@@ -50,8 +50,7 @@ impl Handler for Inbound {
             let resp = exchange.error_response(&app.name, &e);
             return exchange.finish(&app.metrics, resp);
         }
-        let client_upgrade = super::upgrade::requested(req.headers(), req.version())
-            .map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = super::upgrade::client_half(&mut req);
         let mut resp = match forward::once(app, req).await {
             Ok(resp) => resp,
             Err(e) => {

@@ -39,12 +39,11 @@ pub struct Outbound {
 impl Handler for Outbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let exchange = Exchange::begin(&mut req, self.spans.as_deref(), Side::Client);
-        if exchange.method == http::Method::CONNECT {
+        if exchange.method == http::Method::CONNECT && upgrade::extended_connect(&req).is_none() {
             let resp = self.tunnel(req).await;
             return exchange.finish(&self.unrouted, resp);
         }
-        let client_upgrade =
-            upgrade::requested(req.headers(), req.version()).map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade::client_half(&mut req);
         let routed = {
             // Route and stamp under one look at the table; nothing awaits while it is held.
             let table = self.table.load();

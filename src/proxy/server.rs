@@ -65,7 +65,9 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // RFC 8441: WebSocket (and other protocols) over an h2 stream.
+        .enable_connect_protocol();
     builder
 }
 

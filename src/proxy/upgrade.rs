@@ -1,7 +1,11 @@
-//! HTTP/1.1 upgrades (WebSocket and other protocols) and CONNECT tunnels: the handshake
-//! goes through the normal call path (routing, policy, identity), then after the `101` the
-//! two connections are spliced byte for byte until either side closes or nothing moves for
+//! HTTP/1.1 upgrades (WebSocket and other protocols), h2 extended CONNECT (RFC 8441) and
+//! CONNECT tunnels: the handshake goes through the normal call path (routing, policy,
+//! identity), then after the `101` (or the `2xx` to an extended CONNECT) the two connections
+//! are spliced byte for byte until either side closes or nothing moves for
 //! `limits.idle_timeout`.
+//!
+//! An extended CONNECT is carried only to h2 endpoints: translating it into an HTTP/1.1
+//! `Upgrade` would need meshlet to speak the upgraded protocol's handshake (WebSocket keys).
 //!
 //! `Upgrade: h2c` is never forwarded: it is a known request-smuggling vector through proxies.
 
@@ -40,14 +44,29 @@ pub fn requested(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
     (wants && !h2c).then(|| token.clone())
 }
 
+/// The protocol of an h2 extended CONNECT (`:protocol`, RFC 8441), when the request is one.
+pub fn extended_connect<B>(req: &http::Request<B>) -> Option<&hyper::ext::Protocol> {
+    (req.method() == http::Method::CONNECT)
+        .then(|| req.extensions().get::<hyper::ext::Protocol>())
+        .flatten()
+}
+
+/// The client's half of the connection to splice once the upstream agrees, when the
+/// request asks for an upgrade meshlet carries (HTTP/1.1 `Upgrade` or extended CONNECT).
+pub fn client_half<B>(req: &mut http::Request<B>) -> Option<OnUpgrade> {
+    let wants =
+        requested(req.headers(), req.version()).is_some() || extended_connect(req).is_some();
+    wants.then(|| hyper::upgrade::on(req))
+}
+
 /// Puts the upgrade headers back after hop-by-hop stripping removed them.
 pub fn restore(headers: &mut HeaderMap, token: HeaderValue) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, token);
 }
 
-/// After a `101`, splices the client's connection (when it asked for the upgrade) with the
-/// upstream's in a task of its own.
+/// After a `101` (or a `2xx` to an extended CONNECT), splices the client's connection (when
+/// it asked for the upgrade) with the upstream's in a task of its own.
 pub fn splice_if_switched(
     client: Option<OnUpgrade>,
     resp: &mut http::Response<crate::proxy::body::ResponseBody>,
@@ -55,7 +74,10 @@ pub fn splice_if_switched(
     gauge: &prometheus::IntGauge,
 ) {
     if let Some(client) = client {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            // hyper hands over the stream of a CONNECT's 2xx (and only then) this way.
+            || (resp.status().is_success() && resp.extensions().get::<OnUpgrade>().is_some());
+        if switched {
             let upstream = hyper::upgrade::on(resp);
             tokio::spawn(splice(client, upstream, idle, gauge.clone()));
         }

@@ -154,6 +154,8 @@ pub struct Payload {
 }
 
 enum PayloadKind {
+    /// No body at all (a GET): every attempt sends the same nothing, no copy needed.
+    Empty,
     /// Sent at most once (`None` after it was sent).
     Once(Option<Incoming>),
     /// Replayable while the copy of what was read stays within the limit.
@@ -164,7 +166,9 @@ impl Payload {
     /// `body`, kept for a retry when `replay_limit` is non-zero.
     pub fn new(body: Incoming, replay_limit: usize) -> Payload {
         let activity = Activity::for_body(&body);
-        let kind = if replay_limit == 0 {
+        let kind = if body.is_end_stream() {
+            PayloadKind::Empty
+        } else if replay_limit == 0 {
             PayloadKind::Once(Some(body))
         } else {
             PayloadKind::Teed(Tee::new(body, replay_limit))
@@ -175,6 +179,7 @@ impl Payload {
     /// Whether a body can still be sent.
     pub fn available(&self) -> bool {
         match &self.kind {
+            PayloadKind::Empty => true,
             PayloadKind::Once(body) => body.is_some(),
             PayloadKind::Teed(tee) => tee.replayable(),
         }
@@ -182,12 +187,20 @@ impl Payload {
 
     /// Whether it can be sent again after being sent.
     pub fn is_replayable(&self) -> bool {
-        matches!(&self.kind, PayloadKind::Teed(tee) if tee.replayable())
+        match &self.kind {
+            PayloadKind::Empty => true,
+            PayloadKind::Once(_) => false,
+            PayloadKind::Teed(tee) => tee.replayable(),
+        }
     }
 
     fn take(&mut self) -> Option<RequestBody> {
         let activity = self.activity.clone();
         match &mut self.kind {
+            PayloadKind::Empty => Some(RequestBody::Replay {
+                data: None,
+                trailers: None,
+            }),
             PayloadKind::Once(body) => body
                 .take()
                 .map(|body| RequestBody::Stream { body, activity }),
@@ -370,11 +383,10 @@ impl Upstreamed {
             super::upgrade::restore(&mut parts.headers, token);
         }
         parts.version = Version::default();
-        let mut ms = itoa::Buffer::new();
         let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Ok(v) = HeaderValue::from_str(ms.format(elapsed)) {
-            parts.headers.insert(X_MESH_UPSTREAM_MS.clone(), v);
-        }
+        parts
+            .headers
+            .insert(X_MESH_UPSTREAM_MS.clone(), super::headers::number(elapsed));
         guards.in_flight = Some(self.in_flight);
         guards.activity = self.activity;
         // An upgraded connection belongs to the splice now, never to the pool.

@@ -40,7 +40,8 @@ impl Handler for Outbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let exchange = Exchange::begin(&mut req, self.spans.as_deref(), Side::Client);
         if exchange.method == http::Method::CONNECT && upgrade::extended_connect(&req).is_none() {
-            let resp = self.tunnel(req).await;
+            // Boxed: a rare path whose dial would otherwise enlarge every request's future.
+            let resp = Box::pin(self.tunnel(req)).await;
             return exchange.finish(&self.unrouted, resp);
         }
         let client_upgrade = upgrade::client_half(&mut req);
@@ -71,8 +72,10 @@ impl Handler for Outbound {
                 exchange.error_response(&dest.name, &e)
             }
         };
-        resp.headers_mut()
-            .insert(X_MESH_ATTEMPTS.clone(), http::HeaderValue::from(attempts));
+        resp.headers_mut().insert(
+            X_MESH_ATTEMPTS.clone(),
+            super::headers::number(u64::from(attempts)),
+        );
         let idle = self.limits.idle_timeout.get();
         resp.body_mut().set_idle_timeout(idle);
         upgrade::splice_if_switched(client_upgrade, &mut resp, idle, &self.upgraded);

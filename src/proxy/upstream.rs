@@ -270,7 +270,9 @@ pub async fn connect(
     match endpoint.protocol {
         Protocol::Http1 => match checkout_http1(endpoint.key) {
             Some(sender) => Ok(Conn::Http1(sender)),
-            None => connect_http1(endpoint, connect_timeout)
+            // Dialling is the cold path under keep-alive, and its future (connect, TLS,
+            // handshake) is large: boxed, so every request's future stays small.
+            None => Box::pin(connect_http1(endpoint, connect_timeout))
                 .await
                 .map(Conn::Http1),
         },
@@ -288,7 +290,7 @@ pub async fn connect(
                     let _connecting = gate.lock().await;
                     match pooled_h2(endpoint.key) {
                         Some(s) => s,
-                        None => connect_h2(endpoint, connect_timeout).await?,
+                        None => Box::pin(connect_h2(endpoint, connect_timeout)).await?,
                     }
                 }
             };
@@ -340,7 +342,7 @@ pub async fn send(
                     None => return Err(reset(e.into_error())),
                 },
             };
-            let mut sender = connect_http1(endpoint, connect_timeout).await?;
+            let mut sender = Box::pin(connect_http1(endpoint, connect_timeout)).await?;
             let resp = sender.send_request(req).await.map_err(reset)?;
             Ok((
                 resp,

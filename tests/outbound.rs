@@ -291,3 +291,41 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_and_a_slow_h2_preface_still_means_h2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("plain").await;
+    let s = sidecar(&format!(
+        "service: {{name: web}}\nworkers: 1\nlimits: {{header_read_timeout: 300ms}}\nregistry: {{static: {{plain: [\"{}\"]}}}}\n",
+        up.addr
+    ))
+    .await;
+
+    // Connects and says nothing: closed after the header read timeout, not held forever.
+    let mut silent = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("closed by meshlet");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // The h2 preface in two writes with a pause between: still served as h2c.
+    let mut h2 = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    h2.write_all(&preface[..7]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h2.write_all(&preface[7..]).await.unwrap();
+    // An empty SETTINGS frame, then the server's SETTINGS must come back.
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), h2.read_exact(&mut head))
+        .await
+        .expect("an h2 answer")
+        .unwrap();
+    assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
+}

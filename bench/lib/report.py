@@ -139,6 +139,24 @@ def memory_table(results):
     return out
 
 
+def held_table(rows):
+    """N keep-alive connections held open at once: answered, and what holding them costs."""
+    out = ["| target | answered (1st / 2nd round) | RSS before | RSS holding them | RSS peak | "
+           "KiB per held connection |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        h = r["held"]
+        n = h.get("connections", 0)
+        if h.get("failed"):
+            out.append(f"| {r['target']} | failed (see raw/hold-{r['target']}.txt) | – | – | – | – |")
+            continue
+        per = (h["rss_held_kb"] - h["rss_before_kb"]) / n if n else 0
+        out.append(f"| {r['target']} | {h['answered_first']:,} / {h['answered_second']:,} of {n:,} | "
+                   f"{mib(h['rss_before_kb'])} | {mib(h['rss_held_kb'])} | {mib(h['rss_peak_kb'])} | "
+                   f"{per:.1f} |")
+    return out
+
+
 def read_meta(outdir):
     meta = {}
     path = outdir / "meta.txt"
@@ -155,6 +173,8 @@ def read_meta(outdir):
 def report(outdir):
     meta = read_meta(outdir)
     results = [json.loads(l) for l in (outdir / "results.jsonl").read_text().splitlines() if l.strip()]
+    held = [r for r in results if r["mode"] == "held"]
+    results = [r for r in results if r["mode"] != "held"]
     for r in results:  # wrk's summary.lua gives µs, the rate clients give seconds
         load = r["load"]
         if "duration_s" not in load:
@@ -203,6 +223,13 @@ def report(outdir):
                   "of the run.", ""]
     if any(r["proc"] for r in results):
         lines += ["### RSS (MiB) of each proxy at idle and after each run", ""] + memory_table(results) + [""]
+    held = sorted(held, key=lambda r: order.get(r["target"], 99))
+    if held:
+        lines += [f"### {held[0]['conns']:,} keep-alive connections held open at once", ""]
+        lines += held_table(held) + [""]
+        lines += ["Each connection opened (100 at a time) and answered once, all held open, then "
+                  "answered again. RSS summed over the target's processes (for `direct`: the "
+                  "origin's). KiB per held connection = (holding − before) / connections.", ""]
 
     metrics = outdir / "meshlet-metrics.txt"
     if metrics.exists():
@@ -221,6 +248,14 @@ def report(outdir):
             failures.append(f"{where}: {n} errors ({error_detail(r['load']) or 'no requests done'})")
         elif n:
             warnings.append(f"{where}: {n} errors ({error_detail(r['load'])})")
+    for r in held:
+        h = r["held"]
+        n = h.get("connections", 0)
+        incomplete = h.get("failed") or h.get("answered_first") != n or h.get("answered_second") != n
+        if incomplete:
+            where = f"{r['target']} held/{n}"
+            detail = f"{h.get('answered_first', 0)} / {h.get('answered_second', 0)} of {n} answered"
+            (failures if r["target"] == PROXY else warnings).append(f"{where}: {detail}")
     for w in warnings:
         lines.append(f"WARNING (peer, not meshlet): {w}")
     for f in failures:

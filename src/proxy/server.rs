@@ -2,22 +2,31 @@
 //! connections over the workers), an accept loop per worker, HTTP/1.1 and h2c on the same
 //! port, and graceful shutdown: stop accepting, let in-flight requests finish, bounded by
 //! the grace period.
+//!
+//! A plain-TCP connection's protocol is told by *peeking* at its first bytes (the h2 client
+//! preface, or not) and the socket then goes to hyper's HTTP/1.1 or h2 server directly.
+//! hyper-util's auto-detection reads the first bytes instead and replays them through a
+//! wrapper; the short first read that results makes hyper double every HTTP/1.1
+//! connection's read buffer (8 → 16 KiB, held for the connection's life) and every later
+//! read passes through the wrapper. TLS connections, which cannot be peeked, keep it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::body::ResponseBody;
@@ -52,23 +61,50 @@ pub fn bind(addr: SocketAddr, copies: usize) -> std::io::Result<Vec<std::net::Tc
         .collect()
 }
 
+/// The HTTP server settings of a data-plane listener, for each way a connection is served.
+#[derive(Clone)]
+pub struct HttpSettings {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Both of the above behind hyper-util's detection, for TLS connections.
+    auto: auto::Builder<TokioExecutor>,
+    /// A client that sends no first byte for this long is disconnected.
+    first_byte_timeout: Duration,
+}
+
 /// The HTTP server settings of a data-plane listener.
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+pub fn http_builder(limits: &Limits) -> HttpSettings {
     let header_bytes = limits.max_header_bytes.as_usize();
-    builder
-        .http1()
+    let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size(header_bytes.max(8192));
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(header_list)
         .max_concurrent_streams(256)
         // RFC 8441: WebSocket (and other protocols) over an h2 stream.
         .enable_connect_protocol();
-    builder
+    // The same settings again: hyper-util's builder cannot be made from hyper's.
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_buf_size(header_bytes.max(8192));
+    auto.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(header_list)
+        .max_concurrent_streams(256)
+        .enable_connect_protocol();
+    HttpSettings {
+        http1,
+        http2,
+        auto,
+        first_byte_timeout: limits.header_read_timeout.get(),
+    }
 }
 
 /// Serves `listener` with `handler` (behind TLS when `tls` is set) until `shutdown` turns
@@ -76,13 +112,15 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
-    builder: auto::Builder<TokioExecutor>,
+    settings: HttpSettings,
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     open_connections: IntGauge,
 ) {
-    let graceful = GracefulShutdown::new();
+    let settings = Arc::new(settings);
+    // Every connection holds a sender; once they are all gone, `drained` yields None.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -98,12 +136,15 @@ pub async fn serve<H: Handler>(
                 let _ = stream.set_nodelay(true);
                 let conn = Conn {
                     handler: handler.clone(),
-                    builder: builder.clone(),
-                    graceful: graceful.watcher(),
+                    settings: settings.clone(),
+                    shutdown: shutdown.clone(),
                     gauge: open_connections.clone(),
+                    _alive: alive.clone(),
                 };
                 match &tls {
-                    None => conn.spawn(stream),
+                    None => {
+                        tokio::spawn(conn.serve_tcp(stream));
+                    }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
@@ -111,7 +152,7 @@ pub async fn serve<H: Handler>(
                             // accept loop: a slow client cannot stall the listener.
                             let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                             match handshake.await {
-                                Ok(Ok(tls_stream)) => conn.spawn(tls_stream),
+                                Ok(Ok(tls_stream)) => conn.serve_tls(tls_stream).await,
                                 Ok(Err(e)) => tracing::debug!(error = %e, "inbound TLS handshake refused"),
                                 Err(_) => tracing::debug!("inbound TLS handshake timed out"),
                             }
@@ -127,48 +168,178 @@ pub async fn serve<H: Handler>(
         }
     }
     drop(listener);
+    drop(alive);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = drained.recv() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace period over; closing the connections left");
         }
     }
 }
 
+/// The h2 client preface: a connection that starts with it speaks h2c (prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection speaks h2c, told from its first bytes without reading them.
+/// `None` when it sends nothing (or closes) within `limit`.
+async fn speaks_h2(stream: &TcpStream, limit: Duration) -> Option<bool> {
+    let sniff = async {
+        let mut first = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut first).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if first[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // Part of the preface so far (it is one write for every real client): peek
+            // returns at once while nothing new arrived, so wait a moment between looks.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(limit, sniff).await.ok().flatten()
+}
+
+/// hyper's connection types, told to finish their in-flight requests and stop.
+trait Drain {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I, S> Drain for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Drain for http2::Connection<I, S, TokioExecutor>
+where
+    S: HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Drain for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, ResponseBody>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// A listener's handler as a hyper service.
+struct Service<H>(Arc<H>);
+
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    /// Boxed while in flight: the handler's future is ~4 KiB (the whole policy stack inline;
+    /// ~9 KiB before the dial paths were boxed), and hyper would otherwise keep a slot that
+    /// size per connection for the connection's whole life.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let handler = self.0.clone();
+        Box::pin(async move { Ok(handler.handle(req).await) })
+    }
+}
+
 /// What one accepted connection needs.
 struct Conn<H> {
     handler: Arc<H>,
-    builder: auto::Builder<TokioExecutor>,
-    graceful: hyper_util::server::graceful::Watcher,
+    settings: Arc<HttpSettings>,
+    shutdown: watch::Receiver<bool>,
     gauge: IntGauge,
+    /// Dropped with the connection: the listener's drain waits for all of them.
+    _alive: mpsc::Sender<()>,
 }
 
 impl<H: Handler> Conn<H> {
-    fn spawn<I>(self, io: I)
+    fn service(&self) -> Service<H> {
+        Service(self.handler.clone())
+    }
+
+    /// A plain connection: HTTP/1.1 (with upgrades) or h2c, by its first bytes.
+    async fn serve_tcp(self, stream: TcpStream) {
+        self.gauge.inc();
+        match speaks_h2(&stream, self.settings.first_byte_timeout).await {
+            Some(true) => {
+                let conn = self
+                    .settings
+                    .http2
+                    .serve_connection(TokioIo::new(stream), self.service());
+                self.run(conn).await;
+            }
+            Some(false) => {
+                let conn = self
+                    .settings
+                    .http1
+                    .serve_connection(TokioIo::new(stream), self.service())
+                    .with_upgrades();
+                self.run(conn).await;
+            }
+            None => tracing::debug!("client sent nothing; connection closed"),
+        }
+        self.gauge.dec();
+    }
+
+    /// A TLS connection: hyper-util tells HTTP/1.1 from h2.
+    async fn serve_tls<I>(self, io: I)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let handler = self.handler;
-        let service = hyper::service::service_fn(move |req| {
-            let handler = handler.clone();
-            // Boxed while in flight: the handler's future is ~4 KiB (the whole policy stack
-            // inline; ~9 KiB before the dial paths were boxed), and hyper would otherwise
-            // keep a slot that size per connection for the connection's whole life.
-            let handling = Box::pin(async move { handler.handle(req).await });
-            async move { Ok::<_, Infallible>(handling.await) }
-        });
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let conn = self.graceful.watch(conn);
-        let gauge = self.gauge;
-        tokio::spawn(async move {
-            gauge.inc();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "client connection ended with an error");
+        self.gauge.inc();
+        let settings = self.settings.clone();
+        let conn = settings
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(io), self.service());
+        self.run(conn).await;
+        self.gauge.dec();
+    }
+
+    /// Drives `conn` to its end; on shutdown lets its in-flight requests finish first.
+    async fn run<C, E>(&self, conn: C)
+    where
+        C: Future<Output = Result<(), E>> + Drain,
+        E: std::fmt::Display,
+    {
+        let mut conn = std::pin::pin!(conn);
+        let mut shutdown = self.shutdown.clone();
+        let stopping = async move {
+            // The guard `wait_for` returns is not Send: dropped before this future ends.
+            let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
+        };
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = stopping => {
+                conn.as_mut().drain();
+                conn.await
             }
-            gauge.dec();
-        });
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
     }
 }

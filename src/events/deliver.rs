@@ -147,9 +147,12 @@ impl Subscriber {
                             self.spawn_delivery(entry, deliveries, &mut slots, &shutdown);
                         }
                         // A finished sweep: every entry idle in a dead consumer has moved.
+                        // Housekeeping: a failure here is retried at the next sweep, and
+                        // a Redis outage shows up in the read below.
                         if cursor == "0-0" {
                             if let Err(e) = self.forget_dead_consumers().await {
-                                failure = Some(e);
+                                self.cmd.failed(&e);
+                                tracing::debug!(r#type = %self.sub.event_type, error = %e, "could not look for dead consumers");
                             }
                         }
                     }

@@ -1173,6 +1173,49 @@ async fn shutdown_finishes_in_flight_deliveries_and_reads_no_more() {
     publisher.shutdown().await;
 }
 
+/// A batch in which one event fails answers 503 with what was confirmed, and the published
+/// counter counts the events that were stored (it used to count none of the batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_counts_what_it_stored() {
+    let redis = RedisServer::start();
+    // The dedupe key of line 1000 (the first of the second chunk of 1000) is not a string:
+    // the publish script fails there (WRONGTYPE), after the first chunk was stored.
+    let _: i64 = redis::cmd("HSET")
+        .arg("mesh:evid:cut:1000")
+        .arg("x")
+        .arg("y")
+        .query(&mut redis.conn())
+        .unwrap();
+    let s = sidecar(&config("orders", &redis, None, "")).await;
+    let lines: String = (0..1500).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+    let req = Request::post("/v1/events/cut")
+        .header("host", "localhost")
+        .header("content-type", "application/x-ndjson")
+        .header("x-event-id", "cut")
+        .body(Full::new(Bytes::from(lines)))
+        .unwrap();
+    let a = send(s.addresses.api, req).await.unwrap();
+    assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+    // Redis runs the rest of the pipeline: every event but the poisoned one is stored,
+    // and the answer and the counter say so.
+    let text = String::from_utf8_lossy(&a.body).into_owned();
+    assert!(text.contains("event 1000 (0-based)"), "{text}");
+    assert!(
+        text.contains("1499 of 1500 events confirmed stored"),
+        "{text}"
+    );
+    assert_eq!(xlen(&redis, "mesh:events:cut"), 1499);
+    assert_eq!(
+        metric(
+            s.addresses.telemetry,
+            r#"meshlet_events_published_total{duplicate="false",type="cut"}"#
+        )
+        .await,
+        1499.0
+    );
+    s.shutdown().await;
+}
+
 /// A subscriber meshlet process killed with SIGKILL mid-stream and started again: every
 /// event reaches the app at least once (the dead consumer's pending entries are taken over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

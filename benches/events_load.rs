@@ -172,18 +172,19 @@ fn stamp(text: &[u8]) -> Option<(u64, u64)> {
 /// A fixed-rate schedule: event `n` is due at `start + n / rate`.
 struct Pace {
     start: tokio::time::Instant,
-    interval: Duration,
+    interval_ns: u64,
 }
 
 impl Pace {
     fn new(rate: u64) -> Pace {
         Pace {
             start: tokio::time::Instant::now() + Duration::from_millis(20),
-            interval: Duration::from_nanos(1_000_000_000 / rate.max(1)),
+            interval_ns: 1_000_000_000 / rate.max(1),
         }
     }
     async fn wait(&self, n: u64) {
-        tokio::time::sleep_until(self.start + self.interval * n as u32).await;
+        let due = Duration::from_nanos(self.interval_ns.saturating_mul(n));
+        tokio::time::sleep_until(self.start + due).await;
     }
 }
 
@@ -470,7 +471,7 @@ async fn deliver(o: &Options) -> Result<String, BenchError> {
                     )));
                 }
                 if n >= warmup {
-                    answers.push(now_ns() - t);
+                    answers.push(now_ns().saturating_sub(t));
                 }
                 n += conns;
             }

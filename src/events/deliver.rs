@@ -45,9 +45,11 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// delivered again later: at least once).
 const FINISH_TRIES: u32 = 3;
 /// A consumer with nothing pending is forgotten once idle this many times the takeover idle
-/// time (`2 × timeout`). A live meshlet reads at least every `timeout` (at most 5 s), so
-/// only dead ones get there; and were a live one removed, its next read recreates it with
-/// nothing lost (the removal checks that nothing is pending, in the same step).
+/// time (`2 × timeout`). From Redis 7.2, idle counts from the last read attempt and a live
+/// meshlet reads at least every `timeout` (at most 5 s), so only dead ones get there. Up to
+/// 7.0 it counts from the last read that returned entries, so a live meshlet on a quiet
+/// stream is removed too: harmless, it has nothing pending (checked in the same step) and
+/// Redis recreates it with the next entry its blocked read gets.
 pub const FORGET_FACTOR: u32 = 10;
 
 /// Everything one subscription's tasks share.

@@ -222,31 +222,49 @@ async fn publish_batch(
             fields.traceparent.clone(),
         ));
     }
+    let counters = events.metrics.publish(fields.event_type);
     let mut results: Vec<Published> = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(BATCH_CHUNK) {
         let stored = tokio::time::timeout(PUBLISH_WAIT, events.publisher.publish_batch(chunk))
             .await
             .map_err(|_| format!("no answer within {PUBLISH_WAIT:?}"))
             .and_then(|r| r.map_err(|e| e.to_string()));
+        // Counted as each event is confirmed: a batch cut short by a failure still counts
+        // what it stored.
+        let mut failed = None;
+        let first = results.len(); // every earlier chunk was stored whole
         match stored {
-            Ok(published) => results.extend(published),
-            Err(e) => {
-                return Err(EventsError::Unavailable(format!(
-                    "{e}; {} of {} events confirmed stored",
-                    results.len(),
-                    batch.len()
-                )))
+            Ok(replies) => {
+                for (i, reply) in replies.into_iter().enumerate() {
+                    match reply {
+                        Ok(p) => {
+                            if p.duplicate {
+                                counters.duplicate.inc();
+                            } else {
+                                counters.stored.inc();
+                            }
+                            results.push(p);
+                        }
+                        Err(e) if failed.is_none() => {
+                            failed = Some(format!("event {} (0-based): {e}", first + i));
+                        }
+                        Err(_) => {}
+                    }
+                }
             }
+            Err(e) => failed = Some(e),
+        }
+        if let Some(e) = failed {
+            // Resending the batch with the same x-event-id stores only what is missing.
+            return Err(EventsError::Unavailable(format!(
+                "{e}; {} of {} events confirmed stored",
+                results.len(),
+                batch.len()
+            )));
         }
     }
-    let counters = events.metrics.publish(fields.event_type);
     let mut out = Vec::with_capacity(results.len() * 96);
     for published in &results {
-        if published.duplicate {
-            counters.duplicate.inc();
-        } else {
-            counters.stored.inc();
-        }
         // Serializing a struct of strings and a bool cannot fail.
         let _ = serde_json::to_writer(&mut out, published);
         out.push(b'\n');

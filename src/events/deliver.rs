@@ -11,6 +11,9 @@
 //!    takeover by another meshlet; with one slot, entries go out in stream order.
 //! 3. **take over**: every `timeout`, XAUTOCLAIM entries idle longer than `2 × timeout`
 //!    (their meshlet died) into the free slots.
+//!    Once a sweep has gone through every pending entry, consumers of the group that have
+//!    nothing pending and were not seen for [`FORGET_FACTOR`] × that idle time are removed
+//!    (dead meshlets' consumers would otherwise stay in the group forever).
 //! 4. **read**: XREADGROUP `>` for the free slots, blocking until the next takeover is due.
 //! 5. **deliver** (a task per entry): POST; 2xx → XACK; 4xx but 408/429 → dead letter
 //!    `rejected`; otherwise wait a doubling, jittered backoff (keeping the entry from
@@ -32,7 +35,7 @@ use super::envelope::{
 use super::link::{is_busygroup, is_nogroup, Link};
 use super::metrics::SubscriptionMetrics;
 use super::publish::minid;
-use super::scripts::{DEAD_LETTER, HOLD, REDELIVER, TAKE_OVER};
+use super::scripts::{DEAD_LETTER, FORGET_CONSUMERS, HOLD, REDELIVER, TAKE_OVER};
 use crate::config::{StreamStart, Subscription};
 use crate::registry::connection::{Backoff, Outage, REDIS_IO_TIMEOUT};
 
@@ -41,6 +44,13 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// Tries of an XACK or dead-letter write before the entry is left pending (it is then
 /// delivered again later: at least once).
 const FINISH_TRIES: u32 = 3;
+/// A consumer with nothing pending is forgotten once idle this many times the takeover idle
+/// time (`2 × timeout`). From Redis 7.2, idle counts from the last read attempt and a live
+/// meshlet reads at least every `timeout` (at most 5 s), so only dead ones get there. Up to
+/// 7.0 it counts from the last read that returned entries, so a live meshlet on a quiet
+/// stream is removed too: harmless, it has nothing pending (checked in the same step) and
+/// Redis recreates it with the next entry its blocked read gets.
+pub const FORGET_FACTOR: u32 = 10;
 
 /// Everything one subscription's tasks share.
 pub struct Subscriber {
@@ -137,6 +147,15 @@ impl Subscriber {
                         for (entry, deliveries) in claimed {
                             tracing::info!(r#type = %self.sub.event_type, id = %entry.id, deliveries, "took over an entry abandoned by another consumer");
                             self.spawn_delivery(entry, deliveries, &mut slots, &shutdown);
+                        }
+                        // A finished sweep: every entry idle in a dead consumer has moved.
+                        // Housekeeping: a failure here is retried at the next sweep, and
+                        // a Redis outage shows up in the read below.
+                        if cursor == "0-0" {
+                            if let Err(e) = self.forget_dead_consumers().await {
+                                self.cmd.failed(&e);
+                                tracing::debug!(r#type = %self.sub.event_type, error = %e, "could not look for dead consumers");
+                            }
                         }
                     }
                     Err(e) => failure = Some(e),
@@ -276,6 +295,24 @@ impl Subscriber {
                 Some((entry, deliveries))
             })
             .collect())
+    }
+
+    /// Removes the group's consumers that have nothing pending and were idle for
+    /// [`FORGET_FACTOR`] × the takeover idle time (never this meshlet's own).
+    async fn forget_dead_consumers(&self) -> Result<(), RedisError> {
+        let mut conn = self.cmd.get().await?;
+        let min_idle = (self.timeout() * 2 * FORGET_FACTOR).as_millis() as u64;
+        let removed: Vec<String> = FORGET_CONSUMERS
+            .key(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(min_idle)
+            .invoke_async(&mut conn)
+            .await?;
+        if !removed.is_empty() {
+            tracing::info!(r#type = %self.sub.event_type, group = %self.group, ?removed, "removed consumers of dead meshlets (nothing pending, idle {min_idle} ms)");
+        }
+        Ok(())
     }
 
     /// Owns `entry` until it is acknowledged, dead-lettered, or (shutdown, takeover, Redis

@@ -71,20 +71,26 @@ impl Publisher {
     }
 
     /// Stores many events in one pipeline (the script is loaded first in the same
-    /// round trip, so a Redis restart cannot fail the batch with NOSCRIPT).
-    pub async fn publish_batch(&self, events: &[NewEvent]) -> Result<Vec<Published>, RedisError> {
+    /// round trip, so a Redis restart cannot fail the batch with NOSCRIPT). Redis runs
+    /// every command of a pipeline even when one fails, so the answer is one result per
+    /// event; the outer error is the round trip failing as a whole (nothing confirmed).
+    pub async fn publish_batch(
+        &self,
+        events: &[NewEvent],
+    ) -> Result<Vec<Result<Published, RedisError>>, RedisError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let minid = self.minid();
         let invocations: Vec<_> = events.iter().map(|e| self.invocation(e, &minid)).collect();
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         pipe.load_script(&PUBLISH).ignore();
         for invocation in &invocations {
             pipe.invoke_script(invocation);
         }
         let mut tries = 0;
-        let replies: Vec<(String, i64)> = loop {
+        let replies: Vec<Result<(String, i64), RedisError>> = loop {
             tries += 1;
             let mut conn = self.link.get().await?;
             match pipe.query_async(&mut conn).await {
@@ -100,10 +106,12 @@ impl Publisher {
         Ok(events
             .iter()
             .zip(replies)
-            .map(|(event, (stream_id, duplicate))| Published {
-                event_id: event.event_id.clone(),
-                stream_id,
-                duplicate: duplicate == 1,
+            .map(|(event, reply)| {
+                reply.map(|(stream_id, duplicate)| Published {
+                    event_id: event.event_id.clone(),
+                    stream_id,
+                    duplicate: duplicate == 1,
+                })
             })
             .collect())
     }

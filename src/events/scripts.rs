@@ -102,6 +102,32 @@ return {r[1], out}
     )
 });
 
+/// Forgetting dead consumers: a meshlet that died leaves its consumer in the group for
+/// good (XINFO CONSUMERS lists it forever) even after its entries were taken over. This
+/// removes every consumer but the caller that has nothing pending and has not been seen for
+/// longer than the given idle time. Check and delete are one step: a consumer that read an
+/// entry in between would otherwise lose that entry from the pending list with it.
+///
+/// KEYS: `{prefix}:events:{type}`. ARGV: group, own consumer, min idle (ms).
+/// Returns the names removed.
+pub static FORGET_CONSUMERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local removed = {}
+local min_idle = tonumber(ARGV[3])
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info.name ~= ARGV[2] and info.pending == 0 and info.idle > min_idle then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info.name)
+    table.insert(removed, info.name)
+  end
+end
+return removed
+",
+    )
+});
+
 /// Replay: re-publish a dead letter to its stream, keeping its event id (no dedupe: the
 /// id was already seen) and only the original fields, then remove it from the DLQ.
 ///

@@ -26,15 +26,28 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `appendonly yes` (with `appendfsync everysec`) instead of no persistence.
+    appendonly: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// A redis-server that keeps its data in an append-only file in its temp dir
+    /// (`appendfsync everysec`), for restarts that keep the data.
+    pub fn start_appendonly() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(appendonly: bool) -> RedisServer {
         for _ in 0..20 {
             let mut server = RedisServer {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
+                appendonly,
             };
             if server.spawn() {
                 return server;
@@ -53,7 +66,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.appendonly { "yes" } else { "no" },
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 self.dir.path().to_str().expect("utf-8 temp path"),
             ])
@@ -96,6 +111,44 @@ impl RedisServer {
     /// Starts again on the same port, empty (nothing is persisted).
     pub fn restart(&mut self) {
         self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not come back on port {}", self.port);
+    }
+
+    /// A graceful restart on the same port and dir: [`RedisServer::shutdown`], then
+    /// [`RedisServer::start_again`]; with [`RedisServer::start_appendonly`] the data comes back.
+    pub fn shutdown_and_restart(&mut self) {
+        self.shutdown();
+        self.start_again();
+    }
+
+    /// `SHUTDOWN`: Redis writes and fsyncs its append-only file (when it has one) and exits.
+    pub fn shutdown(&mut self) {
+        if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+            // The connection closes under the command: an error reply is the normal answer.
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut conn);
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !matches!(c.try_wait(), Ok(Some(_))) {
+                if Instant::now() >= deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("redis-server did not exit after SHUTDOWN within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Starts again on the same port and dir (after [`RedisServer::shutdown`]).
+    pub fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.spawn() {

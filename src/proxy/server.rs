@@ -256,13 +256,22 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     /// Boxed while in flight: the handler's future is ~4 KiB (the whole policy stack inline;
-    /// ~9 KiB before the dial paths were boxed), and hyper would otherwise keep a slot that
-    /// size per connection for the connection's whole life.
+    /// ~9 KiB before the dial paths were boxed). Unboxed, hyper's HTTP/1.1 server keeps a
+    /// slot that size per connection for the connection's whole life, and its h2 server
+    /// moves it by value several times while spawning each stream's task.
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let handler = self.0.clone();
-        Box::pin(async move { Ok(handler.handle(req).await) })
+        // Allocated first, then written: the future is built in the box. `Box::pin(fut)`
+        // builds it on the stack and copies all of it.
+        let slot: Box<std::mem::MaybeUninit<_>> = Box::new_uninit();
+        let handling: Pin<Box<_>> =
+            Box::into_pin(Box::write(
+                slot,
+                async move { Ok(handler.handle(req).await) },
+            ));
+        handling
     }
 }
 

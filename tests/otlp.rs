@@ -1,6 +1,8 @@
-//! OTLP trace export against a real OTLP/HTTP receiver on 127.0.0.1 (decoded with the
-//! opentelemetry-proto types): a call through two meshlets gives a CLIENT span that is the
-//! child of the app's `traceparent` and a SERVER span that is the child of that one.
+//! OTLP trace export against real OTLP receivers on 127.0.0.1, one per transport: OTLP/HTTP
+//! (decoded with the opentelemetry-proto types) and OTLP/gRPC (tonic serving the
+//! opentelemetry-proto `TraceService`). Through either, a call through two meshlets gives a
+//! CLIENT span that is the child of the app's `traceparent` and a SERVER span that is the
+//! child of that one.
 
 mod support;
 
@@ -13,7 +15,12 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use support::*;
 
@@ -36,21 +43,7 @@ async fn otlp_receiver() -> (SocketAddr, Received) {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let export =
                             ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
-                        for rs in export.resource_spans {
-                            let service = rs
-                                .resource
-                                .iter()
-                                .flat_map(|r| r.attributes.iter())
-                                .find(|kv| kv.key == "service.name")
-                                .and_then(|kv| kv.value.as_ref())
-                                .map(|v| format!("{:?}", v.value))
-                                .unwrap_or_default();
-                            for ss in rs.scope_spans {
-                                for span in ss.spans {
-                                    sink.lock().unwrap().push((service.clone(), span));
-                                }
-                            }
-                        }
+                        keep(export, &sink);
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
                     }
                 });
@@ -63,24 +56,85 @@ async fn otlp_receiver() -> (SocketAddr, Received) {
     (addr, got)
 }
 
+/// Files every span of `export` under its resource's `service.name`.
+fn keep(export: ExportTraceServiceRequest, sink: &Received) {
+    for rs in export.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| kv.value.as_ref())
+            .map(|v| format!("{:?}", v.value))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                sink.lock().unwrap().push((service.clone(), span));
+            }
+        }
+    }
+}
+
+/// An OTLP/gRPC collector: `TraceService/Export` served by tonic.
+struct Collector(Received);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(request.into_inner(), &self.0);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts the gRPC collector on 127.0.0.1; the port is bound before this returns.
+async fn otlp_grpc_receiver() -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Received = Arc::default();
+    let service = TraceServiceServer::new(Collector(got.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (addr, got)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
-async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
-    let (receiver, got) = otlp_receiver().await;
+/// The app's own trace and span ids, sent in `traceparent` with the sampled flag.
+const APP_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const APP_SPAN: &str = "b7ad6b7169203331";
+/// A trace the app marked unsampled: nothing of it may be exported.
+const QUIET_TRACE: &str = "11111111111111111111111111111111";
+
+/// orders' meshlet (the caller) → inventory's meshlet (the callee) → inventory's app, both
+/// meshlets exporting to the same receiver with `telemetry` (a YAML line).
+struct TwoHops {
+    caller: meshlet::sidecar::Sidecar,
+    callee: meshlet::sidecar::Sidecar,
+    _redis: RedisServer,
+    _app: Upstream,
+}
+
+/// Starts the two hops and waits until the caller reaches inventory; the receiver's spans
+/// of that warm-up are cleared.
+async fn two_hops(telemetry: &str, got: &Received) -> TwoHops {
     let redis = RedisServer::start();
     let app = Upstream::start("inventory-app").await;
-    let otlp = format!("telemetry: {{otlp: {{endpoint: \"http://{receiver}\", sample: 1.0}}}}\n");
     let callee = sidecar(&format!(
-        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{otlp}",
+        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{telemetry}",
         app.addr,
         redis.url()
     ))
     .await;
     let caller = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{otlp}",
+        "service: {{name: orders}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{telemetry}",
         redis.url()
     ))
     .await;
@@ -92,32 +146,50 @@ async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
         .await
     );
     got.lock().unwrap().clear();
+    TwoHops {
+        caller,
+        callee,
+        _redis: redis,
+        _app: app,
+    }
+}
 
-    let app_trace = "0af7651916cd43dd8448eb211c80319c";
-    let app_span = "b7ad6b7169203331";
-    let req = Request::get("http://inventory/items")
-        .header("traceparent", format!("00-{app_trace}-{app_span}-01"))
+/// One call carrying an unsampled `traceparent`, then one carrying the app's sampled one.
+/// In that order: a span of the first, had it been queued, would leave before the second's.
+async fn call_unsampled_then_sampled(hops: &TwoHops) {
+    let out = hops.caller.addresses.outbound;
+    let req = Request::get("http://inventory/quiet")
+        .header(
+            "traceparent",
+            format!("00-{QUIET_TRACE}-2222222222222222-00"),
+        )
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(send(out, req).await.unwrap().status, 200);
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let n = got
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, s)| hex(&s.trace_id) == app_trace)
-                .count();
-            async move { n >= 2 }
-        })
-        .await,
-        "both hops exported within the batch delay"
-    );
+    let req = Request::get("http://inventory/items")
+        .header("traceparent", format!("00-{APP_TRACE}-{APP_SPAN}-01"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(out, req).await.unwrap().status, 200);
+}
+
+/// Spans of the app's trace received so far.
+fn app_spans(got: &Received) -> usize {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| hex(&s.trace_id) == APP_TRACE)
+        .count()
+}
+
+/// The caller's CLIENT span is the child of the app's span, the callee's SERVER span the
+/// child of the caller's, each under its own `service.name`; the unsampled trace is absent.
+fn assert_parent_and_child(got: &Received) {
     let spans: Vec<_> = got
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, s)| hex(&s.trace_id) == app_trace)
+        .filter(|(_, s)| hex(&s.trace_id) == APP_TRACE)
         .cloned()
         .collect();
     let client = spans
@@ -130,7 +202,7 @@ async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
         .expect("a SERVER span from inventory");
     assert_eq!(
         hex(&client.1.parent_span_id),
-        app_span,
+        APP_SPAN,
         "the caller meshlet's span is the child of the app's"
     );
     assert_eq!(
@@ -139,22 +211,47 @@ async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
         "the far meshlet's span is the child of the caller's"
     );
     assert!(client.1.end_time_unix_nano >= client.1.start_time_unix_nano);
+    assert!(
+        got.lock()
+            .unwrap()
+            .iter()
+            .all(|(_, s)| hex(&s.trace_id) != QUIET_TRACE),
+        "unsampled traces are not exported"
+    );
+}
 
-    // Unsampled traces are not exported.
-    got.lock().unwrap().clear();
-    let req = Request::get("http://inventory/quiet")
-        .header(
-            "traceparent",
-            "00-11111111111111111111111111111111-2222222222222222-00",
-        )
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(send(out, req).await.unwrap().status, 200);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(got
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|(_, s)| hex(&s.trace_id) != "11111111111111111111111111111111"));
-    callee.shutdown().await;
+#[tokio::test]
+async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
+    let (receiver, got) = otlp_receiver().await;
+    let otlp = format!("telemetry: {{otlp: {{endpoint: \"http://{receiver}\", sample: 1.0}}}}\n");
+    let hops = two_hops(&otlp, &got).await;
+    call_unsampled_then_sampled(&hops).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let n = app_spans(&got);
+            async move { n >= 2 }
+        })
+        .await,
+        "both hops exported within the batch delay"
+    );
+    // The unsampled call went first into the same queues: a batch that carried the app's
+    // spans would have carried it too.
+    assert_parent_and_child(&got);
+    hops.callee.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_export_reaches_a_trace_service_and_is_flushed_at_shutdown() {
+    let (receiver, got) = otlp_grpc_receiver().await;
+    let otlp = format!(
+        "telemetry: {{otlp: {{endpoint: \"http://{receiver}\", protocol: grpc, sample: 1.0}}}}\n"
+    );
+    let hops = two_hops(&otlp, &got).await;
+    call_unsampled_then_sampled(&hops).await;
+    // No waiting for the batch delay: both spans were queued before the answer reached the
+    // client, and a graceful shutdown exports what is queued before it returns.
+    hops.caller.shutdown().await;
+    hops.callee.shutdown().await;
+    assert_eq!(app_spans(&got), 2, "one span per hop, flushed at shutdown");
+    assert_parent_and_child(&got);
 }

@@ -221,10 +221,12 @@ fn validate(c: &Config) -> Result<(), Violation> {
         if !(0.0..=1.0).contains(&otlp.sample) {
             return fail("telemetry.otlp.sample".into(), "must be between 0 and 1");
         }
-        if otlp.protocol != "http/protobuf" {
+        if otlp.protocol == super::OtlpProtocol::Grpc
+            && (otlp.endpoint.0.scheme_str() != Some("http") || otlp.endpoint.0.host().is_none())
+        {
             return fail(
-                "telemetry.otlp.protocol".into(),
-                "only `http/protobuf` is supported",
+                "telemetry.otlp.endpoint".into(),
+                "grpc needs `http://host:port` (h2c; the gRPC exporter has no TLS)",
             );
         }
     }
@@ -373,6 +375,42 @@ mod tests {
         assert!(e.starts_with("test.yaml:3: routes.0.prefix"), "{e}");
         let e = err("service: {name: orders}\nregistry:\n  ttl: 5s\n  heartbeat: 10s\n");
         assert!(e.starts_with("test.yaml:4: registry.heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn otlp_protocol_is_http_protobuf_or_grpc() {
+        use crate::config::OtlpProtocol;
+        let otlp = |p: &str| {
+            format!("service: {{name: orders}}\ntelemetry:\n  otlp:\n    endpoint: http://c:4317\n    protocol: {p}\n")
+        };
+        for (text, want) in [
+            ("http/protobuf", OtlpProtocol::HttpProtobuf),
+            ("grpc", OtlpProtocol::Grpc),
+        ] {
+            let c = LoadedConfig::from_text(&otlp(text), "t").unwrap();
+            let got = c.config.telemetry.otlp.map(|o| o.protocol);
+            assert_eq!(got, Some(want));
+        }
+        let c = LoadedConfig::from_text(
+            "service: {name: orders}\ntelemetry: {otlp: {endpoint: http://c:4318}}\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.config.telemetry.otlp.map(|o| o.protocol),
+            Some(OtlpProtocol::HttpProtobuf)
+        );
+        let e = err(&otlp("grpc").replace("http://c", "https://c"));
+        assert!(e.starts_with("test.yaml:4: telemetry.otlp.endpoint"), "{e}");
+        let e = err(&otlp("http/json"));
+        assert!(
+            e.starts_with("test.yaml:5:15: telemetry.otlp.protocol"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`http/protobuf`, `grpc`") || e.contains("`http/protobuf` or `grpc`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -528,12 +528,25 @@ pub struct TelemetryConfig {
 pub struct OtlpConfig {
     /// Collector URL.
     pub endpoint: Parsed<http::Uri>,
-    /// Only `http/protobuf`.
-    #[serde(default = "defaults::otlp_protocol")]
-    pub protocol: String,
+    /// How spans travel to the collector.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
     /// Share of traces started here that are sampled, 0-1.
     #[serde(default = "defaults::sample")]
     pub sample: f64,
+}
+
+/// `telemetry.otlp.protocol:` the two OTLP transports meshlet speaks. Any other value is a
+/// parse error located at the value (serde names both accepted spellings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies, POSTed to `{endpoint}/v1/traces` (the default).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/gRPC: the `TraceService/Export` method at `{endpoint}`.
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 mod defaults {
@@ -599,9 +612,6 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
-    }
-    pub(super) fn otlp_protocol() -> String {
-        "http/protobuf".to_owned()
     }
     pub(super) fn sample() -> f64 {
         1.0

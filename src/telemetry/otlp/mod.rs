@@ -4,6 +4,11 @@
 //! (child of the calling meshlet's span). Spans go to the OpenTelemetry SDK's batch
 //! processor: a bounded queue drained by its own thread, so a request never waits on export
 //! (a full queue drops spans). Nothing is built or exported when the section is unset.
+//!
+//! Two transports: OTLP/HTTP with protobuf bodies (the default; the SDK's export thread
+//! posts with a blocking client) and OTLP/gRPC ([`grpc`]: tonic, on a runtime of its own).
+
+mod grpc;
 
 use std::cell::Cell;
 use std::time::{Duration, SystemTime};
@@ -19,7 +24,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 
-use crate::config::OtlpConfig;
+use crate::config::{OtlpConfig, OtlpProtocol};
 use crate::identity::trace::TraceContext;
 
 /// Why the exporter could not be built.
@@ -93,34 +98,45 @@ impl std::fmt::Debug for SpanExport {
 }
 
 impl SpanExport {
-    /// An exporter posting to `{endpoint}/v1/traces` (OTLP over HTTP, protobuf).
+    /// An exporter for `config.protocol`: OTLP/HTTP posting to `{endpoint}/v1/traces`, or
+    /// OTLP/gRPC calling `TraceService/Export` at `{endpoint}`.
     pub fn new(service: &str, config: &OtlpConfig) -> Result<SpanExport, OtlpError> {
-        let url = format!(
-            "{}/v1/traces",
-            config.endpoint.0.to_string().trim_end_matches('/')
-        );
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(url)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| OtlpError(e.to_string()))?;
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(4096)
-            .with_scheduled_delay(Duration::from_millis(500))
+        let endpoint = config.endpoint.0.to_string();
+        let endpoint = endpoint.trim_end_matches('/');
+        let resource = Resource::builder()
+            .with_service_name(service.to_owned())
             .build();
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch)
-            .build();
+        // The same bounded queue and schedule for both transports.
+        let batch = || {
+            BatchConfigBuilder::default()
+                .with_max_queue_size(4096)
+                .with_scheduled_delay(Duration::from_millis(500))
+                .build()
+        };
+        let processor = match config.protocol {
+            OtlpProtocol::HttpProtobuf => {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{endpoint}/v1/traces"))
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| OtlpError(e.to_string()))?;
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch())
+                    .build()
+            }
+            OtlpProtocol::Grpc => {
+                let exporter = grpc::GrpcExporter::new(endpoint.to_owned(), &resource)?;
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch())
+                    .build()
+            }
+        };
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_id_generator(WireIds)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(service.to_owned())
-                    .build(),
-            )
+            .with_resource(resource)
             .build();
         let tracer = provider.tracer("meshlet");
         Ok(SpanExport {
@@ -178,9 +194,10 @@ impl SpanExport {
         span.end_with_timestamp(done.end);
     }
 
-    /// Flushes what is queued (at shutdown).
+    /// Exports what is queued and stops (at shutdown). The processor's shutdown exports its
+    /// queue itself, so this one call bounds the wait to the SDK's 5 s; a `force_flush`
+    /// first would add a second 5 s wait when the collector does not answer.
     pub fn shutdown(&self) {
-        let _ = self.provider.force_flush();
         let _ = self.provider.shutdown();
     }
 }

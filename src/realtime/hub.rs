@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::auth::Identity;
 use super::metrics::RealtimeMetrics;
+use super::queue::{PushError, SendQueue};
 
 /// A position in a room's history: a Redis stream id (`ms-seq`), ordered numerically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -166,7 +167,8 @@ pub struct Client {
     pub identity: Identity,
     /// The user id as a shared key.
     pub user: Option<Arc<str>>,
-    queue: mpsc::Sender<Arc<Delivery>>,
+    /// Deliveries waiting for the connection task.
+    pub queue: SendQueue<Arc<Delivery>>,
     rooms: Mutex<HashSet<Arc<str>>>,
     close: Mutex<Option<CloseReason>>,
     /// Woken when the hub wants the connection closed.
@@ -176,34 +178,28 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client and the receiving end of its send queue.
-    pub fn new(
-        id: Arc<str>,
-        identity: Identity,
-        queue_len: usize,
-    ) -> (Arc<Client>, mpsc::Receiver<Arc<Delivery>>) {
-        let (tx, rx) = mpsc::channel(queue_len.max(1));
+    /// A client with an empty send queue of `queue_len` messages.
+    pub fn new(id: Arc<str>, identity: Identity, queue_len: usize) -> Arc<Client> {
         let user = identity.user.as_deref().map(Arc::from);
-        let client = Arc::new(Client {
+        Arc::new(Client {
             id,
             identity,
             user,
-            queue: tx,
+            queue: SendQueue::new(queue_len),
             rooms: Mutex::new(HashSet::new()),
             close: Mutex::new(None),
             closing: Notify::new(),
             since: Instant::now(),
-        });
-        (client, rx)
+        })
     }
 
     /// Queues `delivery` without waiting. A full queue marks the client slow; returns
     /// whether the client was newly found slow.
     pub fn send(&self, delivery: &Arc<Delivery>) -> bool {
-        match self.queue.try_send(delivery.clone()) {
+        match self.queue.push(delivery.clone()) {
             Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => self.close(CloseReason::Slow),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Full) => self.close(CloseReason::Slow),
+            Err(PushError::Closed) => false,
         }
     }
 
@@ -349,9 +345,17 @@ impl Hub {
         departure
     }
 
-    /// Puts `client` in `room`; returns whether it was not a member before.
-    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> bool {
+    /// Puts `client` in `room`; returns whether it was not a member before, or `None`
+    /// when the client is no longer connected (a server-side join that raced its
+    /// disconnect must not leave it in a room nobody would ever take it out of).
+    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> Option<bool> {
         let mut rooms = write(&self.rooms);
+        // Checked under the rooms lock: `unregister` removes the client from `clients`
+        // before it empties the client's rooms under this lock, so either this join
+        // sees it gone, or `unregister` sees the room this join added.
+        if !read(&self.clients).contains_key(&client.id) {
+            return None;
+        }
         let added = rooms
             .entry(room.clone())
             .or_default()
@@ -359,7 +363,7 @@ impl Hub {
             .is_none();
         lock(&client.rooms).insert(room.clone());
         self.metrics.rooms.set(rooms.len() as i64);
-        added
+        Some(added)
     }
 
     /// Takes `client` out of `room`; returns `Some(room_now_empty)` when it was a member.
@@ -536,12 +540,24 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_left_cannot_be_joined_to_a_room() {
+        let hub = hub();
+        let client = Client::new("i:1".into(), Identity::default(), 1);
+        hub.register(&client);
+        hub.unregister(&client);
+        let room: Arc<str> = "r".into();
+        assert_eq!(hub.join(&client, &room), None);
+        assert!(!hub.has_room("r"));
+        assert!(client.rooms().is_empty());
+    }
+
+    #[test]
     fn full_queue_marks_the_client_slow_once() {
         let hub = hub();
-        let (client, _rx) = Client::new("i:1".into(), Identity::default(), 1);
+        let client = Client::new("i:1".into(), Identity::default(), 1);
         hub.register(&client);
         let room: Arc<str> = "r".into();
-        assert!(hub.join(&client, &room));
+        assert_eq!(hub.join(&client, &room), Some(true));
         let d = Delivery::plain("x".into());
         assert_eq!(hub.deliver(&Target::Room("r".into()), &d), 1);
         assert!(client.close_reason().is_none());

@@ -840,30 +840,33 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     let dropped_before = apis[0].stats().await?["slow_clients_dropped"]
         .as_u64()
         .unwrap_or(0);
-    // Watch the first meshlet's drop counter beside the broadcasts.
+    // Watch the first meshlet's drop counter beside the broadcasts; once it moves (or the
+    // phase is over), the stuck client reads again: what was buffered, then the close.
     let watch_addr = args.api[0];
     let limit = Duration::from_secs(args.slow_seconds + 5);
     let watcher = tokio::spawn(async move {
         let mut api = Api::connect(watch_addr).await?;
         let t0 = Instant::now();
+        let mut cut = None;
         while t0.elapsed() < limit {
             let n = api.stats().await?["slow_clients_dropped"]
                 .as_u64()
                 .unwrap_or(0);
             if n > dropped_before {
-                return Ok(Some(t0.elapsed()));
+                cut = Some(t0.elapsed());
+                break;
             }
             sleep(Duration::from_millis(5)).await;
         }
-        Ok::<_, LoadError>(None)
+        let seen = slow.ask("report").await?;
+        slow.quit().await;
+        Ok::<_, LoadError>((cut, seen))
     });
     let with_slow =
         latency_phase(&mut fleet, &mut apis[last], slow_count, slow_every, &pad).await?;
-    let cut_after = watcher
+    let (cut_after, slow_seen) = watcher
         .await
         .map_err(|e| LoadError::Protocol(e.to_string()))??;
-    let slow_seen = slow.ask("report").await?;
-    slow.quit().await;
     log(&format!(
         "with a slow client: {with_slow}; cut after {cut_after:?}; slow client: {slow_seen}"
     ));
@@ -895,12 +898,13 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     for &rate in &args.rates {
         let every = Duration::from_micros(1_000_000 / rate.max(1));
         let count = rate * args.rate_seconds;
-        let t = Instant::now();
         let step = latency_phase(&mut fleet, &mut apis[last], count, every, &pad).await?;
         let delivered = step["received"].as_u64().unwrap_or(0);
         let complete = delivered >= step["expected"].as_u64().unwrap_or(u64::MAX);
         let mut step = step;
-        step["frames_per_s"] = json!(delivered as f64 / t.elapsed().as_secs_f64().max(0.001));
+        // Frames delivered per second of sending.
+        let sending_s = count as f64 / step["rate_per_s"].as_f64().unwrap_or(1.0).max(0.001);
+        step["frames_per_s"] = json!(delivered as f64 / sending_s);
         step["complete"] = json!(complete);
         log(&format!("throughput at {rate}/s: {step}"));
         ladder.push(step);

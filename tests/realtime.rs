@@ -318,9 +318,16 @@ async fn join_broadcast_leave_across_two_meshlets() {
         assert_eq!(m["offset"], offset.as_str());
     }
 
-    // Rooms and stats on the local API.
-    let rooms = get(a.addresses.api, "/v1/rooms").await.json();
-    assert_eq!(rooms["rooms"], json!([{"room": "lobby", "clients": 1}]));
+    // Rooms (cluster-wide: presence is written in the background) and stats.
+    let lobby = json!([{"room": "lobby", "clients": 2, "local": 1}]);
+    assert!(
+        eventually(WAIT, || async {
+            get(a.addresses.api, "/v1/rooms").await.json()["rooms"] == lobby
+        })
+        .await,
+        "{}",
+        get(a.addresses.api, "/v1/rooms").await.json()
+    );
     let stats = get(a.addresses.api, "/v1/realtime").await.json();
     assert_eq!(stats["connections"], 1);
     assert_eq!(stats["rooms"], 1);
@@ -344,9 +351,11 @@ async fn join_broadcast_leave_across_two_meshlets() {
     assert_eq!(next(&mut alice).await["type"], "pong");
     assert!(
         eventually(WAIT, || async {
-            get(a.addresses.api, "/v1/rooms").await.json()["rooms"] == json!([])
+            get(a.addresses.api, "/v1/rooms").await.json()["rooms"]
+                == json!([{"room": "lobby", "clients": 1, "local": 0}])
         })
-        .await
+        .await,
+        "bob is still in the lobby, on the other meshlet"
     );
     assert!(metric(a.addresses.telemetry, "meshlet_realtime_messages_out_total").await >= 3.0);
     assert_eq!(

@@ -131,7 +131,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 3)]
     rate_seconds: u64,
     /// Broadcast rate (per second) while a client stops reading.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 20)]
     slow_rate: u64,
     /// Seconds of the slow-client phase.
     #[arg(long, default_value_t = 4)]
@@ -888,7 +888,15 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     // 4. Large fan-out over every meshlet, then the throughput ladder.
     let mut fleet = Fleet::start(&args, &args.ws, args.large, 200_000).await?;
     settle(&mut apis, &split(args.large, n_meshlets)).await?;
-    let large = latency_phase(&mut fleet, &mut apis[last], args.broadcasts, every, &pad).await?;
+    let (cpu0, busy0) = (cpu_ticks(&args.pid), machine_ticks());
+    let mut large =
+        latency_phase(&mut fleet, &mut apis[last], args.broadcasts, every, &pad).await?;
+    let (cpu1, busy1) = (cpu_ticks(&args.pid), machine_ticks());
+    // Where the time goes: meshlets' CPU per frame delivered, and how busy the machine
+    // (both cores: meshlets, load processes, redis, anything else) was meanwhile.
+    let frames = large["received"].as_u64().unwrap_or(0).max(1) as f64;
+    large["meshlet_cpu_us_per_frame"] = json!((cpu1 - cpu0) as f64 * 1e6 / ticks_per_s() / frames);
+    large["machine_busy_pct"] = json!(busy_pct(busy0, busy1));
     log(&format!(
         "{} clients over {n_meshlets} meshlets: {large}",
         args.large
@@ -929,6 +937,44 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     std::fs::write(args.out.join("report.md"), &report)?;
     print!("{report}");
     Ok(())
+}
+
+/// utime + stime of `pids`, in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command (which may hold spaces) closed by ')'.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// USER_HZ: Linux reports 100 ticks a second to user space on every common build.
+fn ticks_per_s() -> f64 {
+    100.0
+}
+
+/// (busy, total) ticks of the whole machine, from the first line of /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let line = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = line
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn busy_pct(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let total = b.1.saturating_sub(a.1).max(1) as f64;
+    b.0.saturating_sub(a.0) as f64 * 100.0 / total
 }
 
 /// Whether the last throughput step lost clients (slow-consumer closes).
@@ -1031,6 +1077,12 @@ fn render(r: &Value) -> String {
         mark(small_ok)
     ));
     let large = &r["large"];
+    s.push_str(&format!(
+        "| meshlets' CPU per frame delivered, machine busy (broadcast to {} clients) | {} µs, {} % | | |\n",
+        a["large"],
+        f(&large["meshlet_cpu_us_per_frame"]),
+        f(&large["machine_busy_pct"])
+    ));
     let large_ok = large["p99_ms"].as_f64().is_some_and(|p| p <= 20.0);
     s.push_str(&format!(
         "{} ≤ 20 ms | {} |\n",

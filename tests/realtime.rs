@@ -318,9 +318,16 @@ async fn join_broadcast_leave_across_two_meshlets() {
         assert_eq!(m["offset"], offset.as_str());
     }
 
-    // Rooms and stats on the local API.
-    let rooms = get(a.addresses.api, "/v1/rooms").await.json();
-    assert_eq!(rooms["rooms"], json!([{"room": "lobby", "clients": 1}]));
+    // Rooms (cluster-wide: presence is written in the background) and stats.
+    let lobby = json!([{"room": "lobby", "clients": 2, "local": 1}]);
+    assert!(
+        eventually(WAIT, || async {
+            get(a.addresses.api, "/v1/rooms").await.json()["rooms"] == lobby
+        })
+        .await,
+        "{}",
+        get(a.addresses.api, "/v1/rooms").await.json()
+    );
     let stats = get(a.addresses.api, "/v1/realtime").await.json();
     assert_eq!(stats["connections"], 1);
     assert_eq!(stats["rooms"], 1);
@@ -344,9 +351,11 @@ async fn join_broadcast_leave_across_two_meshlets() {
     assert_eq!(next(&mut alice).await["type"], "pong");
     assert!(
         eventually(WAIT, || async {
-            get(a.addresses.api, "/v1/rooms").await.json()["rooms"] == json!([])
+            get(a.addresses.api, "/v1/rooms").await.json()["rooms"]
+                == json!([{"room": "lobby", "clients": 1, "local": 0}])
         })
-        .await
+        .await,
+        "bob is still in the lobby, on the other meshlet"
     );
     assert!(metric(a.addresses.telemetry, "meshlet_realtime_messages_out_total").await >= 3.0);
     assert_eq!(
@@ -443,6 +452,62 @@ async fn server_side_join_and_leave_reach_clients_on_any_meshlet() {
     assert_eq!(next(&mut bob).await["data"], 2);
     say(&mut alice, json!({"type": "ping"})).await;
     assert_eq!(next(&mut alice).await["type"], "pong");
+    // Membership names users or clients, not everyone and not another room's members.
+    for to in [json!({"all": true}), json!({"room": "desk"})] {
+        let answer = post(a.addresses.api, "/v1/rooms/lobby/join", to).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{:?}", answer.body);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_listed_cluster_wide() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis, "").await;
+    let (mut alice, _) = join_as(inbound(&a), "alice").await;
+    let (mut bob, _) = join_as(inbound(&b), "bob").await;
+    join(&mut alice, "room1", None).await;
+    join(&mut bob, "room1", None).await;
+    join(&mut bob, "room2", None).await;
+    // A meshlet that died without cleaning up: listed, but without a liveness key.
+    let mut conn = redis.conn();
+    let _: () = redis::pipe()
+        .sadd("mesh:rt:instances", "ghost-0001")
+        .sadd("mesh:rt:rooms:ghost-0001", "room9")
+        .hset("mesh:rt:presence:room9", "ghost-0001:1", "carol")
+        .query(&mut conn)
+        .expect("ghost presence");
+
+    let rooms =
+        |api: SocketAddr| async move { get(api, "/v1/rooms").await.json()["rooms"].clone() };
+    let both = json!([
+        {"room": "room1", "clients": 2, "local": 1},
+        {"room": "room2", "clients": 1, "local": 0},
+    ]);
+    assert!(
+        eventually(WAIT, || async { rooms(a.addresses.api).await == both }).await,
+        "rooms seen from a: {}",
+        rooms(a.addresses.api).await
+    );
+    assert_eq!(
+        rooms(b.addresses.api).await,
+        json!([
+            {"room": "room1", "clients": 2, "local": 1},
+            {"room": "room2", "clients": 1, "local": 1},
+        ])
+    );
+
+    // Rooms follow their members away, on every meshlet.
+    drop(bob);
+    assert!(
+        eventually(WAIT, || async {
+            rooms(a.addresses.api).await == json!([{"room": "room1", "clients": 1, "local": 1}])
+        })
+        .await,
+        "rooms seen from a after bob left: {}",
+        rooms(a.addresses.api).await
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -645,6 +710,54 @@ async fn a_client_that_stops_reading_is_cut_and_the_others_get_everything() {
     assert_eq!(stats["slow_clients_dropped"], 1);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Small messages at a modest rate never fill a socket's buffers nor a 256-message
+/// queue: the ping the hub sends along with them finds the client that stopped reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_small_messages_is_cut_by_its_unanswered_ping() {
+    let hub = sidecar(&config(
+        None,
+        "  slow_after: 300ms
+",
+    ))
+    .await;
+    let addr = inbound(&hub);
+    let (mut reader, _) = join_as(addr, "alice").await;
+    join(&mut reader, "feed", None).await;
+    let (mut stuck, _) = join_as(addr, "zed").await;
+    join(&mut stuck, "feed", None).await;
+    let mut sent = 0;
+    // Bounded: at most 100 messages, 50 ms apart, until the hub counts one slow client.
+    while sent < 100 {
+        broadcast(
+            hub.addresses.api,
+            json!({"room": "feed"}),
+            "tick",
+            json!(sent),
+        )
+        .await;
+        assert_eq!(next(&mut reader).await["data"], sent);
+        sent += 1;
+        let stats = get(hub.addresses.api, "/v1/realtime").await.json();
+        if stats["slow_clients_dropped"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent < 100, "the client that stopped reading was never cut");
+    // Reading again, it finds what was written before the cut, then 4408.
+    assert_eq!(close_code(&mut stuck, WAIT).await, Some(4408));
+    // The reader was never in danger: it answers every ping.
+    broadcast(
+        hub.addresses.api,
+        json!({"room": "feed"}),
+        "tick",
+        json!(sent),
+    )
+    .await;
+    assert_eq!(next(&mut reader).await["data"], sent);
+    hub.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

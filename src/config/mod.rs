@@ -459,6 +459,10 @@ pub struct RealtimeConfig {
     /// Messages buffered per client before it is closed as slow (4408).
     #[serde(default = "defaults::send_queue")]
     pub send_queue: u32,
+    /// A client being sent messages that answers no ping for this long has stopped
+    /// reading: closed as slow (4408), however much its socket buffers still absorb.
+    #[serde(default = "defaults::slow_after")]
+    pub slow_after: Dur,
     /// Per-room history for recovery.
     #[serde(default)]
     pub history: History,
@@ -606,6 +610,9 @@ mod defaults {
     }
     pub(super) fn send_queue() -> u32 {
         256
+    }
+    pub(super) fn slow_after() -> Dur {
+        Dur::millis(750)
     }
     pub(super) fn on_message() -> String {
         "/realtime/messages".to_owned()

@@ -2,7 +2,7 @@
 //! `POST /v1/rooms/{room}/join|leave`, `GET /v1/rooms`, `GET /v1/rooms/{room}/presence`
 //! and `GET /v1/realtime`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
@@ -49,7 +49,7 @@ pub async fn handle(hub: &Arc<Realtime>, req: Request<Incoming>) -> Response<Res
         (&Method::POST, ["v1", "rooms", room, "leave"]) => {
             membership(hub, Op::Leave, room, req).await
         }
-        (&Method::GET, ["v1", "rooms"]) => Ok(rooms(hub)),
+        (&Method::GET, ["v1", "rooms"]) => rooms(hub).await,
         (&Method::GET, ["v1", "rooms", room, "presence"]) => presence(hub, room).await,
         (&Method::GET, ["v1", "realtime"]) => Ok(admin::json(StatusCode::OK, &hub.stats())),
         _ => return admin::not_found(&req),
@@ -86,7 +86,7 @@ async fn membership(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, RealtimeError> {
     let to: Target = body(req).await?;
-    if to == Target::All {
+    if matches!(to, Target::All | Target::Room(_)) {
         return Err(RealtimeError::BadRequest(
             "name a {\"user\":…} or a {\"client\":…}".to_owned(),
         ));
@@ -98,14 +98,30 @@ async fn membership(
     ))
 }
 
-fn rooms(hub: &Realtime) -> Response<ResponseBody> {
-    let rooms: Vec<Value> = hub
-        .hub
-        .room_sizes()
+/// Every room with a member on any meshlet: `clients` counts them all, `local` those of
+/// this meshlet. Presence is written in the background, so this meshlet's own rooms are
+/// merged in as the hub holds them right now.
+async fn rooms(hub: &Realtime) -> Result<Response<ResponseBody>, RealtimeError> {
+    let mut rooms: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    if let Some(cluster) = &hub.cluster {
+        for (room, n) in cluster
+            .rooms()
+            .await
+            .map_err(|e| RealtimeError::Unavailable(e.to_string()))?
+        {
+            rooms.insert(room, (n, 0));
+        }
+    }
+    for (room, n) in hub.hub.room_sizes() {
+        let entry = rooms.entry(room.to_string()).or_default();
+        entry.1 = n as u64;
+        entry.0 = entry.0.max(entry.1);
+    }
+    let rooms: Vec<Value> = rooms
         .into_iter()
-        .map(|(room, clients)| json!({"room": room.as_ref(), "clients": clients}))
+        .map(|(room, (clients, local))| json!({"room": room, "clients": clients, "local": local}))
         .collect();
-    admin::json(StatusCode::OK, &json!({ "rooms": rooms }))
+    Ok(admin::json(StatusCode::OK, &json!({ "rooms": rooms })))
 }
 
 async fn presence(hub: &Realtime, room: &str) -> Result<Response<ResponseBody>, RealtimeError> {

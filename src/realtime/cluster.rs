@@ -435,6 +435,60 @@ impl Cluster {
         result.map_err(|e| self.failed(e))
     }
 
+    /// Rooms with a member on any live meshlet, with their member counts (every meshlet
+    /// included). Read from the presence bookkeeping, never by scanning the keyspace:
+    /// `SMEMBERS rt:instances`, one `EXISTS rt:alive:{i}` per meshlet (pipelined),
+    /// `SUNION` of the live meshlets' `rt:rooms:{i}`, one `HLEN rt:presence:{room}` per
+    /// room (pipelined): four round trips, O(meshlets + rooms) work in Redis.
+    ///
+    /// Counts are the presence hashes' sizes, so entries of a meshlet that died are
+    /// counted until they are swept (within `registry.ttl` + one heartbeat); a room that
+    /// a meshlet just emptied may be listed with 0 members until its next refresh, and
+    /// such rooms are left out here.
+    pub async fn rooms(&self) -> Result<Vec<(String, u64)>, ClusterError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let instances: Vec<String> = conn.smembers(self.keys.instances()).await?;
+            let others: Vec<&String> = instances.iter().filter(|i| **i != self.instance).collect();
+            let alive: Vec<bool> = if others.is_empty() {
+                Vec::new()
+            } else {
+                let mut pipe = redis::pipe();
+                for i in &others {
+                    pipe.exists(self.keys.alive(i));
+                }
+                pipe.query_async(&mut conn).await?
+            };
+            // This meshlet's own set counts even before its first heartbeat listed it.
+            let mut sets = vec![self.keys.instance_rooms(&self.instance)];
+            sets.extend(
+                others
+                    .iter()
+                    .zip(alive)
+                    .filter(|(_, alive)| *alive)
+                    .map(|(i, _)| self.keys.instance_rooms(i)),
+            );
+            let names: HashSet<String> = conn.sunion(&sets).await?;
+            let mut names: Vec<String> = names.into_iter().collect();
+            names.sort();
+            if names.is_empty() {
+                return Ok::<_, RedisError>(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for room in &names {
+                pipe.hlen(self.keys.presence(room));
+            }
+            let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+            Ok(names
+                .into_iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .collect())
+        }
+        .await;
+        result.map_err(|e| self.failed(e))
+    }
+
     /// The shared command connection, made on the control plane when missing.
     async fn conn(&self) -> Result<MultiplexedConnection, ClusterError> {
         if let Some(conn) = lock(&self.conn).clone() {

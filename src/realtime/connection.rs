@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWrite;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -77,10 +76,12 @@ impl From<CloseReason> for End {
 }
 
 /// Socket settings: small buffers (a hub holds thousands of mostly idle sockets) and the
-/// message size limit.
+/// message size limit. tungstenite zero-fills its whole read buffer before the first
+/// read, so its size is resident memory for every connection: 512 bytes hold any usual
+/// client frame in one read (a larger message grows the buffer while it is read).
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(4 * 1024)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
@@ -91,7 +92,6 @@ pub(super) async fn serve(
     hub: Arc<Realtime>,
     upgraded: Upgraded,
     client: Arc<Client>,
-    queue: mpsc::Receiver<Arc<Delivery>>,
     admission: Admission,
 ) {
     let ws = WebSocketStream::from_raw_socket(
@@ -100,20 +100,25 @@ pub(super) async fn serve(
         Some(socket_config()),
     )
     .await;
-    hub.connected(&client).await;
+    // Boxed, here and below: steps that run once (or once a frame) would otherwise
+    // size every idle connection's task by their largest state.
+    Box::pin(hub.connected(&client)).await;
     let mut session = Session {
         ws,
         clean: true,
         closed: false,
-        queue,
         dedupe: HashMap::new(),
         sent: 0,
+        probe: None,
+        last_probe: None,
+        slow_after: hub.config.slow_after.get().max(Duration::from_millis(50)),
         shutdown: hub.shutdown.clone(),
         client: client.clone(),
         hub: hub.clone(),
     };
     let end = session.run().await;
-    let end = session.finish(end).await;
+    let end = Box::pin(session.finish(end)).await;
+    client.queue.close();
     hub.disconnected(&client);
     let d = &hub.metrics.disconnects;
     match end {
@@ -135,12 +140,18 @@ struct Session {
     clean: bool,
     /// The close handshake ran (or the socket is beyond saving).
     closed: bool,
-    queue: mpsc::Receiver<Arc<Delivery>>,
     /// After a join, the room's offset already covered by `joined` and the replay: live
     /// messages up to it are duplicates.
     dedupe: HashMap<Arc<str>, Offset>,
     /// Frames written since the counter was last updated.
     sent: u64,
+    /// When the ping sent along with deliveries, not answered yet, went out.
+    probe: Option<Instant>,
+    /// When the last such ping went out.
+    last_probe: Option<Instant>,
+    /// `realtime.slow_after`: a probe unanswered this long means the client stopped
+    /// reading (its socket buffers may absorb a lot before a write ever blocks).
+    slow_after: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
     client: Arc<Client>,
     hub: Arc<Realtime>,
@@ -159,13 +170,23 @@ impl Session {
             .get()
             .max(Duration::from_millis(10));
         let patience = self.hub.config.ping_timeout.get();
-        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_ping = Instant::now() + every;
         let mut pong_due: Option<Instant> = None;
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        // One timer for the ping, its timeout and the probe's, on the heap: each inline
+        // timer would grow every connection's task by its size.
+        let mut timer = Box::pin(sleep_until(next_ping));
         loop {
             if *self.shutdown.borrow() {
                 return End::Shutdown;
+            }
+            let probe_due = self.probe.map(|sent| sent + self.slow_after);
+            let due = [Some(next_ping), pong_due, probe_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_ping);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
             }
             tokio::select! {
                 biased;
@@ -178,31 +199,40 @@ impl Session {
                         return End::Shutdown;
                     }
                 }
-                () = sleep_until(pong_due.unwrap_or(far)), if pong_due.is_some() => {
-                    return End::PingTimeout;
-                }
-                _ = ping.tick() => {
-                    if pong_due.is_none() {
-                        pong_due = Some(Instant::now() + patience);
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    if probe_due.is_some_and(|t| t <= now) {
+                        // Messages went out, the ping among them was never answered.
+                        if self.client.close(CloseReason::Slow) {
+                            self.hub.metrics.slow_dropped.inc();
+                        }
+                        return End::Slow;
                     }
-                    if let Err(end) = self.write_message(Message::Ping(Default::default())).await {
-                        return end;
+                    if pong_due.is_some_and(|t| t <= now) {
+                        return End::PingTimeout;
+                    }
+                    if next_ping <= now {
+                        next_ping = now + every;
+                        pong_due.get_or_insert(now + patience);
+                        if let Err(end) = self.write_message(Message::Ping(Default::default())).await {
+                            return end;
+                        }
                     }
                 }
-                delivery = self.queue.recv() => {
-                    let Some(delivery) = delivery else { return End::Error };
+                delivery = self.client.queue.pop() => {
                     if let Err(end) = self.forward(delivery).await {
                         return end;
                     }
                 }
                 incoming = self.ws.next() => {
-                    // Any frame proves the peer alive, not only a pong.
+                    // Any frame proves the peer alive (and reading), not only a pong.
                     pong_due = None;
+                    self.probe = None;
                     match incoming {
                         None => return End::Client,
                         Some(Ok(Message::Text(text))) => {
                             self.hub.metrics.messages_in.inc();
-                            if let Err(end) = self.on_text(text.as_str()).await {
+                            if let Err(end) = Box::pin(self.on_text(text.as_str())).await {
                                 return end;
                             }
                         }
@@ -305,13 +335,29 @@ impl Session {
                 batch.push(d.frame.clone());
             }
             if batch.len() < WRITE_BATCH {
-                next = self.queue.try_recv().ok();
+                next = self.client.queue.try_pop();
             }
         }
         if batch.is_empty() {
             return Ok(());
         }
-        self.write(batch).await
+        // A ping rides along (same write) when none is outstanding and the last one is a
+        // quarter of `slow_after` old: a client that reads answers it at once.
+        let probe = self.probe.is_none()
+            && self
+                .last_probe
+                .is_none_or(|t| t.elapsed() >= self.slow_after / 4);
+        let n = batch.len() as u64;
+        let ping = probe.then(|| Message::Ping(Default::default()));
+        self.guarded(batch.into_iter().map(Message::Text).chain(ping))
+            .await?;
+        if probe {
+            let now = Instant::now();
+            self.probe = Some(now);
+            self.last_probe = Some(now);
+        }
+        self.count_sent(n);
+        Ok(())
     }
 
     fn duplicate(&mut self, d: &Delivery) -> bool {
@@ -332,12 +378,16 @@ impl Session {
     async fn write(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), End> {
         let n = frames.len() as u64;
         self.guarded(frames.into_iter().map(Message::Text)).await?;
+        self.count_sent(n);
+        Ok(())
+    }
+
+    fn count_sent(&mut self, n: u64) {
         self.sent += n;
-        if self.sent >= 16 || self.queue.is_empty() {
+        if self.sent >= 16 || self.client.queue.is_empty() {
             self.hub.metrics.messages_out.inc_by(self.sent);
             self.sent = 0;
         }
-        Ok(())
     }
 
     async fn write_message(&mut self, message: Message) -> Result<(), End> {
@@ -366,24 +416,40 @@ impl Session {
             }
             ws.flush().await
         };
-        tokio::select! {
-            biased;
-            written = timeout(stall, write) => match written {
-                Ok(Ok(())) => {
-                    *clean = true;
-                    Ok(())
-                }
-                Ok(Err(_)) => Err(End::Client),
-                Err(_) => {
-                    // The peer stopped reading: its socket is full.
-                    if client.close(CloseReason::Slow) {
-                        hub.metrics.slow_dropped.inc();
+        tokio::pin!(write);
+        // Nearly every write fits in the socket at once: then no timer is armed and no
+        // waiter registered (at 10,000 recipients a message, that is most of the cost
+        // besides the write itself).
+        let written = match write.as_mut().now_or_never() {
+            Some(done) => Ok(done),
+            // Boxed: a blocked write is rare, its timer and waiter need not be in every
+            // connection's task.
+            None => {
+                let blocked = Box::pin(async {
+                    tokio::select! {
+                        biased;
+                        written = timeout(stall, write) => Some(written),
+                        () = client.closing.notified() => None,
                     }
-                    Err(End::Slow)
+                });
+                match blocked.await {
+                    Some(written) => written,
+                    None => return Err(client.close_reason().map_or(End::Error, End::from)),
                 }
-            },
-            () = client.closing.notified() => {
-                Err(client.close_reason().map_or(End::Error, End::from))
+            }
+        };
+        match written {
+            Ok(Ok(())) => {
+                *clean = true;
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Client),
+            Err(_) => {
+                // The peer stopped reading: its socket is full.
+                if client.close(CloseReason::Slow) {
+                    hub.metrics.slow_dropped.inc();
+                }
+                Err(End::Slow)
             }
         }
     }
@@ -403,7 +469,7 @@ impl Session {
     async fn close_with(&mut self, end: End) {
         if end == End::Shutdown {
             let mut pending = Vec::new();
-            while let Ok(d) = self.queue.try_recv() {
+            while let Some(d) = self.client.queue.try_pop() {
                 if !self.duplicate(&d) {
                     pending.push(d.frame.clone());
                 }

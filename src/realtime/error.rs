@@ -40,6 +40,9 @@ pub enum RealtimeError {
     /// `client_publish: app` without `service.app`.
     #[error("client_publish is `app` but service.app is not configured")]
     NoApp,
+    /// The client disconnected while a server-side join was on its way.
+    #[error("the client is no longer connected")]
+    Gone,
 }
 
 impl RealtimeError {
@@ -55,6 +58,7 @@ impl RealtimeError {
             RealtimeError::Forbidden(_) => "forbidden",
             RealtimeError::PublishDenied => "publish_denied",
             RealtimeError::NoApp => "no_app",
+            RealtimeError::Gone => "gone",
         }
     }
 
@@ -71,6 +75,7 @@ impl RealtimeError {
             RealtimeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RealtimeError::Forbidden(_) | RealtimeError::PublishDenied => StatusCode::FORBIDDEN,
             RealtimeError::NoApp => StatusCode::CONFLICT,
+            RealtimeError::Gone => StatusCode::GONE,
         }
     }
 

@@ -8,14 +8,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::ThreadId;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::auth::Identity;
 use super::metrics::RealtimeMetrics;
+use super::queue::{PushError, SendQueue};
 
 /// A position in a room's history: a Redis stream id (`ms-seq`), ordered numerically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -166,44 +169,49 @@ pub struct Client {
     pub identity: Identity,
     /// The user id as a shared key.
     pub user: Option<Arc<str>>,
-    queue: mpsc::Sender<Arc<Delivery>>,
+    /// Deliveries waiting for the connection task.
+    pub queue: SendQueue<Arc<Delivery>>,
     rooms: Mutex<HashSet<Arc<str>>>,
     close: Mutex<Option<CloseReason>>,
     /// Woken when the hub wants the connection closed.
     pub closing: Notify,
     /// When the connection was accepted.
     pub since: Instant,
+    /// The runtime (and its thread) the connection's task runs on: fan-out hands each
+    /// worker its share in one task, so waking the connection tasks stays on their own
+    /// thread instead of costing a cross-thread wake-up each. `None` outside a runtime.
+    home: Option<Home>,
 }
 
+/// The thread and runtime a connection's task lives on.
+type Home = (ThreadId, Handle);
+
 impl Client {
-    /// A client and the receiving end of its send queue.
-    pub fn new(
-        id: Arc<str>,
-        identity: Identity,
-        queue_len: usize,
-    ) -> (Arc<Client>, mpsc::Receiver<Arc<Delivery>>) {
-        let (tx, rx) = mpsc::channel(queue_len.max(1));
+    /// A client with an empty send queue of `queue_len` messages.
+    pub fn new(id: Arc<str>, identity: Identity, queue_len: usize) -> Arc<Client> {
         let user = identity.user.as_deref().map(Arc::from);
-        let client = Arc::new(Client {
+        Arc::new(Client {
             id,
             identity,
             user,
-            queue: tx,
+            queue: SendQueue::new(queue_len),
             rooms: Mutex::new(HashSet::new()),
             close: Mutex::new(None),
             closing: Notify::new(),
             since: Instant::now(),
-        });
-        (client, rx)
+            home: Handle::try_current()
+                .ok()
+                .map(|h| (std::thread::current().id(), h)),
+        })
     }
 
     /// Queues `delivery` without waiting. A full queue marks the client slow; returns
     /// whether the client was newly found slow.
     pub fn send(&self, delivery: &Arc<Delivery>) -> bool {
-        match self.queue.try_send(delivery.clone()) {
+        match self.queue.push(delivery.clone()) {
             Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => self.close(CloseReason::Slow),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Full) => self.close(CloseReason::Slow),
+            Err(PushError::Closed) => false,
         }
     }
 
@@ -349,9 +357,17 @@ impl Hub {
         departure
     }
 
-    /// Puts `client` in `room`; returns whether it was not a member before.
-    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> bool {
+    /// Puts `client` in `room`; returns whether it was not a member before, or `None`
+    /// when the client is no longer connected (a server-side join that raced its
+    /// disconnect must not leave it in a room nobody would ever take it out of).
+    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> Option<bool> {
         let mut rooms = write(&self.rooms);
+        // Checked under the rooms lock: `unregister` removes the client from `clients`
+        // before it empties the client's rooms under this lock, so either this join
+        // sees it gone, or `unregister` sees the room this join added.
+        if !read(&self.clients).contains_key(&client.id) {
+            return None;
+        }
         let added = rooms
             .entry(room.clone())
             .or_default()
@@ -359,7 +375,7 @@ impl Hub {
             .is_none();
         lock(&client.rooms).insert(room.clone());
         self.metrics.rooms.set(rooms.len() as i64);
-        added
+        Some(added)
     }
 
     /// Takes `client` out of `room`; returns `Some(room_now_empty)` when it was a member.
@@ -439,41 +455,62 @@ impl Hub {
 
     /// Queues `delivery` for every local client `target` names; returns how many.
     /// Never waits: a full queue marks that client slow.
+    ///
+    /// The members are collected under the lock, then each worker runtime gets its share
+    /// in one task (inline for the calling thread's own): at 10,000 recipients, waking
+    /// every connection task from the subscriber's thread cost one cross-thread wake-up
+    /// (an eventfd write) per client, and most of a broadcast's latency.
     pub fn deliver(&self, target: &Target, delivery: &Arc<Delivery>) -> usize {
         let started = Instant::now();
-        let mut slow = 0u64;
+        let mut groups: Vec<(Option<Home>, Vec<Arc<Client>>)> = Vec::new();
         let mut reached = 0usize;
-        let mut each = |members: &Members| {
-            for client in members.values() {
-                if client.send(delivery) {
-                    slow += 1;
-                }
-                reached += 1;
+        let mut add = |client: &Arc<Client>| {
+            reached += 1;
+            let thread = client.home.as_ref().map(|(t, _)| *t);
+            match groups
+                .iter_mut()
+                .find(|(home, _)| home.as_ref().map(|(t, _)| *t) == thread)
+            {
+                Some((_, clients)) => clients.push(client.clone()),
+                None => groups.push((client.home.clone(), vec![client.clone()])),
             }
         };
         match target {
-            Target::All => each(&read(&self.clients)),
+            Target::All => read(&self.clients).values().for_each(&mut add),
             Target::Room(r) => {
                 if let Some(m) = read(&self.rooms).get(r.as_str()) {
-                    each(m);
+                    m.values().for_each(&mut add);
                 }
             }
             Target::User(u) => {
                 if let Some(m) = read(&self.users).get(u.as_str()) {
-                    each(m);
+                    m.values().for_each(&mut add);
                 }
             }
             Target::Client(c) => {
                 if let Some(client) = read(&self.clients).get(c.as_str()) {
-                    if client.send(delivery) {
-                        slow += 1;
-                    }
-                    reached += 1;
+                    add(client);
                 }
             }
         }
-        if slow > 0 {
-            self.metrics.slow_dropped.inc_by(slow);
+        let here = std::thread::current().id();
+        for (home, clients) in groups {
+            let delivery = delivery.clone();
+            let metrics = self.metrics.clone();
+            let push = move || {
+                let slow = clients.iter().filter(|c| c.send(&delivery)).count() as u64;
+                if slow > 0 {
+                    metrics.slow_dropped.inc_by(slow);
+                }
+            };
+            match home {
+                Some((thread, handle)) if thread != here => {
+                    // Tasks spawned from one thread run in order: per client, messages
+                    // stay in the order they were dispatched.
+                    handle.spawn(async move { push() });
+                }
+                _ => push(),
+            }
         }
         self.metrics.fanout.observe(started.elapsed().as_secs_f64());
         reached
@@ -536,12 +573,24 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_left_cannot_be_joined_to_a_room() {
+        let hub = hub();
+        let client = Client::new("i:1".into(), Identity::default(), 1);
+        hub.register(&client);
+        hub.unregister(&client);
+        let room: Arc<str> = "r".into();
+        assert_eq!(hub.join(&client, &room), None);
+        assert!(!hub.has_room("r"));
+        assert!(client.rooms().is_empty());
+    }
+
+    #[test]
     fn full_queue_marks_the_client_slow_once() {
         let hub = hub();
-        let (client, _rx) = Client::new("i:1".into(), Identity::default(), 1);
+        let client = Client::new("i:1".into(), Identity::default(), 1);
         hub.register(&client);
         let room: Arc<str> = "r".into();
-        assert!(hub.join(&client, &room));
+        assert_eq!(hub.join(&client, &room), Some(true));
         let d = Delivery::plain("x".into());
         assert_eq!(hub.deliver(&Target::Room("r".into()), &d), 1);
         assert!(client.close_reason().is_none());

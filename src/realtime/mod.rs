@@ -5,6 +5,7 @@
 //! - [`frames`]: the JSON frames clients and the hub exchange.
 //! - [`hub`]: this meshlet's clients, rooms and users, and local fan-out.
 //! - [`connection`]: one client's socket task (frames, pings, send queue, close codes).
+//! - [`queue`]: a client's bounded send queue.
 //! - [`cluster`]: Redis pub/sub, history and presence, shared by every meshlet.
 //! - [`history`]: in-memory history for a hub without Redis.
 //! - [`app`]: client messages POSTed to the app (`client_publish: app`).
@@ -25,6 +26,7 @@ pub mod frames;
 pub mod history;
 pub mod hub;
 pub mod metrics;
+pub mod queue;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -174,14 +176,14 @@ impl Realtime {
     /// token is checked and a connection slot taken before the upgrade.
     pub async fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
         match self.admit(&req) {
-            Ok((response, client, queue, admission)) => {
+            Ok((response, client, admission)) => {
                 self.metrics.connects.accepted.inc();
                 let hub = self.clone();
+                // Taken out of the request now, so the task does not keep the request.
+                let upgrade = hyper::upgrade::on(req);
                 tokio::spawn(async move {
-                    match hyper::upgrade::on(req).await {
-                        Ok(upgraded) => {
-                            connection::serve(hub, upgraded, client, queue, admission).await
-                        }
+                    match upgrade.await {
+                        Ok(upgraded) => connection::serve(hub, upgraded, client, admission).await,
                         Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
                     }
                 });
@@ -204,15 +206,7 @@ impl Realtime {
     fn admit(
         self: &Arc<Self>,
         req: &Request<Incoming>,
-    ) -> Result<
-        (
-            Response<ResponseBody>,
-            Arc<Client>,
-            tokio::sync::mpsc::Receiver<Arc<Delivery>>,
-            hub::Admission,
-        ),
-        RealtimeError,
-    > {
+    ) -> Result<(Response<ResponseBody>, Arc<Client>, hub::Admission), RealtimeError> {
         let key = websocket_key(req)?;
         let identity = self.verifier.verify(req.uri().query(), req.headers())?;
         if *self.shutdown.borrow() {
@@ -223,7 +217,7 @@ impl Realtime {
         ))?;
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("{}:{n}", self.instance));
-        let (client, queue) = Client::new(id, identity, self.config.send_queue as usize);
+        let client = Client::new(id, identity, self.config.send_queue as usize);
         let mut resp = Response::new(ResponseBody::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
@@ -233,7 +227,7 @@ impl Realtime {
         if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
             h.insert(SEC_WEBSOCKET_ACCEPT, v);
         }
-        Ok((resp, client, queue, admission))
+        Ok((resp, client, admission))
     }
 
     /// Answers a local API request under [`API_PATHS`].
@@ -279,7 +273,7 @@ impl Realtime {
         since: Option<&str>,
     ) -> Result<Joined, RealtimeError> {
         let room: Arc<str> = Arc::from(room);
-        let added = self.hub.join(client, &room);
+        let added = self.hub.join(client, &room).ok_or(RealtimeError::Gone)?;
         let Some(cluster) = &self.cluster else {
             return Ok(Joined {
                 recovery: self.local_history.recover(&room, since),

@@ -1216,6 +1216,33 @@ async fn a_batch_cut_short_counts_what_it_stored() {
     s.shutdown().await;
 }
 
+/// A subscriber meshlet run as a child process from a config file, so that a test can
+/// SIGKILL it and start it again on the same config.
+struct ChildMeshlet {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl ChildMeshlet {
+    /// Writes `yaml` (plus free ports for every listener) to a config file of its own.
+    fn write(yaml: &str) -> ChildMeshlet {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshlet.yaml");
+        std::fs::write(&path, format!("{yaml}{}", support::FREE_PORTS)).unwrap();
+        ChildMeshlet { _dir: dir, path }
+    }
+
+    fn start(&self) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshlet"))
+            .args(["run", "--config"])
+            .arg(&self.path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("meshlet starts")
+    }
+}
+
 /// A subscriber meshlet process killed with SIGKILL mid-stream and started again: every
 /// event reaches the app at least once (the dead consumer's pending entries are taken over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1223,29 +1250,13 @@ async fn a_subscriber_killed_mid_stream_loses_nothing() {
     let redis = RedisServer::start();
     let app = App::start(App::ok()).await;
     app.slow(1);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("risk.yaml");
-    let yaml = format!(
-        "{}{}",
-        config(
-            "risk",
-            &redis,
-            Some(app.addr),
-            &subscription("k", ", concurrency: 4")
-        ),
-        support::FREE_PORTS
-    );
-    std::fs::write(&path, yaml).unwrap();
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meshlet"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("meshlet starts")
-    };
-    let mut first = start();
+    let risk = ChildMeshlet::write(&config(
+        "risk",
+        &redis,
+        Some(app.addr),
+        &subscription("k", ", concurrency: 4"),
+    ));
+    let mut first = risk.start();
     assert!(group_exists(&redis, "mesh:events:k", "risk").await);
     let publisher = sidecar(&config("orders", &redis, None, "")).await;
     const N: usize = 1500;
@@ -1265,7 +1276,7 @@ async fn a_subscriber_killed_mid_stream_loses_nothing() {
     let _ = first.wait();
     let at_kill = app.count();
     assert!(at_kill < N, "killed mid-stream ({at_kill} of {N})");
-    let mut second = start();
+    let mut second = risk.start();
     let all = eventually(Duration::from_secs(20), || async {
         let ids: std::collections::HashSet<String> =
             app.received().iter().map(Received::event_id).collect();
@@ -1297,29 +1308,13 @@ async fn ten_thousand_events_survive_a_killed_subscriber_and_a_redis_restart() {
     const AHEAD: usize = 2_000;
     let mut redis = RedisServer::start_appendonly();
     let app = App::start(App::ok()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("risk.yaml");
-    let yaml = format!(
-        "{}{}",
-        config(
-            "risk",
-            &redis,
-            Some(app.addr),
-            &subscription("r", ", concurrency: 8")
-        ),
-        support::FREE_PORTS
-    );
-    std::fs::write(&path, yaml).unwrap();
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meshlet"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("meshlet starts")
-    };
-    let mut subscriber = start();
+    let risk = ChildMeshlet::write(&config(
+        "risk",
+        &redis,
+        Some(app.addr),
+        &subscription("r", ", concurrency: 8"),
+    ));
+    let mut subscriber = risk.start();
     assert!(group_exists(&redis, "mesh:events:r", "risk").await);
     let publisher = sidecar(&config("orders", &redis, None, "")).await;
 
@@ -1373,7 +1368,7 @@ async fn ten_thousand_events_survive_a_killed_subscriber_and_a_redis_restart() {
     subscriber.kill().expect("SIGKILL");
     let _ = subscriber.wait();
     let at_kill = app.distinct();
-    let mut subscriber = start();
+    let mut subscriber = risk.start();
     assert!(
         eventually(Duration::from_secs(60), || async {
             app.distinct() >= 5_000

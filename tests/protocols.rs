@@ -54,20 +54,32 @@ async fn ws_via(proxy: SocketAddr, url: &str) -> tokio_tungstenite::WebSocketStr
     ws
 }
 
+/// Two meshlets on one Redis registry: `web` (the caller) and `chat` in front of an app
+/// (`chat_service`: the rest of its `service:` entry); `extra` is appended to both configs.
+async fn caller_and_chat(
+    redis: &RedisServer,
+    chat_service: &str,
+    extra: &str,
+) -> (meshlet::sidecar::Sidecar, meshlet::sidecar::Sidecar) {
+    let registry = format!(
+        "workers: 1\nregistry: {{redis: \"{}\"}}\n{extra}",
+        redis.url()
+    );
+    let callee = sidecar(&format!(
+        "service: {{name: chat, {chat_service}}}\n{registry}"
+    ))
+    .await;
+    let caller = sidecar(&format!("service: {{name: web}}\n{registry}")).await;
+    (caller, callee)
+}
+
 #[tokio::test]
 async fn websocket_passes_through_outbound_and_inbound_and_idles_out() {
     let echo = websocket_echo().await;
     let redis = RedisServer::start();
-    let callee = sidecar(&format!(
-        "service: {{name: chat, app: \"http://{echo}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\nlimits: {{idle_timeout: 400ms}}\n",
-        redis.url()
-    ))
-    .await;
-    let caller = sidecar(&format!(
-        "service: {{name: web}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\nlimits: {{idle_timeout: 400ms}}\n",
-        redis.url()
-    ))
-    .await;
+    let limits = "limits: {idle_timeout: 400ms}\n";
+    let (caller, callee) =
+        caller_and_chat(&redis, &format!("app: \"http://{echo}\""), limits).await;
     let out = caller.addresses.outbound;
     assert!(
         eventually(Duration::from_secs(3), || async {
@@ -592,16 +604,8 @@ async fn extended_connect(
 async fn h2_extended_connect_is_carried_through_outbound_and_inbound_to_an_h2_app() {
     let app = h2_tunnel_app().await;
     let redis = RedisServer::start();
-    let callee = sidecar(&format!(
-        "service: {{name: chat, app: \"http://{app}\", protocol: h2}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n",
-        redis.url()
-    ))
-    .await;
-    let caller = sidecar(&format!(
-        "service: {{name: web}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n",
-        redis.url()
-    ))
-    .await;
+    let chat = format!("app: \"http://{app}\", protocol: h2");
+    let (caller, callee) = caller_and_chat(&redis, &chat, "").await;
     let out = caller.addresses.outbound;
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -82,19 +82,13 @@ fn strip_connection(headers: &mut HeaderMap) {
             || token.eq_ignore_ascii_case("upgrade")
             || token.eq_ignore_ascii_case("te"))
     };
-    let tokens = |v: &HeaderValue| -> Vec<HeaderName> {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(names_a_header)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect()
-    };
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .flat_map(tokens)
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(names_a_header)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     headers.remove(CONNECTION);
     for name in listed {

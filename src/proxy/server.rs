@@ -76,29 +76,33 @@ pub struct HttpSettings {
 pub fn http_builder(limits: &Limits) -> HttpSettings {
     let header_bytes = limits.max_header_bytes.as_usize();
     let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
+    // hyper's builders and hyper-util's wrappers of them are different types with the same
+    // setters (one cannot be made from the other): one list of settings applied to both.
+    macro_rules! http1_settings {
+        ($builder:expr) => {
+            $builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout.get())
+                .max_buf_size(header_bytes.max(8192))
+        };
+    }
+    macro_rules! http2_settings {
+        ($builder:expr) => {
+            $builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(header_list)
+                .max_concurrent_streams(256)
+                // RFC 8441: WebSocket (and other protocols) over an h2 stream.
+                .enable_connect_protocol()
+        };
+    }
     let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size(header_bytes.max(8192));
+    http1_settings!(http1);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(header_list)
-        .max_concurrent_streams(256)
-        // RFC 8441: WebSocket (and other protocols) over an h2 stream.
-        .enable_connect_protocol();
-    // The same settings again: hyper-util's builder cannot be made from hyper's.
+    http2_settings!(http2);
     let mut auto = auto::Builder::new(TokioExecutor::new());
-    auto.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size(header_bytes.max(8192));
-    auto.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(header_list)
-        .max_concurrent_streams(256)
-        .enable_connect_protocol();
+    http1_settings!(auto.http1());
+    http2_settings!(auto.http2());
     HttpSettings {
         http1,
         http2,

@@ -632,16 +632,17 @@ fn spawn_workers(
         let inbound_tls = shared.mesh_tls.as_ref().map(|m| m.acceptor.clone());
         let shutdown = shutdown.clone();
         let release = stopped(release.clone());
-        let gauges = (
-            shared
+        let listener_gauges = |listener: &str| server::ListenerGauges {
+            open: shared
                 .metrics
                 .open_connections
-                .with_label_values(&["outbound"]),
-            shared
+                .with_label_values(&[listener]),
+            parked: shared
                 .metrics
-                .open_connections
-                .with_label_values(&["inbound"]),
-        );
+                .parked_connections
+                .with_label_values(&[listener]),
+        };
+        let gauges = (listener_gauges("outbound"), listener_gauges("inbound"));
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("meshlet-worker-{i}"))

@@ -329,3 +329,146 @@ async fn a_silent_client_is_dropped_and_a_slow_h2_preface_still_means_h2() {
         .unwrap();
     assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
 }
+
+/// Reads one HTTP/1.1 response (`content-length` or chunked) from `stream`: (head, body).
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    // Reads until `data` holds at least `len` bytes.
+    async fn fill(stream: &mut tokio::net::TcpStream, data: &mut Vec<u8>, len: usize) {
+        let mut chunk = [0u8; 64 * 1024];
+        while data.len() < len {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(data));
+            data.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let line_end = |data: &[u8], from: usize| {
+        data[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|at| from + at)
+    };
+    let head_end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let want = data.len() + 1;
+        fill(stream, &mut data, want).await;
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
+    let mut rest = data.split_off(head_end);
+    if let Some(length) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        let length: usize = length.trim().parse().expect("a length");
+        fill(stream, &mut rest, length).await;
+        return (head, rest);
+    }
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let (mut body, mut at) = (Vec::new(), 0);
+    loop {
+        let size_end = loop {
+            match line_end(&rest, at) {
+                Some(end) => break end,
+                None => {
+                    let want = rest.len() + 1;
+                    fill(stream, &mut rest, want).await;
+                }
+            }
+        };
+        let size = std::str::from_utf8(&rest[at..size_end]).expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        fill(stream, &mut rest, size_end + 2 + size + 2).await;
+        body.extend_from_slice(&rest[size_end + 2..size_end + 2 + size]);
+        at = size_end + 2 + size + 2;
+        if size == 0 {
+            return (head, body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_served_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("inventory").await;
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 2s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        up.addr
+    ))
+    .await;
+    let telemetry = s.addresses.telemetry;
+    let parked = || async move {
+        metric(
+            telemetry,
+            "meshlet_parked_connections{listener=\"outbound\"}",
+        )
+        .await
+    };
+    let open = || async move {
+        metric(telemetry, "meshlet_open_connections{listener=\"outbound\"}").await
+    };
+    let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
+    let get =
+        |path: &str| format!("GET http://inventory{path} HTTP/1.1\r\nhost: inventory\r\n\r\n");
+
+    client.write_all(get("/one").as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut client).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("/one"));
+    assert!(
+        eventually(Duration::from_secs(5), || async { parked().await == 1.0 }).await,
+        "a quiet keep-alive connection is parked"
+    );
+
+    // A request head split by a pause longer than the park tick wakes the connection,
+    // and the request is answered on it as keep-alive.
+    let request = get("/two");
+    let (first, rest) = request.split_at(20);
+    client.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.write_all(rest.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut client).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("/two"));
+
+    // A 4 MiB answer the client reads only after a pause: nothing hyper still held to
+    // send is lost to a park.
+    client
+        .write_all(get("/bytes/4194304").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (head, body) = read_response(&mut client).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body.len(), 4 * 1024 * 1024);
+    assert!(
+        body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+        "body intact"
+    );
+
+    // Parked again, then served again: still the one connection (upstream counted 3
+    // requests over a pooled connection, the client opened one).
+    assert!(eventually(Duration::from_secs(5), || async { parked().await == 1.0 }).await);
+    assert_eq!(open().await, 1.0);
+    client.write_all(get("/four").as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut client).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(up.hits(), 4);
+
+    // Parked, a connection still ends after `header_read_timeout` of quiet.
+    let quiet_from = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+        .await
+        .expect("closed by meshlet");
+    assert!(matches!(read, Ok(0)), "{read:?}");
+    assert!(quiet_from.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            parked().await == 0.0 && open().await == 0.0
+        })
+        .await
+    );
+}

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
+pub mod park;
 pub mod server;
 pub mod tls;
 pub mod upgrade;

@@ -9,12 +9,16 @@
 //! wrapper; the short first read that results makes hyper double every HTTP/1.1
 //! connection's read buffer (8 → 16 KiB, held for the connection's life) and every later
 //! read passes through the wrapper. TLS connections, which cannot be peeked, keep it.
+//!
+//! Plain HTTP/1.1 connections that go quiet between requests are parked without hyper's
+//! buffers ([`super::park`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -30,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::body::ResponseBody;
+use super::park::{ConnState, OpenExchange, ParkableStream, ServedBody, PARK_AFTER};
 use crate::config::Limits;
 
 /// What a listener does with each request.
@@ -120,7 +125,7 @@ pub async fn serve<H: Handler>(
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-    open_connections: IntGauge,
+    gauges: ListenerGauges,
 ) {
     let settings = Arc::new(settings);
     // Every connection holds a sender; once they are all gone, `drained` yields None.
@@ -142,7 +147,7 @@ pub async fn serve<H: Handler>(
                     handler: handler.clone(),
                     settings: settings.clone(),
                     shutdown: shutdown.clone(),
-                    gauge: open_connections.clone(),
+                    gauges: gauges.clone(),
                     _alive: alive.clone(),
                 };
                 match &tls {
@@ -179,6 +184,15 @@ pub async fn serve<H: Handler>(
             tracing::warn!(?grace, "shutdown grace period over; closing the connections left");
         }
     }
+}
+
+/// A listener's connection gauges.
+#[derive(Clone, Debug)]
+pub struct ListenerGauges {
+    /// Client connections open.
+    pub open: IntGauge,
+    /// Of those, HTTP/1.1 connections parked between requests.
+    pub parked: IntGauge,
 }
 
 /// The h2 client preface: a connection that starts with it speaks h2c (prior knowledge).
@@ -242,22 +256,26 @@ where
 
 impl<I, S> Drain for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ServedBody>>,
     S::Future: 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, ResponseBody>,
+    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, ServedBody>,
 {
     fn drain(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-/// A listener's handler as a hyper service.
-struct Service<H>(Arc<H>);
+/// A listener's handler as a hyper service, for one client connection.
+struct Service<H> {
+    handler: Arc<H>,
+    /// Plain HTTP/1.1 connections only: the state parking reads.
+    parkable: Option<Arc<ConnState>>,
+}
 
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
-    type Response = Response<ResponseBody>;
+    type Response = Response<ServedBody>;
     type Error = Infallible;
     /// Boxed while in flight: the handler's future is ~4 KiB (the whole policy stack inline;
     /// ~9 KiB before the dial paths were boxed). Unboxed, hyper's HTTP/1.1 server keeps a
@@ -266,16 +284,53 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let handler = self.0.clone();
+        let handler = self.handler.clone();
+        let exchange = self.parkable.as_ref().map(OpenExchange::start);
         // Allocated first, then written: the future is built in the box. `Box::pin(fut)`
         // builds it on the stack and copies all of it.
         let slot: Box<std::mem::MaybeUninit<_>> = Box::new_uninit();
-        let handling: Pin<Box<_>> =
-            Box::into_pin(Box::write(
-                slot,
-                async move { Ok(handler.handle(req).await) },
-            ));
+        let handling: Pin<Box<_>> = Box::into_pin(Box::write(slot, async move {
+            let response = handler.handle(req).await;
+            Ok(response.map(|body| ServedBody::new(body, exchange)))
+        }));
         handling
+    }
+}
+
+/// hyper's HTTP/1.1 connection over a parkable socket.
+type Http1Conn<H> = http1::UpgradeableConnection<TokioIo<ParkableStream>, Service<H>>;
+
+/// Why a connection was not parked.
+enum ParkRefused<H: Handler> {
+    /// hyper was not idle: it finishes its exchange, then closes.
+    Busy(Pin<Box<Http1Conn<H>>>),
+    /// The connection ended (an error, or already upgraded): nothing to keep.
+    Ended,
+}
+
+/// Stops an idle hyper connection and takes its socket back. On an idle connection
+/// hyper's graceful shutdown ends at the first poll without a byte written; one that does
+/// not end there was busy and is handed back.
+async fn try_park<H: Handler>(
+    mut conn: Pin<Box<Http1Conn<H>>>,
+    state: &ConnState,
+) -> Result<ParkableStream, ParkRefused<H>> {
+    let before = state.activity();
+    state.set_parking(true);
+    conn.as_mut().drain();
+    let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+    state.set_parking(false);
+    match polled {
+        Poll::Pending => Err(ParkRefused::Busy(conn)),
+        Poll::Ready(Ok(())) if state.activity() == before => {
+            let parts = Pin::into_inner(conn)
+                .into_parts()
+                .ok_or(ParkRefused::Ended)?;
+            let mut socket = parts.io.into_inner();
+            socket.replay_first(parts.read_buf);
+            Ok(socket)
+        }
+        Poll::Ready(_) => Err(ParkRefused::Ended),
     }
 }
 
@@ -284,38 +339,30 @@ struct Conn<H> {
     handler: Arc<H>,
     settings: Arc<HttpSettings>,
     shutdown: watch::Receiver<bool>,
-    gauge: IntGauge,
+    gauges: ListenerGauges,
     /// Dropped with the connection: the listener's drain waits for all of them.
     _alive: mpsc::Sender<()>,
 }
 
 impl<H: Handler> Conn<H> {
-    fn service(&self) -> Service<H> {
-        Service(self.handler.clone())
+    fn service(&self, parkable: Option<&Arc<ConnState>>) -> Service<H> {
+        Service {
+            handler: self.handler.clone(),
+            parkable: parkable.cloned(),
+        }
     }
 
     /// A plain connection: HTTP/1.1 (with upgrades) or h2c, by its first bytes.
     async fn serve_tcp(self, stream: TcpStream) {
-        self.gauge.inc();
+        self.gauges.open.inc();
         match speaks_h2(&stream, self.settings.first_byte_timeout).await {
-            Some(true) => {
-                let conn = self
-                    .settings
-                    .http2
-                    .serve_connection(TokioIo::new(stream), self.service());
-                self.run(conn).await;
-            }
-            Some(false) => {
-                let conn = self
-                    .settings
-                    .http1
-                    .serve_connection(TokioIo::new(stream), self.service())
-                    .with_upgrades();
-                self.run(conn).await;
-            }
+            // Boxed: hyper's h2 connection is large, and inline it would set the size of
+            // every connection's task, parked HTTP/1.1 ones included.
+            Some(true) => Box::pin(self.serve_h2(stream)).await,
+            Some(false) => self.serve_http1(stream).await,
             None => tracing::debug!("client sent nothing; connection closed"),
         }
-        self.gauge.dec();
+        self.gauges.open.dec();
     }
 
     /// A TLS connection: hyper-util tells HTTP/1.1 from h2.
@@ -323,13 +370,110 @@ impl<H: Handler> Conn<H> {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        self.gauge.inc();
+        self.gauges.open.inc();
         let settings = self.settings.clone();
         let conn = settings
             .auto
-            .serve_connection_with_upgrades(TokioIo::new(io), self.service());
+            .serve_connection_with_upgrades(TokioIo::new(io), self.service(None));
         self.run(conn).await;
-        self.gauge.dec();
+        self.gauges.open.dec();
+    }
+
+    /// An h2c connection.
+    async fn serve_h2(&self, stream: TcpStream) {
+        let conn = self
+            .settings
+            .http2
+            .serve_connection(TokioIo::new(stream), self.service(None));
+        self.run(conn).await;
+    }
+
+    /// A plain HTTP/1.1 connection, parked between requests when it goes quiet.
+    async fn serve_http1(&self, stream: TcpStream) {
+        let state = Arc::new(ConnState::default());
+        let mut socket = ParkableStream::new(stream, state.clone());
+        loop {
+            let conn = self
+                .settings
+                .http1
+                .serve_connection(TokioIo::new(socket), self.service(Some(&state)))
+                .with_upgrades();
+            // Boxed so that a parked connection's task does not keep room for it.
+            socket = match self.run_parkable(Box::pin(conn), &state).await {
+                Some(parked) => parked,
+                None => return,
+            };
+            if socket.has_unread() {
+                continue;
+            }
+            self.gauges.parked.inc();
+            let woken = self.wait_parked(&socket).await;
+            self.gauges.parked.dec();
+            if !woken {
+                return; // dropping the socket closes it
+            }
+        }
+    }
+
+    /// Drives `conn` like [`Self::run`]; returns its socket instead when it was parked.
+    async fn run_parkable(
+        &self,
+        mut conn: Pin<Box<Http1Conn<H>>>,
+        state: &ConnState,
+    ) -> Option<ParkableStream> {
+        let mut shutdown = self.shutdown.clone();
+        let stopping = async move {
+            // The guard `wait_for` returns is not Send: dropped before this future ends.
+            let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
+        };
+        let mut stopping = std::pin::pin!(stopping);
+        let tick = tokio::time::sleep(PARK_AFTER);
+        let mut tick = std::pin::pin!(tick);
+        let finished_before = state.finished();
+        let mut seen = state.activity();
+        let mut may_park = true;
+        let ended = loop {
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                () = &mut stopping => {
+                    conn.as_mut().drain();
+                    break conn.as_mut().await;
+                }
+                () = tick.as_mut(), if may_park => {
+                    let now = state.activity();
+                    if now == seen && state.between_requests(finished_before) {
+                        match try_park(conn, state).await {
+                            Ok(socket) => return Some(socket),
+                            Err(ParkRefused::Busy(busy)) => {
+                                // Not idle after all: it now closes after its exchange.
+                                conn = busy;
+                                may_park = false;
+                            }
+                            Err(ParkRefused::Ended) => return None,
+                        }
+                    } else {
+                        seen = now;
+                        tick.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+        None
+    }
+
+    /// Waits, without hyper, for a parked connection's next bytes; false when it should
+    /// close instead (idle for `header_read_timeout`, or shutting down).
+    async fn wait_parked(&self, socket: &ParkableStream) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        let idle_limit = self.settings.first_byte_timeout.saturating_sub(PARK_AFTER);
+        tokio::select! {
+            readable = socket.socket().readable() => readable.is_ok(),
+            () = tokio::time::sleep(idle_limit) => false,
+            _ = shutdown.wait_for(|stop| *stop) => false,
+        }
     }
 
     /// Drives `conn` to its end; on shutdown lets its in-flight requests finish first.

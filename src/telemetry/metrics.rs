@@ -52,6 +52,8 @@ pub struct Metrics {
     pub registry_metrics: RegistryMetrics,
     /// Open client connections per listener.
     pub open_connections: IntGaugeVec,
+    /// Idle HTTP/1.1 client connections parked, per listener.
+    pub parked_connections: IntGaugeVec,
     /// Upgraded (WebSocket, CONNECT) connections being spliced, per listener.
     pub upgraded_connections: IntGaugeVec,
     /// Config reloads.
@@ -148,6 +150,13 @@ impl Metrics {
             ),
             &["listener"],
         ));
+        let parked_connections = build(IntGaugeVec::new(
+            Opts::new(
+                "meshlet_parked_connections",
+                "Idle HTTP/1.1 client connections parked without buffers, per listener.",
+            ),
+            &["listener"],
+        ));
         let upgraded_connections = build(IntGaugeVec::new(
             Opts::new("meshlet_upgraded_connections", "Upgraded connections (WebSocket and other Upgrade protocols, CONNECT tunnels) being spliced."),
             &["listener"],
@@ -225,6 +234,7 @@ impl Metrics {
             Box::new(grpc.clone()),
             Box::new(endpoints.clone()),
             Box::new(open_connections.clone()),
+            Box::new(parked_connections.clone()),
             Box::new(upgraded_connections.clone()),
             Box::new(watch_errors.clone()),
             Box::new(services.clone()),
@@ -262,6 +272,7 @@ impl Metrics {
                 services,
             },
             open_connections,
+            parked_connections,
             upgraded_connections,
         }
     }

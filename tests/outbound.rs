@@ -472,3 +472,114 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_request_body_still_unread_when_its_close_answer_ends_is_never_parsed_as_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers as soon as it has a request head and reads the body later,
+    // keeping its connection: meshlet goes on forwarding the body after the answer ended.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = upstream.accept().await {
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let n = match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    data.extend_from_slice(&buf[..n]);
+                    if !answered && data.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&data).to_string();
+                        let _ = seen.send(text.lines().next().unwrap_or("").to_owned());
+                        answered = true;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry: {{static: {{inventory: [\"{up_addr}\"]}}}}\n"
+    ))
+    .await;
+    // The client announced `connection: close` and sends its body only after a pause
+    // longer than the park tick. That body looks like a request: it must never be read
+    // as one.
+    let smuggled = "GET http://inventory/smuggled HTTP/1.1\r\nhost: inventory\r\n\r\n";
+    let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST http://inventory/upload HTTP/1.1\r\nhost: inventory\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (answer, body) = read_response(&mut client).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert_eq!(body, b"ok");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = client.write_all(smuggled.as_bytes()).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest)).await;
+    assert!(
+        rest.is_empty(),
+        "nothing more was answered: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!(
+        seen_rx.recv().await.as_deref(),
+        Some("POST /upload HTTP/1.1"),
+        "the POST reached the upstream"
+    );
+    assert!(
+        seen_rx.try_recv().is_err(),
+        "nothing else reached an upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_parked_connection_gets_one_header_read_timeout_for_the_wait_and_the_next_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("inventory").await;
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 4s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        up.addr
+    ))
+    .await;
+    let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET http://inventory/one HTTP/1.1\r\nhost: inventory\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut client).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let answered = std::time::Instant::now();
+    // Parked by now; 3 s later a head starts and stalls (slowloris). The 4 s count from
+    // the end of the last answer, not again from the first new byte (that would be 7 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client
+        .write_all(b"GET http://inventory/two HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+        .await
+        .expect("closed by meshlet");
+    let closed_after = answered.elapsed();
+    assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
+    assert!(
+        closed_after >= Duration::from_secs(3) && closed_after < Duration::from_secs(6),
+        "closed {closed_after:?} after the last answer"
+    );
+}

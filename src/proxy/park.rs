@@ -23,6 +23,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use http::header::CONNECTION;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -48,6 +50,10 @@ pub struct ConnState {
     write_blocked: AtomicBool,
     /// Set while a park is tried: hyper's shutdown of the socket is then skipped.
     parking: AtomicBool,
+    /// An exchange ended keep-alive (`connection: close`, HTTP/1.0, an upgrade, CONNECT):
+    /// hyper closes the connection once the request body is in, and until then its
+    /// graceful shutdown would stop it mid-body. Such a connection is never parked.
+    closing: AtomicBool,
 }
 
 impl ConnState {
@@ -68,6 +74,12 @@ impl ConnState {
         self.open_exchanges.load(Ordering::Relaxed) == 0
             && self.finished() > finished_before
             && !self.write_blocked.load(Ordering::Relaxed)
+            && !self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request arrived since `finished_before` was read.
+    pub fn request_since(&self, finished_before: u64) -> bool {
+        self.open_exchanges.load(Ordering::Relaxed) > 0 || self.finished() > finished_before
     }
 
     /// While set, hyper's shutdown of the socket does nothing (the socket is kept).
@@ -85,11 +97,35 @@ impl ConnState {
 pub struct OpenExchange(Arc<ConnState>);
 
 impl OpenExchange {
-    /// Counts a request in.
-    pub fn start(conn: &Arc<ConnState>) -> Self {
+    /// Counts `request` in.
+    pub fn start<B>(conn: &Arc<ConnState>, request: &Request<B>) -> Self {
         conn.open_exchanges.fetch_add(1, Ordering::Relaxed);
+        let keeps_alive = request.version() == Version::HTTP_11
+            && request.method() != Method::CONNECT
+            && !asks_to_close(request.headers());
+        if !keeps_alive {
+            conn.closing.store(true, Ordering::Relaxed);
+        }
         OpenExchange(conn.clone())
     }
+
+    /// Notes the answer: one that ends keep-alive marks the connection closing.
+    pub fn answered<B>(&self, response: &Response<B>) {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS || asks_to_close(response.headers())
+        {
+            self.0.closing.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A `connection: close` token in `headers`.
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
 }
 
 impl Drop for OpenExchange {
@@ -271,7 +307,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let state = Arc::new(ConnState::default());
         let mut socket = ParkableStream::new(server, state.clone());
-        let exchange = OpenExchange::start(&state);
+        let exchange = OpenExchange::start(&state, &Request::new(()));
         assert!(!state.between_requests(0), "an exchange is open");
         drop(exchange);
         assert!(state.between_requests(0));
@@ -307,5 +343,37 @@ mod tests {
             .await
             .unwrap();
         assert!(state.between_requests(0));
+    }
+
+    #[test]
+    fn an_exchange_that_ends_keep_alive_keeps_the_connection_from_parking() {
+        let get = || Request::get("/").body(()).unwrap();
+        let finished = |request: Request<()>, response: Response<()>| {
+            let state = Arc::new(ConnState::default());
+            let exchange = OpenExchange::start(&state, &request);
+            exchange.answered(&response);
+            drop(exchange);
+            state.between_requests(0)
+        };
+        assert!(finished(get(), Response::new(())));
+        let close = Request::get("/")
+            .header("connection", "keep-alive, Close")
+            .body(())
+            .unwrap();
+        assert!(!finished(close, Response::new(())));
+        let http10 = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert!(!finished(http10, Response::new(())));
+        let connect = Request::connect("example:443").body(()).unwrap();
+        assert!(!finished(connect, Response::new(())));
+        let switching = Response::builder().status(101).body(()).unwrap();
+        assert!(!finished(get(), switching));
+        let closing = Response::builder()
+            .header("connection", "close")
+            .body(())
+            .unwrap();
+        assert!(!finished(get(), closing));
     }
 }

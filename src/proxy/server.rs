@@ -285,12 +285,18 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let handler = self.handler.clone();
-        let exchange = self.parkable.as_ref().map(OpenExchange::start);
+        let exchange = self
+            .parkable
+            .as_ref()
+            .map(|conn| OpenExchange::start(conn, &req));
         // Allocated first, then written: the future is built in the box. `Box::pin(fut)`
         // builds it on the stack and copies all of it.
         let slot: Box<std::mem::MaybeUninit<_>> = Box::new_uninit();
         let handling: Pin<Box<_>> = Box::into_pin(Box::write(slot, async move {
             let response = handler.handle(req).await;
+            if let Some(exchange) = &exchange {
+                exchange.answered(&response);
+            }
             Ok(response.map(|body| ServedBody::new(body, exchange)))
         }));
         handling
@@ -392,6 +398,7 @@ impl<H: Handler> Conn<H> {
     async fn serve_http1(&self, stream: TcpStream) {
         let state = Arc::new(ConnState::default());
         let mut socket = ParkableStream::new(stream, state.clone());
+        let mut head_deadline = None;
         loop {
             let conn = self
                 .settings
@@ -399,15 +406,24 @@ impl<H: Handler> Conn<H> {
                 .serve_connection(TokioIo::new(socket), self.service(Some(&state)))
                 .with_upgrades();
             // Boxed so that a parked connection's task does not keep room for it.
-            socket = match self.run_parkable(Box::pin(conn), &state).await {
+            let parked = self
+                .run_parkable(Box::pin(conn), &state, head_deadline)
+                .await;
+            socket = match parked {
                 Some(parked) => parked,
                 None => return,
             };
+            // Quiet since about a tick before the park: what is left of
+            // `header_read_timeout` covers the wait and the next request head together
+            // (hyper's own clock restarts with each hyper connection).
+            let deadline = tokio::time::Instant::now()
+                + self.settings.first_byte_timeout.saturating_sub(PARK_AFTER);
+            head_deadline = Some(deadline);
             if socket.has_unread() {
                 continue;
             }
             self.gauges.parked.inc();
-            let woken = self.wait_parked(&socket).await;
+            let woken = self.wait_parked(&socket, deadline).await;
             self.gauges.parked.dec();
             if !woken {
                 return; // dropping the socket closes it
@@ -416,10 +432,13 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Drives `conn` like [`Self::run`]; returns its socket instead when it was parked.
+    /// After a park, a connection that has sent no whole request head by `head_deadline`
+    /// is closed.
     async fn run_parkable(
         &self,
         mut conn: Pin<Box<Http1Conn<H>>>,
         state: &ConnState,
+        head_deadline: Option<tokio::time::Instant>,
     ) -> Option<ParkableStream> {
         let mut shutdown = self.shutdown.clone();
         let stopping = async move {
@@ -440,6 +459,11 @@ impl<H: Handler> Conn<H> {
                     break conn.as_mut().await;
                 }
                 () = tick.as_mut(), if may_park => {
+                    let late = head_deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                    if late && !state.request_since(finished_before) {
+                        tracing::debug!("no request head within header_read_timeout; closing");
+                        return None;
+                    }
                     let now = state.activity();
                     if now == seen && state.between_requests(finished_before) {
                         match try_park(conn, state).await {
@@ -465,13 +489,12 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Waits, without hyper, for a parked connection's next bytes; false when it should
-    /// close instead (idle for `header_read_timeout`, or shutting down).
-    async fn wait_parked(&self, socket: &ParkableStream) -> bool {
+    /// close instead (quiet until `deadline`, or shutting down).
+    async fn wait_parked(&self, socket: &ParkableStream, deadline: tokio::time::Instant) -> bool {
         let mut shutdown = self.shutdown.clone();
-        let idle_limit = self.settings.first_byte_timeout.saturating_sub(PARK_AFTER);
         tokio::select! {
             readable = socket.socket().readable() => readable.is_ok(),
-            () = tokio::time::sleep(idle_limit) => false,
+            () = tokio::time::sleep_until(deadline) => false,
             _ = shutdown.wait_for(|stop| *stop) => false,
         }
     }

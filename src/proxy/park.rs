@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::header::CONNECTION;
+use http::header::{CONNECTION, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -54,6 +54,11 @@ pub struct ConnState {
     /// hyper closes the connection once the request body is in, and until then its
     /// graceful shutdown would stop it mid-body. Such a connection is never parked.
     closing: AtomicBool,
+    /// The latest request came with `transfer-encoding`: when it also had a
+    /// `content-length`, hyper removed that header and ends keep-alive without a sign the
+    /// handler can see, so it counts as closing until the next request head shows that
+    /// hyper read the body whole and kept the connection.
+    body_unsure: AtomicBool,
 }
 
 impl ConnState {
@@ -75,6 +80,7 @@ impl ConnState {
             && self.finished() > finished_before
             && !self.write_blocked.load(Ordering::Relaxed)
             && !self.closing.load(Ordering::Relaxed)
+            && !self.body_unsure.load(Ordering::Relaxed)
     }
 
     /// Whether a request arrived since `finished_before` was read.
@@ -106,6 +112,8 @@ impl OpenExchange {
         if !keeps_alive {
             conn.closing.store(true, Ordering::Relaxed);
         }
+        let unsure = request.headers().contains_key(TRANSFER_ENCODING);
+        conn.body_unsure.store(unsure, Ordering::Relaxed);
         OpenExchange(conn.clone())
     }
 
@@ -198,10 +206,13 @@ impl ParkableStream {
     pub fn replay_first(&mut self, bytes: Bytes) {
         // hyper's leftover is a view into its whole read buffer, which it would keep
         // alive even when empty: copied, and only when there is something.
-        self.unread = if bytes.is_empty() {
-            Bytes::new()
-        } else {
+        if bytes.is_empty() {
+            return;
+        }
+        self.unread = if self.unread.is_empty() {
             Bytes::copy_from_slice(&bytes)
+        } else {
+            [&self.unread[..], &bytes[..]].concat().into()
         };
     }
 
@@ -368,6 +379,13 @@ mod tests {
         assert!(!finished(http10, Response::new(())));
         let connect = Request::connect("example:443").body(()).unwrap();
         assert!(!finished(connect, Response::new(())));
+        let chunked = || {
+            Request::post("/")
+                .header("transfer-encoding", "chunked")
+                .body(())
+                .unwrap()
+        };
+        assert!(!finished(chunked(), Response::new(())));
         let switching = Response::builder().status(101).body(()).unwrap();
         assert!(!finished(get(), switching));
         let closing = Response::builder()
@@ -375,5 +393,13 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!finished(get(), closing));
+
+        // A chunked request is judged by the next request head: once hyper parsed one,
+        // the body before it was read whole on a kept connection.
+        let state = Arc::new(ConnState::default());
+        drop(OpenExchange::start(&state, &chunked()));
+        assert!(!state.between_requests(0));
+        drop(OpenExchange::start(&state, &get()));
+        assert!(state.between_requests(1));
     }
 }

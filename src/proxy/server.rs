@@ -409,15 +409,15 @@ impl<H: Handler> Conn<H> {
             let parked = self
                 .run_parkable(Box::pin(conn), &state, head_deadline)
                 .await;
-            socket = match parked {
+            let idle_since;
+            (socket, idle_since) = match parked {
                 Some(parked) => parked,
                 None => return,
             };
-            // Quiet since about a tick before the park: what is left of
-            // `header_read_timeout` covers the wait and the next request head together
-            // (hyper's own clock restarts with each hyper connection).
-            let deadline = tokio::time::Instant::now()
-                + self.settings.first_byte_timeout.saturating_sub(PARK_AFTER);
+            // `header_read_timeout` runs from the end of the last exchange (as hyper's
+            // clock does) through the wait and the next request head: hyper's own clock
+            // restarts with each hyper connection, this one does not.
+            let deadline = idle_since + self.settings.first_byte_timeout;
             head_deadline = Some(deadline);
             if socket.has_unread() {
                 continue;
@@ -431,15 +431,15 @@ impl<H: Handler> Conn<H> {
         }
     }
 
-    /// Drives `conn` like [`Self::run`]; returns its socket instead when it was parked.
-    /// After a park, a connection that has sent no whole request head by `head_deadline`
-    /// is closed.
+    /// Drives `conn` like [`Self::run`]; returns its socket instead when it was parked,
+    /// with about when its last exchange ended (to a tick). After a park, a connection
+    /// that has sent no whole request head by `head_deadline` is closed.
     async fn run_parkable(
         &self,
         mut conn: Pin<Box<Http1Conn<H>>>,
         state: &ConnState,
         head_deadline: Option<tokio::time::Instant>,
-    ) -> Option<ParkableStream> {
+    ) -> Option<(ParkableStream, tokio::time::Instant)> {
         let mut shutdown = self.shutdown.clone();
         let stopping = async move {
             // The guard `wait_for` returns is not Send: dropped before this future ends.
@@ -449,6 +449,8 @@ impl<H: Handler> Conn<H> {
         let tick = tokio::time::sleep(PARK_AFTER);
         let mut tick = std::pin::pin!(tick);
         let finished_before = state.finished();
+        let mut finished_seen = finished_before;
+        let mut idle_since = tokio::time::Instant::now();
         let mut seen = state.activity();
         let mut may_park = true;
         let ended = loop {
@@ -459,7 +461,14 @@ impl<H: Handler> Conn<H> {
                     break conn.as_mut().await;
                 }
                 () = tick.as_mut(), if may_park => {
-                    let late = head_deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                    let at = tokio::time::Instant::now();
+                    // An exchange ending shows as activity, so this tick never parks:
+                    // the next one does at the earliest, with this time as the idle start.
+                    if state.finished() != finished_seen {
+                        finished_seen = state.finished();
+                        idle_since = at;
+                    }
+                    let late = head_deadline.is_some_and(|d| at >= d);
                     if late && !state.request_since(finished_before) {
                         tracing::debug!("no request head within header_read_timeout; closing");
                         return None;
@@ -467,7 +476,7 @@ impl<H: Handler> Conn<H> {
                     let now = state.activity();
                     if now == seen && state.between_requests(finished_before) {
                         match try_park(conn, state).await {
-                            Ok(socket) => return Some(socket),
+                            Ok(socket) => return Some((socket, idle_since)),
                             Err(ParkRefused::Busy(busy)) => {
                                 // Not idle after all: it now closes after its exchange.
                                 conn = busy;
@@ -477,7 +486,7 @@ impl<H: Handler> Conn<H> {
                         }
                     } else {
                         seen = now;
-                        tick.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
+                        tick.as_mut().reset(at + PARK_AFTER);
                     }
                 }
             }

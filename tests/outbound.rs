@@ -391,7 +391,7 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("inventory").await;
     let s = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 2s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 2s, keepalive_timeout: 2s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
         up.addr
     ))
     .await;
@@ -457,7 +457,7 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(up.hits(), 4);
 
-    // Parked, a connection still ends after `header_read_timeout` of quiet.
+    // Parked, a connection still ends after `keepalive_timeout` of quiet.
     let quiet_from = std::time::Instant::now();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
@@ -568,39 +568,46 @@ async fn a_request_with_both_content_length_and_chunked_is_never_parked_mid_body
 }
 
 #[tokio::test]
-async fn a_parked_connection_gets_one_header_read_timeout_for_the_wait_and_the_next_head() {
+async fn keep_alive_outlives_the_header_read_timeout_and_a_stalled_head_does_not() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("inventory").await;
     let s = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 4s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 1s, keepalive_timeout: 30s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
         up.addr
     ))
     .await;
     let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
         .await
         .unwrap();
-    client
-        .write_all(b"GET http://inventory/one HTTP/1.1\r\nhost: inventory\r\n\r\n")
-        .await
-        .unwrap();
+    let get =
+        |path: &str| format!("GET http://inventory{path} HTTP/1.1\r\nhost: inventory\r\n\r\n");
+    client.write_all(get("/one").as_bytes()).await.unwrap();
     let (head, _) = read_response(&mut client).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    let answered = std::time::Instant::now();
-    // Parked by now; 3 s later a head starts and stalls (slowloris). The 4 s count from
-    // the end of the last answer, not again from the first new byte (that would be 7 s).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Idle for more than twice the header read timeout: kept (keepalive_timeout).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.write_all(get("/two").as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut client).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // Parked again, then a head starts and stalls (slowloris): cut after the header read
+    // timeout, counted from its first bytes.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     client
-        .write_all(b"GET http://inventory/two HTTP/1.1\r\n")
+        .write_all(b"GET http://inventory/three HTTP/1.1\r\n")
         .await
         .unwrap();
+    let stalled = std::time::Instant::now();
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
         .await
         .expect("closed by meshlet");
-    let closed_after = answered.elapsed();
+    let closed_after = stalled.elapsed();
     assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
     assert!(
-        closed_after >= Duration::from_secs(3) && closed_after < Duration::from_secs(6),
-        "closed {closed_after:?} after the last answer"
+        closed_after >= Duration::from_millis(700) && closed_after < Duration::from_secs(3),
+        "closed {closed_after:?} after the head stalled"
     );
+    assert_eq!(up.hits(), 2);
 }

@@ -130,6 +130,7 @@ fn validate(c: &Config) -> Result<(), Violation> {
         ("service.health_interval", c.service.health_interval),
         ("limits.idle_timeout", c.limits.idle_timeout),
         ("limits.header_read_timeout", c.limits.header_read_timeout),
+        ("limits.keepalive_timeout", c.limits.keepalive_timeout),
     ];
     for (key, duration) in timers {
         if duration.get().is_zero() {

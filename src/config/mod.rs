@@ -179,6 +179,8 @@ pub struct Limits {
     pub idle_timeout: Dur,
     /// A client slower than this to send its headers is cut (slowloris).
     pub header_read_timeout: Dur,
+    /// An idle keep-alive client connection is closed after this long without a request.
+    pub keepalive_timeout: Dur,
 }
 
 impl Default for Limits {
@@ -189,6 +191,7 @@ impl Default for Limits {
             replay_buffer: ByteSize::kib(64),
             idle_timeout: Dur::secs(60),
             header_read_timeout: Dur::secs(10),
+            keepalive_timeout: Dur::secs(60),
         }
     }
 }

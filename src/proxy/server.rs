@@ -75,6 +75,8 @@ pub struct HttpSettings {
     auto: auto::Builder<TokioExecutor>,
     /// A client that sends no first byte for this long is disconnected.
     first_byte_timeout: Duration,
+    /// A parked connection with no new request for this long is closed.
+    keepalive_timeout: Duration,
 }
 
 /// The HTTP server settings of a data-plane listener.
@@ -113,6 +115,7 @@ pub fn http_builder(limits: &Limits) -> HttpSettings {
         http2,
         auto,
         first_byte_timeout: limits.header_read_timeout.get(),
+        keepalive_timeout: limits.keepalive_timeout.get(),
     }
 }
 
@@ -414,15 +417,18 @@ impl<H: Handler> Conn<H> {
                 Some(parked) => parked,
                 None => return,
             };
-            // `header_read_timeout` runs from the end of the last exchange (as hyper's
-            // clock does) through the wait and the next request head: hyper's own clock
-            // restarts with each hyper connection, this one does not.
-            let deadline = idle_since + self.settings.first_byte_timeout;
-            head_deadline = Some(deadline);
             if socket.has_unread() {
+                // Part of a head came in before the park: `header_read_timeout` still
+                // runs from the end of the last exchange (as hyper's clock did), not again
+                // from the next hyper connection's start.
+                head_deadline = Some(idle_since + self.settings.first_byte_timeout);
                 continue;
             }
+            // Nothing of a next request yet: the keep-alive limit applies while parked;
+            // once bytes arrive, the next hyper connection's own header clock does.
+            head_deadline = None;
             self.gauges.parked.inc();
+            let deadline = idle_since + self.settings.keepalive_timeout;
             let woken = self.wait_parked(&socket, deadline).await;
             self.gauges.parked.dec();
             if !woken {

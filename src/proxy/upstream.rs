@@ -24,8 +24,10 @@ use crate::policy::balance::Endpoint;
 /// Idle HTTP/1.1 connections kept per endpoint and worker: enough for every connection a
 /// busy worker holds at once (closing released ones only to dial again costs more).
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
-/// An idle connection older than this is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// An idle connection older than this is closed rather than reused. Below the default
+/// `limits.keepalive_timeout` (60 s) of the meshlet on the other end, so that this side
+/// lets go first and never reuses a connection just as the peer closes it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// Why a request did not get a response from the upstream.
 #[derive(Debug, thiserror::Error)]

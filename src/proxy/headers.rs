@@ -38,6 +38,32 @@ fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
     found
 }
 
+/// What a message's headers say about its connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionHints {
+    /// A `close` token in a `Connection` header.
+    pub close: bool,
+    /// A `transfer-encoding` header.
+    pub transfer_encoding: bool,
+}
+
+/// [`ConnectionHints`] of `headers`: the same one scan of the names as
+/// [`strip_hop_by_hop`], the `Connection` values read only when there is one.
+pub fn connection_hints(headers: &HeaderMap) -> ConnectionHints {
+    let found = hop_by_hop_present(headers);
+    let close = found & (1 << 4) != 0
+        && headers.get_all(CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+    ConnectionHints {
+        close,
+        transfer_encoding: found & (1 << 5) != 0,
+    }
+}
+
 /// Removes hop-by-hop headers. `te: trailers` survives: gRPC needs it end to end.
 ///
 /// One scan of the names first, then a removal only for what is there: most messages

@@ -23,13 +23,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::header::{CONNECTION, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::{BodyError, ResponseBody};
+use super::headers::connection_hints;
 
 /// How long a finished connection stays quiet before it is parked: long enough that a
 /// client in a request loop never sees it, short enough that pools of idle connections
@@ -106,34 +106,26 @@ impl OpenExchange {
     /// Counts `request` in.
     pub fn start<B>(conn: &Arc<ConnState>, request: &Request<B>) -> Self {
         conn.open_exchanges.fetch_add(1, Ordering::Relaxed);
+        let hints = connection_hints(request.headers());
         let keeps_alive = request.version() == Version::HTTP_11
             && request.method() != Method::CONNECT
-            && !asks_to_close(request.headers());
+            && !hints.close;
         if !keeps_alive {
             conn.closing.store(true, Ordering::Relaxed);
         }
-        let unsure = request.headers().contains_key(TRANSFER_ENCODING);
-        conn.body_unsure.store(unsure, Ordering::Relaxed);
+        conn.body_unsure
+            .store(hints.transfer_encoding, Ordering::Relaxed);
         OpenExchange(conn.clone())
     }
 
     /// Notes the answer: one that ends keep-alive marks the connection closing.
     pub fn answered<B>(&self, response: &Response<B>) {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS || asks_to_close(response.headers())
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            || connection_hints(response.headers()).close
         {
             self.0.closing.store(true, Ordering::Relaxed);
         }
     }
-}
-
-/// A `connection: close` token in `headers`.
-fn asks_to_close(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 impl Drop for OpenExchange {

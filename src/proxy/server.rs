@@ -446,12 +446,7 @@ impl<H: Handler> Conn<H> {
         state: &ConnState,
         head_deadline: Option<tokio::time::Instant>,
     ) -> Option<(ParkableStream, tokio::time::Instant)> {
-        let mut shutdown = self.shutdown.clone();
-        let stopping = async move {
-            // The guard `wait_for` returns is not Send: dropped before this future ends.
-            let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
-        };
-        let mut stopping = std::pin::pin!(stopping);
+        let mut stopping = std::pin::pin!(self.stopping());
         let tick = tokio::time::sleep(PARK_AFTER);
         let mut tick = std::pin::pin!(tick);
         let finished_before = state.finished();
@@ -497,20 +492,26 @@ impl<H: Handler> Conn<H> {
                 }
             }
         };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "client connection ended with an error");
-        }
+        note_end(ended);
         None
     }
 
     /// Waits, without hyper, for a parked connection's next bytes; false when it should
     /// close instead (quiet until `deadline`, or shutting down).
     async fn wait_parked(&self, socket: &ParkableStream, deadline: tokio::time::Instant) -> bool {
-        let mut shutdown = self.shutdown.clone();
         tokio::select! {
             readable = socket.socket().readable() => readable.is_ok(),
             () = tokio::time::sleep_until(deadline) => false,
-            _ = shutdown.wait_for(|stop| *stop) => false,
+            () = self.stopping() => false,
+        }
+    }
+
+    /// Resolves once the listener is told to shut down.
+    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            // The guard `wait_for` returns is not Send: dropped before this future ends.
+            let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
         }
     }
 
@@ -521,20 +522,20 @@ impl<H: Handler> Conn<H> {
         E: std::fmt::Display,
     {
         let mut conn = std::pin::pin!(conn);
-        let mut shutdown = self.shutdown.clone();
-        let stopping = async move {
-            // The guard `wait_for` returns is not Send: dropped before this future ends.
-            let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
-        };
         let ended = tokio::select! {
             ended = conn.as_mut() => ended,
-            () = stopping => {
+            () = self.stopping() => {
                 conn.as_mut().drain();
                 conn.await
             }
         };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "client connection ended with an error");
-        }
+        note_end(ended);
+    }
+}
+
+/// Logs how a client connection ended, when with an error.
+fn note_end<E: std::fmt::Display>(ended: Result<(), E>) {
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "client connection ended with an error");
     }
 }

@@ -306,10 +306,7 @@ async fn a_silent_client_is_dropped_and_a_slow_h2_preface_still_means_h2() {
     let mut silent = tokio::net::TcpStream::connect(s.addresses.outbound)
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
-        .await
-        .expect("closed by meshlet");
+    let read = read_until_closed(&mut silent).await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 
     // The h2 preface in two writes with a pause between: still served as h2c.
@@ -328,6 +325,36 @@ async fn a_silent_client_is_dropped_and_a_slow_h2_preface_still_means_h2() {
         .expect("an h2 answer")
         .unwrap();
     assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
+}
+
+/// A keep-alive GET of `path` on `inventory`, as the bytes a raw client writes.
+fn raw_get(path: &str) -> String {
+    format!("GET http://inventory{path} HTTP/1.1\r\nhost: inventory\r\n\r\n")
+}
+
+/// An `orders` sidecar (one worker, `limits` as a YAML line or empty) with `inventory` at
+/// `upstream`, and a raw client connection to its outbound listener.
+async fn orders_with_raw_client(
+    upstream: std::net::SocketAddr,
+    limits: &str,
+) -> (meshlet::sidecar::Sidecar, tokio::net::TcpStream) {
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\n{limits}registry: {{static: {{inventory: [\"{upstream}\"]}}}}\n"
+    ))
+    .await;
+    let client = tokio::net::TcpStream::connect(s.addresses.outbound)
+        .await
+        .unwrap();
+    (s, client)
+}
+
+/// Reads from `stream` until meshlet closes it (at most 10 s): the last read's result.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("closed by meshlet")
 }
 
 /// Reads one HTTP/1.1 response (`content-length` or chunked) from `stream`: (head, body).
@@ -388,13 +415,10 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) 
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_parked_and_served_again() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = Upstream::start("inventory").await;
-    let s = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 2s, keepalive_timeout: 2s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
-        up.addr
-    ))
-    .await;
+    let limits = "limits: {header_read_timeout: 2s, keepalive_timeout: 2s}\n";
+    let (s, mut client) = orders_with_raw_client(up.addr, limits).await;
     let telemetry = s.addresses.telemetry;
     let parked = || async move {
         metric(
@@ -406,13 +430,8 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     let open = || async move {
         metric(telemetry, "meshlet_open_connections{listener=\"outbound\"}").await
     };
-    let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
-        .await
-        .unwrap();
-    let get =
-        |path: &str| format!("GET http://inventory{path} HTTP/1.1\r\nhost: inventory\r\n\r\n");
 
-    client.write_all(get("/one").as_bytes()).await.unwrap();
+    client.write_all(raw_get("/one").as_bytes()).await.unwrap();
     let (head, body) = read_response(&mut client).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains("/one"));
@@ -423,7 +442,7 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
 
     // A request head split by a pause longer than the park tick wakes the connection,
     // and the request is answered on it as keep-alive.
-    let request = get("/two");
+    let request = raw_get("/two");
     let (first, rest) = request.split_at(20);
     client.write_all(first.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -436,7 +455,7 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     // A 4 MiB answer the client reads only after a pause: nothing hyper still held to
     // send is lost to a park.
     client
-        .write_all(get("/bytes/4194304").as_bytes())
+        .write_all(raw_get("/bytes/4194304").as_bytes())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -452,17 +471,14 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     // requests over a pooled connection, the client opened one).
     assert!(eventually(Duration::from_secs(5), || async { parked().await == 1.0 }).await);
     assert_eq!(open().await, 1.0);
-    client.write_all(get("/four").as_bytes()).await.unwrap();
+    client.write_all(raw_get("/four").as_bytes()).await.unwrap();
     let (head, _) = read_response(&mut client).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(up.hits(), 4);
 
     // Parked, a connection still ends after `keepalive_timeout` of quiet.
     let quiet_from = std::time::Instant::now();
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
-        .await
-        .expect("closed by meshlet");
+    let read = read_until_closed(&mut client).await;
     assert!(matches!(read, Ok(0)), "{read:?}");
     assert!(quiet_from.elapsed() >= Duration::from_millis(1500));
     assert!(
@@ -509,13 +525,7 @@ async fn assert_late_body_is_never_a_request(head: &str, first: &str, rest: &str
             });
         }
     });
-    let s = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nregistry: {{static: {{inventory: [\"{up_addr}\"]}}}}\n"
-    ))
-    .await;
-    let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
-        .await
-        .unwrap();
+    let (_sidecar, mut client) = orders_with_raw_client(up_addr, "").await;
     client
         .write_all(format!("{head}{first}").as_bytes())
         .await
@@ -569,25 +579,17 @@ async fn a_request_with_both_content_length_and_chunked_is_never_parked_mid_body
 
 #[tokio::test]
 async fn keep_alive_outlives_the_header_read_timeout_and_a_stalled_head_does_not() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = Upstream::start("inventory").await;
-    let s = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nlimits: {{header_read_timeout: 1s, keepalive_timeout: 30s}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
-        up.addr
-    ))
-    .await;
-    let mut client = tokio::net::TcpStream::connect(s.addresses.outbound)
-        .await
-        .unwrap();
-    let get =
-        |path: &str| format!("GET http://inventory{path} HTTP/1.1\r\nhost: inventory\r\n\r\n");
-    client.write_all(get("/one").as_bytes()).await.unwrap();
+    let limits = "limits: {header_read_timeout: 1s, keepalive_timeout: 30s}\n";
+    let (_sidecar, mut client) = orders_with_raw_client(up.addr, limits).await;
+    client.write_all(raw_get("/one").as_bytes()).await.unwrap();
     let (head, _) = read_response(&mut client).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
 
     // Idle for more than twice the header read timeout: kept (keepalive_timeout).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    client.write_all(get("/two").as_bytes()).await.unwrap();
+    client.write_all(raw_get("/two").as_bytes()).await.unwrap();
     let (head, _) = read_response(&mut client).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
 
@@ -599,10 +601,7 @@ async fn keep_alive_outlives_the_header_read_timeout_and_a_stalled_head_does_not
         .await
         .unwrap();
     let stalled = std::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
-        .await
-        .expect("closed by meshlet");
+    let read = read_until_closed(&mut client).await;
     let closed_after = stalled.elapsed();
     assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
     assert!(

@@ -40,7 +40,7 @@ enum Command {
         #[command(subcommand)]
         action: RegistryAction,
     },
-    /// Publish, tail and replay events on Redis Streams (DESIGN §8).
+    /// Publish, tail and replay events on Redis Streams (docs/events.md).
     Events {
         #[command(flatten)]
         target: RegistryTarget,

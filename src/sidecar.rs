@@ -40,7 +40,7 @@ use crate::telemetry::metrics::{Direction, Metrics};
 use crate::telemetry::otlp::SpanExport;
 
 /// How long readiness waits for a first Redis snapshot before serving static and
-/// last-known entries anyway (DESIGN §5).
+/// last-known entries anyway (docs/registry.md).
 const REGISTRY_READY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why the sidecar could not start.

@@ -1,4 +1,4 @@
-//! Events over Redis Streams (DESIGN §8) against a real redis-server and real app servers:
+//! Events over Redis Streams (docs/events.md) against a real redis-server and real app servers:
 //! publish and dedupe, bad input, Redis down, delivery envelope and headers, order, retries,
 //! dead letters and replay, Redis restarts, competing consumers, takeover from a dead
 //! consumer, batch publish, the CLI, and a subscriber SIGKILLed mid-stream.
@@ -323,7 +323,7 @@ async fn publish_stores_once_per_event_id() {
     let uuid = uuid::Uuid::parse_str(&id).expect("a UUID");
     assert_eq!(uuid.get_version_num(), 7);
 
-    // The stored entry: every field of DESIGN §8.
+    // The stored entry: every field of docs/events.md.
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg("mesh:events:trade.executed")
         .arg("-")

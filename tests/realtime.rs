@@ -1,4 +1,4 @@
-//! The realtime hub end to end (DESIGN §9): real WebSocket clients (tokio-tungstenite)
+//! The realtime hub end to end (docs/realtime.md): real WebSocket clients (tokio-tungstenite)
 //! against in-process meshlets, two of them sharing one real redis-server.
 
 mod support;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """greeter: a service with no meshlet beside it that joins the mesh by itself.
 
-It follows the registry contract (DESIGN §5, docs/registry.md) with nothing but the
+It follows the registry contract (docs/registry.md) with nothing but the
 standard library: a dozen lines of RESP over a socket, and four Redis commands.
 
   register   MULTI; HSET {p}:inst:{svc}:{id} host port version status=up metadata

@@ -1,4 +1,4 @@
-//! The YAML contract (DESIGN §4): serde types with their documented defaults, loading with
+//! The YAML contract (docs/config.md): serde types with their documented defaults, loading with
 //! line/column errors, and the semantic checks serde cannot express.
 //!
 //! Config is data only. The running sidecar turns it into live handles (registry,
@@ -378,7 +378,7 @@ pub struct TlsConfig {
     pub ca: Text,
 }
 
-/// `events:` (DESIGN §8).
+/// `events:` (docs/events.md).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
@@ -440,7 +440,7 @@ pub enum StreamStart {
     Earliest,
 }
 
-/// `realtime:` (DESIGN §9).
+/// `realtime:` (docs/realtime.md).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RealtimeConfig {

@@ -18,7 +18,7 @@ use crate::proxy::body::ResponseBody;
 use crate::registry::connection::REDIS_IO_TIMEOUT;
 use crate::telemetry::admin;
 
-/// Largest event payload (DESIGN §8).
+/// Largest event payload (docs/events.md).
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
 /// Largest ndjson batch body; each line is still at most [`MAX_PAYLOAD`].
 pub const MAX_BATCH: usize = 16 * 1024 * 1024;

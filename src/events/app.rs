@@ -1,6 +1,6 @@
 //! The HTTP client that hands events to the local app: one pooled client per
 //! subscription, each POST bounded by the subscription's `timeout`, and the app's answer
-//! reduced to what delivery needs to decide (DESIGN §8).
+//! reduced to what delivery needs to decide (docs/events.md).
 
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ pub enum Verdict {
 }
 
 impl Answer {
-    /// The rule of DESIGN §8.
+    /// The rule of docs/events.md.
     pub fn verdict(self) -> Verdict {
         match self {
             Answer::Status(s) if (200..300).contains(&s) => Verdict::Ack,

@@ -1,4 +1,4 @@
-//! Delivery of one subscription (DESIGN §8): a consumer group per service, a consumer per
+//! Delivery of one subscription (docs/events.md): a consumer group per service, a consumer per
 //! meshlet, XREADGROUP with BLOCK on a connection of its own, each entry handed to the app
 //! by a task that owns it until it is acknowledged, dead-lettered, or left pending for
 //! another meshlet (shutdown).

@@ -1,4 +1,4 @@
-//! The event as stored (one stream entry, DESIGN §8) and as delivered (the JSON envelope
+//! The event as stored (one stream entry, docs/events.md) and as delivered (the JSON envelope
 //! POSTed to the app), plus the checks a publish must pass before it reaches Redis.
 
 use std::time::SystemTime;

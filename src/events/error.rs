@@ -1,4 +1,4 @@
-//! Why an events request failed, and the one place that turns it into the DESIGN §7 JSON
+//! Why an events request failed, and the one place that turns it into the docs/errors.md JSON
 //! error (`{"error","message","service","request_id"}` + `x-mesh-error`).
 
 use http::{Response, StatusCode};

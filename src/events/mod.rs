@@ -1,4 +1,4 @@
-//! Events over Redis Streams (DESIGN §8): the app POSTs an event to the local API, meshlet
+//! Events over Redis Streams (docs/events.md): the app POSTs an event to the local API, meshlet
 //! stores it once (dedupe by event id), and every subscribing service's meshlet delivers it
 //! to its app as an HTTP POST, at least once, with retries and dead letters.
 //!
@@ -13,7 +13,7 @@
 //! - [`api`]: the `/v1/events` routes of the local API.
 //! - [`cli`]: `meshlet events ...` for operators.
 //! - [`metrics`]: metric families and handles.
-//! - [`error`]: request errors and their DESIGN §7 responses.
+//! - [`error`]: request errors and their docs/errors.md responses.
 //!
 //! Redis keys: `{prefix}:events:{type}` (stream), `{prefix}:evid:{event_id}` (dedupe,
 //! expires after `dedupe_window`), `{prefix}:dlq:{type}` (dead letters).

@@ -1,5 +1,5 @@
 //! Publishing: one event, or a batch pipelined in one round trip, each through the
-//! dedupe-and-append script (DESIGN §8). No HTTP here: the local API and the CLI both
+//! dedupe-and-append script (docs/events.md). No HTTP here: the local API and the CLI both
 //! call [`Publisher`].
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Identity on both sides of a call (DESIGN §6): request ids, W3C trace context, service
+//! Identity on both sides of a call (docs/identity.md): request ids, W3C trace context, service
 //! identity tokens, static auth headers toward a destination, and the inbound checks
 //! (token, audience, `allow_from`) before a request reaches the app.
 

@@ -1,4 +1,4 @@
-//! Resilience policy per destination (DESIGN §2): the state that outlives config reloads
+//! Resilience policy per destination (docs/architecture.md): the state that outlives config reloads
 //! ([`DestinationState`]: breaker, retry budget, stale cache, concurrency count) and the
 //! pieces the call path applies in order: degrade ▶ breaker ▶ concurrency ▶ total timeout ▶
 //! retry (budget, backoff) ▶ per-try timeout ▶ balance (outlier ejection).

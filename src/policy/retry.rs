@@ -47,7 +47,7 @@ impl Failure {
     pub fn trips_breaker(self) -> bool {
         match self {
             Failure::Status(s) => s.is_server_error(),
-            // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE: like a 5xx (DESIGN §7).
+            // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE: like a 5xx (docs/errors.md).
             Failure::Grpc(code) => matches!(code, 2 | 4 | 13 | 14),
             _ => true,
         }

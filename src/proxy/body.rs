@@ -3,7 +3,7 @@
 //! rather than boxed trait objects: no allocation per request.
 //!
 //! A streamed response is cut after `limits.idle_timeout` without a byte in either
-//! direction (DESIGN §4: the call's timeout ends at the response headers). The timer is
+//! direction (docs/config.md: the call's timeout ends at the response headers). The timer is
 //! armed only when the upstream makes the body wait, so a response that arrives whole costs
 //! nothing; bytes of a still-streaming request body (a bidi gRPC call) count as activity.
 

@@ -1,4 +1,4 @@
-//! One outbound call through the policy stack of its destination, in the order of DESIGN §2:
+//! One outbound call through the policy stack of its destination, in the order of docs/architecture.md:
 //!
 //! 1. **degrade ▶ breaker**: an open breaker answers at once (degrade answer or
 //!    `circuit_open`), before any work; `read_only` still lets reads through.

@@ -1,4 +1,4 @@
-//! The errors meshlet answers itself (DESIGN §7), turned into responses in one place:
+//! The errors meshlet answers itself (docs/errors.md), turned into responses in one place:
 //! a JSON body `{"error","message","service","request_id"}` and an `x-mesh-error` header.
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -56,7 +56,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The DESIGN §7 code.
+    /// The docs/errors.md code.
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute { .. } => "no_route",
@@ -92,7 +92,7 @@ impl ProxyError {
         }
     }
 
-    /// The gRPC status a gRPC client gets for this error (DESIGN §7).
+    /// The gRPC status a gRPC client gets for this error (docs/errors.md).
     pub fn grpc_status(&self) -> u8 {
         match self {
             ProxyError::Timeout(_) => 4,      // DEADLINE_EXCEEDED
@@ -148,7 +148,7 @@ impl ProxyError {
     }
 }
 
-/// The DESIGN §7 error answer every part of meshlet gives: a JSON body
+/// The docs/errors.md error answer every part of meshlet gives: a JSON body
 /// `{"error","message","service","request_id"}` and an `x-mesh-error` header.
 pub fn error_response(
     status: StatusCode,

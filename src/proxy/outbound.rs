@@ -1,4 +1,4 @@
-//! The outbound journey (DESIGN §2): app → meshlet → remote service. One function reads
+//! The outbound journey (docs/architecture.md): app → meshlet → remote service. One function reads
 //! top to bottom: request id, route, forward within the time budget, record, log.
 
 use std::sync::Arc;

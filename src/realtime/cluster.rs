@@ -1,4 +1,4 @@
-//! The hub across meshlets, over Redis (DESIGN §9): pub/sub channels `{prefix}:rt:all`,
+//! The hub across meshlets, over Redis (docs/realtime.md): pub/sub channels `{prefix}:rt:all`,
 //! `{prefix}:rt:room:{room}` and `{prefix}:rt:user:{user}` (the last two subscribed only
 //! while a local client holds them), per-room history in a capped stream
 //! `{prefix}:rt:hist:{room}` whose entry ids are the offsets, and presence in

@@ -1,5 +1,5 @@
 //! One client's socket task: the welcome, the client's frames, the bounded send queue
-//! drained to the socket in batches, WebSocket pings, and the close codes of DESIGN §9
+//! drained to the socket in batches, WebSocket pings, and the close codes of docs/realtime.md
 //! (4403 forbidden room, 4408 slow consumer, 1001 shutdown, 1009 frame too large).
 //!
 //! Every write races the hub's close request and a deadline: a client that stops reading

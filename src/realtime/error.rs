@@ -1,4 +1,4 @@
-//! The hub's errors, turned into answers in one place: DESIGN §7 JSON responses for the
+//! The hub's errors, turned into answers in one place: docs/errors.md JSON responses for the
 //! connect request and the local API, and `error` frame codes on a socket.
 
 use http::header::HeaderValue;
@@ -46,7 +46,7 @@ pub enum RealtimeError {
 }
 
 impl RealtimeError {
-    /// The DESIGN §7 code, also used as the `code` of an error frame.
+    /// The docs/errors.md code, also used as the `code` of an error frame.
     pub fn code(&self) -> &'static str {
         match self {
             RealtimeError::Unauthenticated(_) => "unauthenticated",
@@ -79,7 +79,7 @@ impl RealtimeError {
         }
     }
 
-    /// The DESIGN §7 response: `{"error","message","service","request_id"}` and
+    /// The docs/errors.md response: `{"error","message","service","request_id"}` and
     /// `x-mesh-error`.
     pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
         let message = self.to_string();

@@ -1,4 +1,4 @@
-//! The JSON text frames of DESIGN §9: what a client sends (parsed into [`ClientFrame`], or
+//! The JSON text frames of docs/realtime.md: what a client sends (parsed into [`ClientFrame`], or
 //! a [`FrameError`] answered with an `error` frame) and what the hub sends (built once per
 //! message as shared bytes, so fan-out clones a reference count, not a string).
 

@@ -1,4 +1,4 @@
-//! The realtime hub (DESIGN §9): WebSocket clients on the inbound listener, rooms, users
+//! The realtime hub (docs/realtime.md): WebSocket clients on the inbound listener, rooms, users
 //! and broadcast across every meshlet of a service. docs/realtime.md is the contract.
 //!
 //! - [`auth`]: the client's HS256 JWT, checked before the upgrade.
@@ -172,7 +172,7 @@ impl Realtime {
         &self.path
     }
 
-    /// Answers a WebSocket connect: 101 and a socket task, or a DESIGN §7 refusal. The
+    /// Answers a WebSocket connect: 101 and a socket task, or a docs/errors.md refusal. The
     /// token is checked and a connection slot taken before the upgrade.
     pub async fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
         match self.admit(&req) {

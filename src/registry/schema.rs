@@ -1,4 +1,4 @@
-//! The Redis registry contract of DESIGN §5, in one place: key names, the instance hash,
+//! The Redis registry contract of docs/registry.md, in one place: key names, the instance hash,
 //! and the reads and writes every participant (meshlet, CLI, a Python service) performs.
 //!
 //! ```text

@@ -118,7 +118,7 @@ impl Metrics {
         let errors = build(IntCounterVec::new(
             Opts::new(
                 "meshlet_errors_total",
-                "Errors meshlet answered itself, by DESIGN §7 code.",
+                "Errors meshlet answered itself, by code (docs/errors.md).",
             ),
             &["direction", "destination", "code"],
         ));

@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::proxy::body::ResponseBody;
+use crate::wire::answer::{self, AnswerBody};
 
 /// The default config `meshlet demo` runs with: the static registry maps `demo` to the
 /// demo upstream.
@@ -35,7 +35,7 @@ pub async fn serve_upstream(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-fn echo(req: &Request<Incoming>) -> Response<ResponseBody> {
+fn echo(req: &Request<Incoming>) -> Response<AnswerBody> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -50,5 +50,5 @@ fn echo(req: &Request<Incoming>) -> Response<ResponseBody> {
         "host": header("host"),
         "x-request-id": header("x-request-id"),
     });
-    crate::telemetry::admin::json(http::StatusCode::OK, &body)
+    answer::json(http::StatusCode::OK, &body)
 }

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod events;
 pub mod identity;
@@ -42,3 +43,4 @@ pub mod realtime;
 pub mod registry;
 pub mod sidecar;
 pub mod telemetry;
+pub mod wire;

@@ -1,12 +1,12 @@
-//! The `meshlet` command line: parses arguments and wires library calls. No logic here.
+//! The `meshlet` command line: parses arguments and calls the library (`Sidecar`, the
+//! registry and events CLIs). No logic of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use meshlet::config::{Dur, LoadedConfig, Protocol};
-use meshlet::registry::{connection, schema, Instance, Keys, Status};
+use meshlet::config::{Dur, LoadedConfig};
 use meshlet::sidecar::Sidecar;
 use meshlet::telemetry::logging::{self, LogFormat};
 
@@ -270,41 +270,16 @@ async fn wait_for_signal() {
 }
 
 async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), String> {
+    use meshlet::registry::cli::{self, NewInstance};
     let (url, prefix) = registry_target(&target)?;
-    let client = redis::Client::open(url.as_str()).map_err(|e| format!("--redis: {e}"))?;
-    let mut conn = connection::connect(&client)
+    let mut target = cli::Target::connect(&url, &prefix)
         .await
-        .map_err(|e| format!("cannot reach redis: {e}"))?;
-    let keys = Keys::new(&prefix);
-    let fail = |e: redis::RedisError| format!("redis: {e}");
-    match action {
-        RegistryAction::List { service, all } => {
-            let names = match service {
-                Some(s) => vec![s],
-                None => schema::service_names(&mut conn, &keys)
-                    .await
-                    .map_err(fail)?,
-            };
-            let mut names = names;
-            names.sort();
-            let found = schema::read_services(&mut conn, &keys, &names, all)
-                .await
-                .map_err(fail)?;
-            let now = schema::now_ms();
-            for (service, instances) in found {
-                println!("{service}");
-                for i in instances {
-                    let left = i.expires_at.map_or(0, |e| e.saturating_sub(now) / 1000);
-                    println!(
-                        "  {:<32} {:<22} {:<8} {:<5} expires in {left}s",
-                        i.id,
-                        i.authority(),
-                        i.status.as_str(),
-                        i.protocol.as_str()
-                    );
-                }
-            }
-        }
+        .map_err(|e| match e {
+            cli::CliError::Redis(e) => format!("cannot reach redis: {e}"),
+            other => other.to_string(),
+        })?;
+    let result = match action {
+        RegistryAction::List { service, all } => cli::list(&mut target, service, all).await,
         RegistryAction::Register {
             service,
             address,
@@ -313,47 +288,21 @@ async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), 
             version,
             ttl,
         } => {
-            let endpoint: meshlet::config::StaticEndpoint = address.parse()?;
-            let protocol = match protocol.as_deref() {
-                None => endpoint.protocol,
-                Some("http1") => Protocol::Http1,
-                Some("h2") => Protocol::H2,
-                Some(other) => {
-                    return Err(format!("--protocol: expected http1 or h2, got `{other}`"))
-                }
-            };
-            meshlet::config::ServiceName::parse(&service)?;
-            let now = schema::now_ms();
-            let id = id.unwrap_or_else(|| format!("{service}-{}-{}", endpoint.host, endpoint.port));
-            let instance = Instance {
-                id: id.clone(),
-                host: endpoint.host,
-                port: endpoint.port,
-                version,
-                status: Status::Up,
+            let new = NewInstance {
+                service,
+                address,
+                id,
                 protocol,
-                metadata: serde_json::json!({}),
-                registered_at: now,
-                last_heartbeat: now,
-                expires_at: None,
+                version,
+                ttl: ttl.get(),
             };
-            schema::register(&mut conn, &keys, &service, &instance, ttl.get(), true)
-                .await
-                .map_err(fail)?;
-            println!(
-                "registered {service}/{id} at {} for {:?}",
-                instance.authority(),
-                ttl.get()
-            );
+            cli::register(&mut target, new).await
         }
         RegistryAction::Deregister { service, id } => {
-            schema::deregister(&mut conn, &keys, &service, &id)
-                .await
-                .map_err(fail)?;
-            println!("deregistered {service}/{id}");
+            cli::deregister(&mut target, &service, &id).await
         }
-    }
-    Ok(())
+    };
+    result.map_err(|e| e.to_string())
 }
 
 async fn events(target: RegistryTarget, action: EventsAction) -> Result<(), String> {

@@ -14,9 +14,9 @@ use super::envelope::{is_json, valid_event_id, valid_type, NewEvent};
 use super::error::EventsError;
 use super::publish::Published;
 use super::{dlq, Events};
-use crate::proxy::body::ResponseBody;
-use crate::registry::connection::REDIS_IO_TIMEOUT;
-use crate::telemetry::admin;
+use crate::control::redis::REDIS_IO_TIMEOUT;
+use crate::identity::request_id;
+use crate::wire::answer::{self, AnswerBody};
 
 /// Largest event payload (docs/events.md).
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -30,8 +30,8 @@ const PUBLISH_WAIT: Duration = REDIS_IO_TIMEOUT;
 const DEFAULT_PAGE: usize = 100;
 
 /// Routes one request.
-pub async fn handle(events: &Events, req: Request<Incoming>) -> Response<ResponseBody> {
-    let request_id = request_id(req.headers());
+pub async fn handle(events: &Events, req: Request<Incoming>) -> Response<AnswerBody> {
+    let request_id = request_id::of(req.headers());
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/v1/events").unwrap_or("");
     let method = req.method().clone();
@@ -51,17 +51,9 @@ pub async fn handle(events: &Events, req: Request<Incoming>) -> Response<Respons
         let event_type = rest.trim_start_matches('/').to_owned();
         publish(events, &event_type, req).await
     } else {
-        return admin::not_found(&req);
+        return answer::not_found(&req);
     };
     answer.unwrap_or_else(|e| e.to_response(&events.service, &request_id))
-}
-
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, EventsError> {
@@ -101,7 +93,7 @@ async fn publish(
     events: &Events,
     event_type: &str,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, EventsError> {
+) -> Result<Response<AnswerBody>, EventsError> {
     if !valid_type(event_type) {
         return Err(EventsError::BadType(event_type.to_owned()));
     }
@@ -166,11 +158,11 @@ async fn publish(
 }
 
 /// `{"event_id","stream_id","duplicate"}`, fields in that order.
-fn published_answer(status: StatusCode, published: &Published) -> Response<ResponseBody> {
+fn published_answer(status: StatusCode, published: &Published) -> Response<AnswerBody> {
     // Serializing a struct of strings and a bool cannot fail.
     let mut body = serde_json::to_vec(published).unwrap_or_default();
     body.push(b'\n');
-    admin::respond(status, "application/json", Bytes::from(body))
+    answer::respond(status, "application/json", Bytes::from(body))
 }
 
 struct Fields<'a> {
@@ -189,7 +181,7 @@ async fn publish_batch(
     events: &Events,
     fields: Fields<'_>,
     body: &[u8],
-) -> Result<Response<ResponseBody>, EventsError> {
+) -> Result<Response<AnswerBody>, EventsError> {
     let mut batch = Vec::new();
     for (n, line) in body.split(|b| *b == b'\n').enumerate() {
         let line = line.trim_ascii();
@@ -269,15 +261,15 @@ async fn publish_batch(
         let _ = serde_json::to_writer(&mut out, published);
         out.push(b'\n');
     }
-    let mut resp = admin::respond(StatusCode::OK, "application/x-ndjson", Bytes::from(out));
+    let mut resp = answer::respond(StatusCode::OK, "application/x-ndjson", Bytes::from(out));
     resp.headers_mut()
         .insert("x-event-count", HeaderValue::from(results.len()));
     Ok(resp)
 }
 
 /// `GET /v1/events`: what this meshlet delivers.
-fn subscriptions(events: &Events) -> Response<ResponseBody> {
-    admin::json(
+fn subscriptions(events: &Events) -> Response<AnswerBody> {
+    answer::json(
         StatusCode::OK,
         &serde_json::json!({
             "group": events.service,
@@ -304,7 +296,7 @@ async fn list(
     events: &Events,
     event_type: &str,
     query: Option<&str>,
-) -> Result<Response<ResponseBody>, EventsError> {
+) -> Result<Response<AnswerBody>, EventsError> {
     if !valid_type(event_type) {
         return Err(EventsError::BadType(event_type.to_owned()));
     }
@@ -339,7 +331,7 @@ async fn list(
         .await
         .map_err(redis_down)?;
     let entries: Vec<serde_json::Value> = page.entries.iter().map(|e| e.to_json()).collect();
-    Ok(admin::json(
+    Ok(answer::json(
         StatusCode::OK,
         &serde_json::json!({"type": event_type, "entries": entries, "next": page.next}),
     ))
@@ -350,7 +342,7 @@ async fn replay(
     events: &Events,
     event_type: &str,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, EventsError> {
+) -> Result<Response<AnswerBody>, EventsError> {
     if !valid_type(event_type) {
         return Err(EventsError::BadType(event_type.to_owned()));
     }
@@ -393,7 +385,7 @@ async fn replay(
         missing = report.missing.len(),
         "dead letters replayed"
     );
-    Ok(admin::json(
+    Ok(answer::json(
         StatusCode::OK,
         &serde_json::json!({
             "replayed": report.replayed.len(),

@@ -9,10 +9,10 @@ use super::dlq;
 use super::envelope::{
     is_json, parse_entries, parse_read_reply, valid_event_id, valid_type, NewEvent,
 };
-use super::link::Link;
 use super::publish::Publisher;
 use super::Keys;
-use crate::registry::connection::REDIS_IO_TIMEOUT;
+use crate::control::redis::Link;
+use crate::control::redis::REDIS_IO_TIMEOUT;
 
 /// How long `tail` blocks per read.
 const TAIL_BLOCK: Duration = Duration::from_secs(5);

@@ -25,19 +25,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::app::{Answer, AppClient, Delivery, Verdict};
 use super::envelope::{
     as_array, as_int, as_string, child_traceparent, id_ms, now_ms, now_rfc3339, parse_entry,
     parse_read_reply, Entry,
 };
-use super::link::{is_busygroup, is_nogroup, Link};
 use super::metrics::SubscriptionMetrics;
 use super::publish::minid;
+use super::scripts::{is_busygroup, is_nogroup};
 use super::scripts::{DEAD_LETTER, FORGET_CONSUMERS, HOLD, REDELIVER, TAKE_OVER};
 use crate::config::{StreamStart, Subscription};
-use crate::registry::connection::{Backoff, Outage, REDIS_IO_TIMEOUT};
+use crate::control::redis::Link;
+use crate::control::redis::{Backoff, Outage, REDIS_IO_TIMEOUT};
+use crate::control::Shutdown;
 
 /// How often lag and pending gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -81,7 +83,7 @@ pub struct Subscriber {
 impl Subscriber {
     /// Runs until `shutdown` turns true: stops reading, lets in-flight POSTs finish (bounded
     /// by `timeout`), leaves entries waiting out a backoff pending for later.
-    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let gauges = tokio::spawn(self.clone().refresh_gauges(shutdown.clone()));
         self.clone().read_loop(shutdown).await;
         let all = self.sub.concurrency.get();
@@ -101,7 +103,7 @@ impl Subscriber {
             .clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 
-    async fn read_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    async fn read_loop(self: Arc<Self>, shutdown: Shutdown) {
         let mut outage = Outage::new("events delivery");
         let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut start_at = match self.sub.start {
@@ -112,7 +114,7 @@ impl Subscriber {
         let mut cursor = "0-0".to_owned();
         let mut next_claim = Instant::now();
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_started() {
                 return;
             }
             if !group_ready {
@@ -121,7 +123,7 @@ impl Subscriber {
                     Err(e) => {
                         self.cmd.failed(&e);
                         outage.failed(&e);
-                        if !sleep_or_stop(pause.next_delay(), &mut shutdown).await {
+                        if !shutdown.sleep(pause.next_delay()).await {
                             return;
                         }
                         continue;
@@ -133,7 +135,7 @@ impl Subscriber {
                     Ok(p) => p,
                     Err(_) => return,
                 },
-                () = stopped(&mut shutdown) => return,
+                () = shutdown.wait() => return,
             };
             let mut slots = first;
             while let Ok(more) = self.slots.clone().try_acquire_owned() {
@@ -165,7 +167,7 @@ impl Subscriber {
                 let block = next_claim.saturating_duration_since(Instant::now());
                 let read = tokio::select! {
                     r = self.read(slots.num_permits(), block) => r,
-                    () = stopped(&mut shutdown) => return,
+                    () = shutdown.wait() => return,
                 };
                 match read {
                     Ok(entries) => {
@@ -189,7 +191,7 @@ impl Subscriber {
                     outage.failed(&e);
                     group_ready = false;
                     start_at = "0";
-                    if !sleep_or_stop(pause.next_delay(), &mut shutdown).await {
+                    if !shutdown.sleep(pause.next_delay()).await {
                         return;
                     }
                 }
@@ -197,7 +199,7 @@ impl Subscriber {
                     self.reader.failed(&e);
                     self.cmd.failed(&e);
                     outage.failed(&e);
-                    if !sleep_or_stop(pause.next_delay(), &mut shutdown).await {
+                    if !shutdown.sleep(pause.next_delay()).await {
                         return;
                     }
                 }
@@ -210,7 +212,7 @@ impl Subscriber {
         entry: Entry,
         deliveries: u64,
         slots: &mut OwnedSemaphorePermit,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) {
         let Some(slot) = slots.split(1) else {
             // Never more entries than slots are asked for; if Redis sent more, the extra
@@ -317,12 +319,7 @@ impl Subscriber {
 
     /// Owns `entry` until it is acknowledged, dead-lettered, or (shutdown, takeover, Redis
     /// lost it) left alone. `attempt` is Redis's delivery counter for it.
-    async fn deliver(
-        self: Arc<Self>,
-        mut entry: Entry,
-        mut attempt: u64,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn deliver(self: Arc<Self>, mut entry: Entry, mut attempt: u64, shutdown: Shutdown) {
         let max = u64::from(self.sub.max_attempts.get());
         let mut last: Option<Answer> = None;
         loop {
@@ -353,10 +350,7 @@ impl Subscriber {
                     self.metrics.retry.inc();
                     last = Some(answer);
                     tracing::debug!(r#type = %self.sub.event_type, id = %entry.id, attempt, answer = %answer.label(), "delivery failed; will retry");
-                    match self
-                        .wait_and_reclaim(&entry.id, attempt, &mut shutdown)
-                        .await
-                    {
+                    match self.wait_and_reclaim(&entry.id, attempt, &shutdown).await {
                         Some((again, deliveries)) => {
                             entry = again;
                             attempt = deliveries;
@@ -406,7 +400,7 @@ impl Subscriber {
         &self,
         id: &str,
         attempt: u64,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Option<(Entry, u64)> {
         let until = Instant::now() + self.backoff(attempt);
         loop {
@@ -416,7 +410,7 @@ impl Subscriber {
             }
             // Held entries are touched every `timeout`: others take over only after 2 × timeout.
             let nap = left.min(self.timeout());
-            if !sleep_or_stop(nap, shutdown).await {
+            if !shutdown.sleep(nap).await {
                 return None;
             }
             if nap < left && !self.hold(id).await {
@@ -431,7 +425,7 @@ impl Subscriber {
                 Err(e) => {
                     self.cmd.failed(&e);
                     tracing::debug!(error = %e, id, "cannot claim for redelivery; retrying");
-                    if !sleep_or_stop(pause.next_delay(), shutdown).await {
+                    if !shutdown.sleep(pause.next_delay()).await {
                         return None;
                     }
                 }
@@ -552,9 +546,9 @@ impl Subscriber {
     }
 
     /// Lag, pending and oldest-pending gauges from XINFO GROUPS and XPENDING.
-    async fn refresh_gauges(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    async fn refresh_gauges(self: Arc<Self>, shutdown: Shutdown) {
         loop {
-            if !sleep_or_stop(GAUGE_INTERVAL, &mut shutdown).await {
+            if !shutdown.sleep(GAUGE_INTERVAL).await {
                 return;
             }
             if let Err(e) = self.read_gauges().await {
@@ -612,22 +606,5 @@ fn pairs(value: &Value) -> Vec<(String, &Value)> {
                 _ => None,
             })
             .collect(),
-    }
-}
-
-/// Resolves once `shutdown` is true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Sleeps `d`; false when shutdown came first.
-async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        () = stopped(shutdown) => false,
     }
 }

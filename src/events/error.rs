@@ -3,7 +3,7 @@
 
 use http::{Response, StatusCode};
 
-use crate::proxy::body::ResponseBody;
+use crate::wire::{self, AnswerBody};
 
 /// An events request that could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +59,8 @@ impl EventsError {
     }
 
     /// The response for this error.
-    pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
+    pub fn to_response(&self, service: &str, request_id: &str) -> Response<AnswerBody> {
         let message = self.to_string();
-        crate::proxy::error::error_response(
-            self.status(),
-            self.code(),
-            &message,
-            service,
-            request_id,
-        )
+        wire::error_response(self.status(), self.code(), &message, service, request_id)
     }
 }

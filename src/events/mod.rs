@@ -5,7 +5,6 @@
 //! Layout, one idea a file:
 //! - [`envelope`]: the stored entry, the delivered envelope, input checks, reply parsing.
 //! - [`scripts`]: the atomic Redis steps (publish, dead-letter, redeliver, takeover, replay).
-//! - [`link`]: a Redis connection that reconnects after a restart, bounded waits.
 //! - [`publish`]: single and pipelined batch publishing.
 //! - [`deliver`]: a subscription's read loop and per-entry delivery tasks.
 //! - [`app`]: the HTTP client to the app and the ack/retry/dead-letter verdict.
@@ -25,7 +24,6 @@ pub mod deliver;
 pub mod dlq;
 pub mod envelope;
 pub mod error;
-pub mod link;
 pub mod metrics;
 pub mod publish;
 pub mod scripts;
@@ -38,15 +36,14 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Subscription};
-use crate::proxy::body::ResponseBody;
-use crate::registry::connection::REDIS_IO_TIMEOUT;
-use crate::sidecar::Context;
+use crate::control::redis::{Link, REDIS_IO_TIMEOUT};
+use crate::control::Context;
+use crate::wire::AnswerBody;
 
 pub use error::EventsError;
 
 use app::AppClient;
 use deliver::Subscriber;
-use link::Link;
 use metrics::EventMetrics;
 use publish::Publisher;
 
@@ -95,11 +92,11 @@ impl Events {
     /// task per `events.subscriptions` entry. The tasks stop when `context.shutdown` turns
     /// true.
     pub fn start(context: &Context<'_>) -> Option<Arc<Events>> {
-        let client = context.redis.clone()?;
+        let link = context.redis.clone()?;
+        let client = link.client().clone();
         let config = context.config;
         let metrics = Arc::new(EventMetrics::register(context.metrics.registry())?);
         let keys = Keys::new(config.registry.prefix.as_str());
-        let link = Arc::new(Link::new(client.clone()));
         let retention = config.events.retention.get();
         let publisher = Publisher::new(
             link.clone(),
@@ -156,7 +153,7 @@ impl Events {
     }
 
     /// Answers a local API request under `/v1/events`.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<AnswerBody> {
         api::handle(self, req).await
     }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use redis::RedisError;
 
 use super::envelope::{now_ms, NewEvent};
-use super::link::Link;
 use super::scripts::PUBLISH;
 use super::Keys;
+use crate::control::redis::Link;
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -155,3 +155,15 @@ return {id, event_id}
 ",
     )
 });
+
+/// Whether Redis said the consumer group (or its stream) does not exist.
+pub fn is_nogroup(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOGROUP")
+        || error.to_string().contains("NOGROUP")
+        || error.detail().is_some_and(|d| d.contains("NOGROUP"))
+}
+
+/// Whether Redis said the consumer group exists already.
+pub fn is_busygroup(error: &redis::RedisError) -> bool {
+    error.code() == Some("BUSYGROUP") || error.to_string().contains("BUSYGROUP")
+}

@@ -1,16 +1,30 @@
-//! Identity on both sides of a call (docs/identity.md): request ids, W3C trace context, service
-//! identity tokens, static auth headers toward a destination, and the inbound checks
-//! (token, audience, `allow_from`) before a request reaches the app.
+//! Identity on both sides of a call (docs/identity.md): who this meshlet is and how it
+//! proves it, and what it believes about a caller. Request ids ([`request_id`]), W3C trace
+//! context ([`trace`]), service identity tokens ([`token`]), mutual and egress TLS
+//! ([`tls`]), and the inbound checks (token, audience, `allow_from`) before a request
+//! reaches the app. It knows nothing of destinations: a destination stamps its own headers
+//! with [`Identity::stamp_mesh`].
 
+pub mod request_id;
+pub mod tls;
 pub mod token;
 pub mod trace;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Config;
-use crate::proxy::destination::Destination;
-use crate::proxy::error::ProxyError;
-use token::{Keys, TokenError};
+use token::{Keys, TokenCache, TokenError};
+
+/// Why an inbound request was refused before it reached the app.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// Identity missing or invalid (with `auth.inbound.require`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A verified caller that `auth.inbound.allow_from` does not list.
+    #[error("caller `{0}` is not allowed")]
+    Forbidden(String),
+}
 
 /// `x-mesh-caller`: the calling service (trusted only when its token verified).
 pub static X_MESH_CALLER: HeaderName = HeaderName::from_static("x-mesh-caller");
@@ -48,34 +62,20 @@ impl Identity {
         }
     }
 
-    /// Outbound: names the caller, adds its token toward mesh destinations (never toward
-    /// `url:` egress), and sets the destination's static auth header.
-    pub fn stamp_outbound(&self, headers: &mut HeaderMap, dest: &Destination) {
-        headers.remove(&X_MESH_TOKEN);
-        if dest.egress.is_some() {
-            headers.remove(&X_MESH_CALLER);
-        } else {
-            headers.insert(X_MESH_CALLER.clone(), self.caller_value.clone());
-            if let Some(keys) = &self.keys {
-                if let Some(token) = dest.token.get(keys, &self.service, &dest.name) {
-                    headers.insert(X_MESH_TOKEN.clone(), token);
-                }
-            }
-        }
-        if let Some((name, value)) = &dest.static_auth {
-            // A caller's own Authorization toward a mesh destination is theirs to send.
-            let callers_own = dest.egress.is_none()
-                && name == AUTHORIZATION
-                && headers.contains_key(AUTHORIZATION);
-            if !callers_own {
-                headers.insert(name.clone(), value.clone());
+    /// Outbound toward a mesh destination `audience`: names this meshlet as the caller and
+    /// adds its token (cached in `cache`) when keys are configured.
+    pub fn stamp_mesh(&self, headers: &mut HeaderMap, cache: &TokenCache, audience: &str) {
+        headers.insert(X_MESH_CALLER.clone(), self.caller_value.clone());
+        if let Some(keys) = &self.keys {
+            if let Some(token) = cache.get(keys, &self.service, audience) {
+                headers.insert(X_MESH_TOKEN.clone(), token);
             }
         }
     }
 
     /// Inbound: verifies the token (when keys are configured), enforces `require` and
     /// `allow_from`, strips the token, and keeps `x-mesh-caller` only when it verified.
-    pub fn check_inbound(&self, headers: &mut HeaderMap) -> Result<Option<String>, ProxyError> {
+    pub fn check_inbound(&self, headers: &mut HeaderMap) -> Result<Option<String>, Rejection> {
         let token = headers.remove(&X_MESH_TOKEN);
         headers.remove(&X_MESH_CALLER);
         let Some(keys) = &self.keys else {
@@ -83,7 +83,7 @@ impl Identity {
         };
         let caller = match keys.verify(token.as_ref(), &self.service) {
             Ok(caller) => caller,
-            Err(e) if self.require => return Err(ProxyError::Unauthenticated(e.to_string())),
+            Err(e) if self.require => return Err(Rejection::Unauthenticated(e.to_string())),
             Err(TokenError::Missing) => return Ok(None),
             Err(e) => {
                 tracing::debug!(error = %e, "inbound token refused; request passed without a caller");
@@ -91,7 +91,7 @@ impl Identity {
             }
         };
         if !self.allow_from.is_empty() && !self.allow_from.contains(&caller) {
-            return Err(ProxyError::Forbidden(caller));
+            return Err(Rejection::Forbidden(caller));
         }
         if let Ok(v) = HeaderValue::from_str(&caller) {
             headers.insert(X_MESH_CALLER.clone(), v);

@@ -27,7 +27,7 @@ pub struct Endpoint {
     /// Outlier ejection: an endpoint whose breaker is open is skipped unless all are.
     pub breaker: Breaker,
     /// TLS toward this endpoint (`https://` egress), else plain TCP.
-    pub tls: Option<crate::proxy::tls::TlsTarget>,
+    pub tls: Option<crate::identity::tls::TlsTarget>,
     in_flight: AtomicU32,
 }
 
@@ -48,7 +48,7 @@ impl Endpoint {
     }
 
     /// The same endpoint reached over TLS.
-    pub fn with_tls(mut self, tls: crate::proxy::tls::TlsTarget) -> Self {
+    pub fn with_tls(mut self, tls: crate::identity::tls::TlsTarget) -> Self {
         self.tls = Some(tls);
         self
     }

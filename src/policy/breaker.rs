@@ -31,6 +31,15 @@ impl State {
             State::HalfOpen => "half_open",
         }
     }
+
+    /// Value of the `meshlet_breaker_state` gauge (docs/metrics.md).
+    pub fn gauge(self) -> i64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
 }
 
 /// What [`Breaker::allow`] decided.

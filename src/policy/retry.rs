@@ -6,11 +6,10 @@ use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::{RetryOn, RetryPolicy};
+use crate::wire::grpc;
 
 /// Header a client sets to declare a non-idempotent request safe to repeat.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// What went wrong with one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,41 +61,13 @@ pub fn is_replayable(method: &Method, headers: &HeaderMap, policy: &RetryPolicy)
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     ) || headers.contains_key(&IDEMPOTENCY_KEY)
-        || (crate::proxy::error::is_grpc(headers)
-            && policy.on.iter().any(|c| matches!(c, RetryOn::Grpc(_))))
-}
-
-/// The `grpc-status` in a header map (trailers, or the headers of a trailers-only answer).
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get(&GRPC_STATUS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+        || (grpc::is_grpc(headers) && policy.on.iter().any(|c| matches!(c, RetryOn::Grpc(_))))
 }
 
 /// The `grpc-status` of a trailers-only answer, when it is an error.
 pub fn grpc_failure(headers: &HeaderMap) -> Option<Failure> {
-    let status = grpc_status(headers)?;
+    let status = grpc::status(headers)?;
     (status != 0).then_some(Failure::Grpc(status))
-}
-
-/// A client's `grpc-timeout` (e.g. `250m`, `5S`), which caps meshlet's own budget.
-pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let raw = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
-    let (value, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    let n: u64 = value.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// Whether `failure` is retryable under `policy` for a request that is (or is not) replayable.

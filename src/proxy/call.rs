@@ -17,15 +17,17 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Guards, ResponseBody};
 use super::destination::Destination;
 use super::error::ProxyError;
-use super::forward::{self, Payload, Template, Upstreamed};
+use super::forward::{self, Template, Upstreamed};
+use super::request_body::Payload;
+use super::response_body::{Guards, ResponseBody};
 use crate::config::{Degrade, StaticAnswer};
 use crate::policy::balance;
-use crate::policy::breaker::Admission;
+use crate::policy::breaker::{Admission, State, Transition};
 use crate::policy::retry::{self, Failure};
 use crate::policy::stale::StaleRecorder;
+use crate::wire::grpc;
 
 /// Response header naming how a degraded answer was made.
 pub const X_MESH_DEGRADED: &str = "x-mesh-degraded";
@@ -48,7 +50,7 @@ pub async fn call(
     let policy = &dest.policy;
     let state = &dest.state;
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let grpc = super::error::is_grpc(req.headers());
+    let grpc = grpc::is_grpc(req.headers());
     let stale_key = match policy.degrade {
         Degrade::Stale(_) if req.method() == Method::GET => {
             req.uri().path_and_query().map(|p| p.as_str().to_owned())
@@ -58,7 +60,7 @@ pub async fn call(
 
     // 1. degrade ▶ breaker
     let (admission, transition) = state.breaker.allow(&policy.breaker);
-    dest.metrics.breaker_changed(transition.map(|t| t.0));
+    record_breaker(dest, transition.map(|t| t.0));
     if let Admission::Rejected { retry_after_ms } = admission {
         let reads_go_through = matches!(policy.degrade, Degrade::ReadOnly) && safe;
         if !reads_go_through {
@@ -83,7 +85,7 @@ pub async fn call(
     let mut attempts = 0;
     let sent_at = Instant::now();
     // A gRPC client's own deadline caps meshlet's budget.
-    let budget = match retry::grpc_timeout(req.headers()) {
+    let budget = match grpc::timeout(req.headers()) {
         Some(deadline) => deadline.min(policy.timeout.get()),
         None => policy.timeout.get(),
     };
@@ -109,7 +111,7 @@ pub async fn call(
     let succeeded = verdict == Some(true);
     if let Some(ok) = verdict {
         let transition = state.breaker.record(ok, &policy.breaker);
-        dest.metrics.breaker_changed(transition.map(|t| t.0));
+        record_breaker(dest, transition.map(|t| t.0));
     }
     if !succeeded {
         if let Some(answer) = fallback(dest, stale_key.as_deref()) {
@@ -135,7 +137,7 @@ pub async fn call(
             _ => None,
         };
         // A gRPC status arrives in the trailers, or in the headers of a trailers-only answer.
-        let grpc_metrics = match grpc.then(|| retry::grpc_status(up.response.headers())) {
+        let grpc_metrics = match grpc.then(|| grpc::status(up.response.headers())) {
             Some(Some(status)) => {
                 dest.metrics.count_grpc(status);
                 None
@@ -197,8 +199,10 @@ async fn retries(
             Err(e) => Some(e.failure()),
         };
         let healthy = !failure.is_some_and(Failure::trips_breaker);
-        if let Some(t) = endpoint.breaker.record(healthy, &dest.policy.breaker) {
-            dest.metrics.endpoint_breaker_changed(t.0);
+        if let Some(Transition(State::Open)) =
+            endpoint.breaker.record(healthy, &dest.policy.breaker)
+        {
+            dest.metrics.endpoint_ejected();
         }
         let Some(failure) = failure else {
             return result.map_err(forward::AttemptError::into_proxy_error);
@@ -303,4 +307,11 @@ fn static_answer(answer: &StaticAnswer) -> Response<ResponseBody> {
     resp.headers_mut()
         .insert(X_MESH_DEGRADED, HeaderValue::from_static("static"));
     resp
+}
+
+/// Counts a service breaker's state change, if there was one.
+fn record_breaker(dest: &Destination, to: Option<State>) {
+    if let Some(to) = to {
+        dest.metrics.breaker_changed(to.as_str(), to.gauge());
+    }
 }

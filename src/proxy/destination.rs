@@ -6,15 +6,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use http::uri::Authority;
 
 use crate::config::{Config, Policy, Protocol};
+use crate::identity::tls::{MeshTls, TlsTarget};
 use crate::identity::token::TokenCache;
-use crate::identity::Identity;
+use crate::identity::{Identity, X_MESH_CALLER, X_MESH_TOKEN};
 use crate::policy::balance::Endpoint;
 use crate::policy::DestinationState;
-use crate::proxy::tls::{MeshTls, TlsTarget};
 use crate::registry::{Snapshot, Status};
 use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
 
@@ -36,6 +36,29 @@ pub struct Destination {
     pub token: TokenCache,
     /// `services.X.auth`: header set toward this destination (value marked sensitive).
     pub static_auth: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Destination {
+    /// Stamps this destination's identity headers on an outbound request: toward a mesh
+    /// service the caller's name and token, toward `url:` egress neither (a partner API
+    /// must not learn mesh names or tokens), and `services.X.auth` when configured.
+    pub fn stamp_identity(&self, identity: &Identity, headers: &mut HeaderMap) {
+        headers.remove(&X_MESH_TOKEN);
+        if self.egress.is_some() {
+            headers.remove(&X_MESH_CALLER);
+        } else {
+            identity.stamp_mesh(headers, &self.token, &self.name);
+        }
+        if let Some((name, value)) = &self.static_auth {
+            // A caller's own Authorization toward a mesh destination is theirs to send.
+            let callers_own = self.egress.is_none()
+                && name == AUTHORIZATION
+                && headers.contains_key(AUTHORIZATION);
+            if !callers_own {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// An egress destination's fixed URL parts.

@@ -1,13 +1,13 @@
-//! The errors meshlet answers itself (docs/errors.md), turned into responses in one place:
-//! a JSON body `{"error","message","service","request_id"}` and an `x-mesh-error` header.
+//! The errors the data plane answers itself (docs/errors.md), turned into responses in one
+//! place: the JSON answer of [`crate::wire::error_response`], or a trailers-only gRPC status
+//! toward a gRPC client.
 
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::body::ResponseBody;
-
-/// Header naming the error code on every response meshlet makes itself.
-pub const X_MESH_ERROR: &str = "x-mesh-error";
+use super::response_body::ResponseBody;
+use crate::identity::Rejection;
+use crate::wire;
 
 /// Why meshlet answered instead of the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +115,12 @@ impl ProxyError {
         grpc: bool,
     ) -> Response<ResponseBody> {
         if grpc {
-            return self.to_grpc_response();
+            return wire::grpc::trailers_only(self.grpc_status(), self.code()).map(Into::into);
         }
         let request_id = request_id.to_str().unwrap_or("");
         let message = self.to_string();
-        let mut resp = error_response(self.status(), self.code(), &message, service, request_id);
+        let mut resp =
+            wire::error_response(self.status(), self.code(), &message, service, request_id);
         let h = resp.headers_mut();
         match self {
             ProxyError::CircuitOpen(secs) => {
@@ -130,52 +131,15 @@ impl ProxyError {
             }
             _ => {}
         }
-        resp
-    }
-
-    fn to_grpc_response(&self) -> Response<ResponseBody> {
-        let mut resp = Response::new(ResponseBody::empty());
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert(
-            "grpc-status",
-            HeaderValue::from(u16::from(self.grpc_status())),
-        );
-        // The code names are plain ASCII: no percent-encoding needed.
-        h.insert("grpc-message", HeaderValue::from_static(self.code()));
-        h.insert(X_MESH_ERROR, HeaderValue::from_static(self.code()));
-        resp
+        resp.map(Into::into)
     }
 }
 
-/// The docs/errors.md error answer every part of meshlet gives: a JSON body
-/// `{"error","message","service","request_id"}` and an `x-mesh-error` header.
-pub fn error_response(
-    status: StatusCode,
-    code: &'static str,
-    message: &str,
-    service: &str,
-    request_id: &str,
-) -> Response<ResponseBody> {
-    let body = serde_json::json!({
-        "error": code,
-        "message": message,
-        "service": service,
-        "request_id": request_id,
-    });
-    let mut bytes = body.to_string().into_bytes();
-    bytes.push(b'\n');
-    let mut resp = Response::new(ResponseBody::full(bytes));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(X_MESH_ERROR, HeaderValue::from_static(code));
-    resp
-}
-
-/// Whether a request is gRPC (its errors must be gRPC statuses).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+impl From<Rejection> for ProxyError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Unauthenticated(reason) => ProxyError::Unauthenticated(reason),
+            Rejection::Forbidden(caller) => ProxyError::Forbidden(caller),
+        }
+    }
 }

@@ -6,12 +6,13 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::ResponseBody;
-use super::error::{is_grpc, ProxyError};
-use super::headers::{ensure_request_id, X_REQUEST_ID};
+use super::error::ProxyError;
+use super::response_body::ResponseBody;
+use crate::identity::request_id::{self, X_REQUEST_ID};
 use crate::identity::trace::{continue_trace, TraceContext};
 use crate::telemetry::metrics::DestinationMetrics;
 use crate::telemetry::otlp::{Finished, Side, SpanExport};
+use crate::wire::grpc;
 
 /// One request from arrival to answer.
 pub(crate) struct Exchange<'a> {
@@ -29,12 +30,12 @@ impl<'a> Exchange<'a> {
     /// Stamps the request id and the trace context on `req` and starts the clock.
     pub fn begin(req: &mut Request<Incoming>, spans: Option<&'a SpanExport>, side: Side) -> Self {
         let started = Instant::now();
-        let request_id = ensure_request_id(req.headers_mut());
+        let request_id = request_id::ensure(req.headers_mut());
         let sample = spans.map_or(1.0, |s| s.sample);
         let trace = continue_trace(req.headers_mut(), sample);
         Exchange {
             method: req.method().clone(),
-            grpc: is_grpc(req.headers()),
+            grpc: grpc::is_grpc(req.headers()),
             request_id,
             trace,
             started,

@@ -6,19 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, EXPECT, HOST, UPGRADE, VIA};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Activity, Guards, IdleWatch, RequestBody, ResponseBody};
 use super::destination::Destination;
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
+use super::request_body::{Activity, Payload, RequestBody};
+use super::response_body::{Guards, IdleWatch, ResponseBody};
 use super::upstream::{self, Http1Lease, UpstreamError};
 use crate::config::Protocol;
 use crate::policy::balance::{Endpoint, InFlight};
@@ -142,224 +141,6 @@ impl Template {
     }
 }
 
-/// The request body across attempts. A body that may be retried is read through a
-/// [`Tee`]: each attempt streams it as it arrives (nothing waits for the whole body, so a
-/// streaming gRPC call or a slow upload is never held back) while the bytes read so far are
-/// kept, up to the replay limit. A retry replays what was read, then goes on reading the
-/// client: it works even when the upstream answered before reading the whole request.
-pub struct Payload {
-    kind: PayloadKind,
-    /// Shared with the response's idle timer while the body may still stream.
-    activity: Option<Arc<Activity>>,
-}
-
-enum PayloadKind {
-    /// No body at all (a GET): every attempt sends the same nothing, no copy needed.
-    Empty,
-    /// Sent at most once (`None` after it was sent).
-    Once(Option<Incoming>),
-    /// Replayable while the copy of what was read stays within the limit.
-    Teed(Arc<Tee>),
-}
-
-impl Payload {
-    /// `body`, kept for a retry when `replay_limit` is non-zero.
-    pub fn new(body: Incoming, replay_limit: usize) -> Payload {
-        let activity = Activity::for_body(&body);
-        let kind = if body.is_end_stream() {
-            PayloadKind::Empty
-        } else if replay_limit == 0 {
-            PayloadKind::Once(Some(body))
-        } else {
-            PayloadKind::Teed(Tee::new(body, replay_limit))
-        };
-        Payload { kind, activity }
-    }
-
-    /// Whether a body can still be sent.
-    pub fn available(&self) -> bool {
-        match &self.kind {
-            PayloadKind::Empty => true,
-            PayloadKind::Once(body) => body.is_some(),
-            PayloadKind::Teed(tee) => tee.replayable(),
-        }
-    }
-
-    /// Whether it can be sent again after being sent.
-    pub fn is_replayable(&self) -> bool {
-        match &self.kind {
-            PayloadKind::Empty => true,
-            PayloadKind::Once(_) => false,
-            PayloadKind::Teed(tee) => tee.replayable(),
-        }
-    }
-
-    fn take(&mut self) -> Option<RequestBody> {
-        let activity = self.activity.clone();
-        match &mut self.kind {
-            PayloadKind::Empty => Some(RequestBody::Replay {
-                data: None,
-                trailers: None,
-            }),
-            PayloadKind::Once(body) => body
-                .take()
-                .map(|body| RequestBody::Stream { body, activity }),
-            PayloadKind::Teed(tee) => {
-                Tee::attempt(tee).map(|reader| RequestBody::Teed { reader, activity })
-            }
-        }
-    }
-}
-
-/// A client's request body shared by the attempts, with the bytes read so far.
-#[derive(Debug)]
-pub struct Tee {
-    state: std::sync::Mutex<TeeState>,
-    limit: usize,
-    exact_len: Option<u64>,
-}
-
-#[derive(Debug)]
-struct TeeState {
-    source: Incoming,
-    chunks: Vec<Bytes>,
-    size: usize,
-    trailers: Option<HeaderMap>,
-    ended: bool,
-    overflow: bool,
-    /// The attempt allowed to read; an abandoned attempt's body stops at once.
-    generation: u64,
-}
-
-/// One attempt's view of a [`Tee`].
-#[derive(Debug)]
-pub struct TeeReader {
-    tee: Arc<Tee>,
-    generation: u64,
-    next_chunk: usize,
-    trailers_sent: bool,
-}
-
-impl Tee {
-    fn new(source: Incoming, limit: usize) -> Arc<Tee> {
-        let hint = source.size_hint();
-        Arc::new(Tee {
-            exact_len: hint.exact(),
-            state: std::sync::Mutex::new(TeeState {
-                source,
-                chunks: Vec::new(),
-                size: 0,
-                trailers: None,
-                ended: false,
-                overflow: false,
-                generation: 0,
-            }),
-            limit,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, TeeState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn replayable(&self) -> bool {
-        !self.lock().overflow
-    }
-
-    /// A reader for the next attempt, or `None` when what was read no longer fits.
-    fn attempt(tee: &Arc<Tee>) -> Option<TeeReader> {
-        let generation = {
-            let mut s = tee.lock();
-            if s.overflow {
-                return None;
-            }
-            s.generation += 1;
-            s.generation
-        };
-        Some(TeeReader {
-            tee: tee.clone(),
-            generation,
-            next_chunk: 0,
-            trailers_sent: false,
-        })
-    }
-}
-
-impl TeeReader {
-    /// The next frame: replayed from the copy, else read from the client and kept.
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        use std::task::Poll;
-        let tee = self.tee.clone();
-        let mut s = tee.lock();
-        if s.generation != self.generation {
-            return Poll::Ready(None);
-        }
-        if !s.overflow && self.next_chunk < s.chunks.len() {
-            self.next_chunk += 1;
-            return Poll::Ready(Some(Ok(http_body::Frame::data(
-                s.chunks[self.next_chunk - 1].clone(),
-            ))));
-        }
-        if s.ended {
-            if self.trailers_sent {
-                return Poll::Ready(None);
-            }
-            self.trailers_sent = true;
-            return Poll::Ready(
-                s.trailers
-                    .clone()
-                    .map(|t| Ok(http_body::Frame::trailers(t))),
-            );
-        }
-        let polled = std::pin::Pin::new(&mut s.source).poll_frame(cx);
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let data = data.clone();
-                    s.size += data.len();
-                    if s.overflow || s.size > self.tee.limit {
-                        s.overflow = true;
-                        s.chunks = Vec::new();
-                    } else {
-                        s.chunks.push(data);
-                        self.next_chunk = s.chunks.len();
-                    }
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    s.trailers = Some(trailers.clone());
-                    s.ended = true;
-                    self.trailers_sent = true;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                s.ended = true;
-                Poll::Ready(None)
-            }
-            other => other,
-        }
-    }
-
-    /// Whether nothing is left for this attempt.
-    pub fn is_end_stream(&self) -> bool {
-        let s = self.tee.lock();
-        let replayed = s.overflow || self.next_chunk >= s.chunks.len();
-        replayed
-            && (s.ended || s.source.is_end_stream())
-            && (self.trailers_sent || s.trailers.is_none())
-    }
-
-    /// The client's declared length, when it gave one (kept so `content-length` survives).
-    pub fn size_hint(&self) -> http_body::SizeHint {
-        match self.tee.exact_len {
-            Some(n) => http_body::SizeHint::with_exact(n),
-            None => http_body::SizeHint::default(),
-        }
-    }
-}
-
 /// A response from the upstream with what must live as long as its body.
 pub struct Upstreamed {
     /// The response (body still streaming).
@@ -475,7 +256,7 @@ pub async fn attempt(
         response,
         lease,
         in_flight,
-        activity: payload.activity.clone(),
+        activity: payload.activity(),
     })
 }
 

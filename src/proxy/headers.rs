@@ -1,12 +1,10 @@
 //! Header hygiene shared by both directions: hop-by-hop headers (RFC 9110 §7.6.1) are
-//! dropped in one pass, including those a `Connection` header names; request ids are made.
+//! dropped in one pass, including those a `Connection` header names; small numbers become
+//! header values without formatting.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
-
-/// `x-request-id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 // Names resolved once: a `&str` name is parsed again on every map lookup.
 static HOP_BY_HOP: [HeaderName; 4] = [
@@ -142,31 +140,6 @@ pub fn number(n: u64) -> HeaderValue {
     }
 }
 
-/// The request's id: the one it came with, else a fresh random one (32 hex digits).
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 128 {
-            return v.clone();
-        }
-    }
-    let v = new_request_id();
-    headers.insert(X_REQUEST_ID.clone(), v.clone());
-    v
-}
-
-/// 128 random bits as 32 lower-case hex digits, without a heap allocation.
-pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for b in buf.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,14 +190,5 @@ mod tests {
         h.insert("te", HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.get("te").unwrap(), "trailers");
-    }
-
-    #[test]
-    fn request_ids_are_kept_or_made() {
-        let mut h = HeaderMap::new();
-        let made = ensure_request_id(&mut h);
-        assert_eq!(made.len(), 32);
-        assert_eq!(ensure_request_id(&mut h), made);
-        assert_ne!(new_request_id(), new_request_id());
     }
 }

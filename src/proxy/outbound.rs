@@ -8,14 +8,15 @@ use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::body::ResponseBody;
 use super::call::{call, Outcome};
 use super::destination::{Destination, RoutingTable};
 use super::error::ProxyError;
 use super::exchange::Exchange;
+use super::response_body::ResponseBody;
 use super::server::Handler;
 use super::upgrade;
 use crate::config::Limits;
+use crate::identity::request_id;
 use crate::telemetry::metrics::DestinationMetrics;
 use crate::telemetry::otlp::{Side, SpanExport};
 
@@ -23,6 +24,7 @@ use crate::telemetry::otlp::{Side, SpanExport};
 pub static X_MESH_ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-mesh-attempts");
 
 /// The outbound listener's handler; one per worker, sharing the routing table.
+#[derive(Clone)]
 pub struct Outbound {
     /// The live routing table, swapped whole by the control plane.
     pub table: Arc<ArcSwap<RoutingTable>>,
@@ -49,7 +51,7 @@ impl Handler for Outbound {
             // Route and stamp under one look at the table; nothing awaits while it is held.
             let table = self.table.load();
             self.route(&table, &req).inspect(|(dest, _)| {
-                table.identity.stamp_outbound(req.headers_mut(), dest);
+                dest.stamp_identity(&table.identity, req.headers_mut());
             })
         };
         let (dest, strip) = match routed {
@@ -87,11 +89,7 @@ impl Outbound {
     /// `CONNECT host:port` (an app's HTTPS through `HTTP_PROXY`): a tunnel only to a host
     /// configured as egress (`services.X.url`); anything else is 403.
     async fn tunnel(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        let request_id = req
-            .headers()
-            .get(&super::headers::X_REQUEST_ID)
-            .cloned()
-            .unwrap_or_else(super::headers::new_request_id);
+        let request_id = request_id::ensure(req.headers_mut());
         let target = req.uri().authority().map(|a| a.as_str().to_owned());
         let table = self.table.load();
         let allowed = target.as_deref().and_then(|t| {

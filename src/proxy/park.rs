@@ -28,8 +28,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::body::{BodyError, ResponseBody};
 use super::headers::connection_hints;
+use super::response_body::{BodyError, ResponseBody};
 
 /// How long a finished connection stays quiet before it is parked: long enough that a
 /// client in a request loop never sees it, short enough that pools of idle connections

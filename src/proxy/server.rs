@@ -30,12 +30,13 @@ use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
-use super::body::ResponseBody;
 use super::park::{ConnState, OpenExchange, ParkableStream, ServedBody, PARK_AFTER};
+use super::response_body::ResponseBody;
 use crate::config::Limits;
+use crate::control::Shutdown;
 
 /// What a listener does with each request.
 pub trait Handler: Send + Sync + 'static {
@@ -119,14 +120,14 @@ pub fn http_builder(limits: &Limits) -> HttpSettings {
     }
 }
 
-/// Serves `listener` with `handler` (behind TLS when `tls` is set) until `shutdown` turns
-/// true, then drains for at most `grace`.
+/// Serves `listener` with `handler` (behind TLS when `tls` is set) until shutdown begins,
+/// then drains for at most `grace`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     settings: HttpSettings,
     tls: Option<TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
     grace: Duration,
     gauges: ListenerGauges,
 ) {
@@ -172,11 +173,7 @@ pub async fn serve<H: Handler>(
                     }
                 }
             }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
-                }
-            }
+            () = shutdown.started() => break,
         }
     }
     drop(listener);
@@ -347,7 +344,7 @@ async fn try_park<H: Handler>(
 struct Conn<H> {
     handler: Arc<H>,
     settings: Arc<HttpSettings>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     gauges: ListenerGauges,
     /// Dropped with the connection: the listener's drain waits for all of them.
     _alive: mpsc::Sender<()>,
@@ -508,11 +505,7 @@ impl<H: Handler> Conn<H> {
 
     /// Resolves once the listener is told to shut down.
     fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut shutdown = self.shutdown.clone();
-        async move {
-            // The guard `wait_for` returns is not Send: dropped before this future ends.
-            let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
-        }
+        self.shutdown.wait()
     }
 
     /// Drives `conn` to its end; on shutdown lets its in-flight requests finish first.

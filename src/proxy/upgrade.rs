@@ -69,7 +69,7 @@ pub fn restore(headers: &mut HeaderMap, token: HeaderValue) {
 /// it asked for the upgrade) with the upstream's in a task of its own.
 pub fn splice_if_switched(
     client: Option<OnUpgrade>,
-    resp: &mut http::Response<crate::proxy::body::ResponseBody>,
+    resp: &mut http::Response<super::response_body::ResponseBody>,
     idle: Duration,
     gauge: &prometheus::IntGauge,
 ) {

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use crate::config::Protocol;
 use crate::policy::balance::Endpoint;
 

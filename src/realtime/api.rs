@@ -15,8 +15,8 @@ use super::cluster::Op;
 use super::error::RealtimeError;
 use super::hub::Target;
 use super::Realtime;
-use crate::proxy::body::ResponseBody;
-use crate::telemetry::admin;
+use crate::identity::request_id;
+use crate::wire::answer::{self, AnswerBody};
 
 /// Largest API body.
 const MAX_BODY: usize = 1024 * 1024;
@@ -36,8 +36,8 @@ fn default_event() -> String {
 }
 
 /// Routes one local API request.
-pub async fn handle(hub: &Arc<Realtime>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let request_id = super::request_id(&req);
+pub async fn handle(hub: &Arc<Realtime>, req: Request<Incoming>) -> Response<AnswerBody> {
+    let request_id = request_id::of(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -51,8 +51,8 @@ pub async fn handle(hub: &Arc<Realtime>, req: Request<Incoming>) -> Response<Res
         }
         (&Method::GET, ["v1", "rooms"]) => rooms(hub).await,
         (&Method::GET, ["v1", "rooms", room, "presence"]) => presence(hub, room).await,
-        (&Method::GET, ["v1", "realtime"]) => Ok(admin::json(StatusCode::OK, &hub.stats())),
-        _ => return admin::not_found(&req),
+        (&Method::GET, ["v1", "realtime"]) => Ok(answer::json(StatusCode::OK, &hub.stats())),
+        _ => return answer::not_found(&req),
     };
     result.unwrap_or_else(|e| e.to_response(&hub.service, &request_id))
 }
@@ -70,10 +70,10 @@ async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<
 async fn broadcast(
     hub: &Arc<Realtime>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, RealtimeError> {
+) -> Result<Response<AnswerBody>, RealtimeError> {
     let b: Broadcast = body(req).await?;
     let published = hub.broadcast(b.to, b.event, b.data).await?;
-    Ok(admin::json(
+    Ok(answer::json(
         StatusCode::ACCEPTED,
         &json!({"id": published.id, "offset": published.offset}),
     ))
@@ -84,7 +84,7 @@ async fn membership(
     op: Op,
     room: &str,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, RealtimeError> {
+) -> Result<Response<AnswerBody>, RealtimeError> {
     let to: Target = body(req).await?;
     if matches!(to, Target::All | Target::Room(_)) {
         return Err(RealtimeError::BadRequest(
@@ -92,7 +92,7 @@ async fn membership(
         ));
     }
     let published = hub.membership(op, room, to).await?;
-    Ok(admin::json(
+    Ok(answer::json(
         StatusCode::ACCEPTED,
         &json!({"id": published.id, "room": room}),
     ))
@@ -101,7 +101,7 @@ async fn membership(
 /// Every room with a member on any meshlet: `clients` counts them all, `local` those of
 /// this meshlet. Presence is written in the background, so this meshlet's own rooms are
 /// merged in as the hub holds them right now.
-async fn rooms(hub: &Realtime) -> Result<Response<ResponseBody>, RealtimeError> {
+async fn rooms(hub: &Realtime) -> Result<Response<AnswerBody>, RealtimeError> {
     let mut rooms: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     if let Some(cluster) = &hub.cluster {
         for (room, n) in cluster
@@ -121,10 +121,10 @@ async fn rooms(hub: &Realtime) -> Result<Response<ResponseBody>, RealtimeError> 
         .into_iter()
         .map(|(room, (clients, local))| json!({"room": room, "clients": clients, "local": local}))
         .collect();
-    Ok(admin::json(StatusCode::OK, &json!({ "rooms": rooms })))
+    Ok(answer::json(StatusCode::OK, &json!({ "rooms": rooms })))
 }
 
-async fn presence(hub: &Realtime, room: &str) -> Result<Response<ResponseBody>, RealtimeError> {
+async fn presence(hub: &Realtime, room: &str) -> Result<Response<AnswerBody>, RealtimeError> {
     if !super::frames::valid_room(room) {
         return Err(RealtimeError::BadRoom(room.to_owned()));
     }
@@ -149,7 +149,7 @@ async fn presence(hub: &Realtime, room: &str) -> Result<Response<ResponseBody>, 
         .iter()
         .map(|(c, u)| json!({"client": c, "user": if u.is_empty() { None } else { Some(u) }}))
         .collect();
-    Ok(admin::json(
+    Ok(answer::json(
         StatusCode::OK,
         &json!({"room": room, "users": users, "clients": clients}),
     ))

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,12 +24,13 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::Shutdown;
 use tokio::time::{sleep, timeout};
 
 use super::hub::{Hub, Member, Offset, Target};
-use crate::registry::connection::{self, Backoff, Outage, REDIS_IO_TIMEOUT};
+use crate::control::redis::{Backoff, Link, Outage, REDIS_IO_TIMEOUT};
 
 /// How often the subscriber connection is pinged to find a half-open socket.
 const PUBSUB_PING: Duration = Duration::from_secs(5);
@@ -193,17 +194,13 @@ pub struct HistoryLimits {
 
 /// The Redis side of one hub.
 pub struct Cluster {
-    client: redis::Client,
+    link: Arc<Link>,
     keys: Keys,
     instance: String,
     hub: Arc<Hub>,
     history: HistoryLimits,
     presence_ttl: Duration,
     heartbeat: Duration,
-    /// The control-plane runtime: Redis connections (and their driver tasks) are made
-    /// there, never on a worker, whichever runtime asked.
-    control: Handle,
-    conn: Mutex<Option<MultiplexedConnection>>,
     commands: mpsc::UnboundedSender<Command>,
     presence: mpsc::UnboundedSender<Presence>,
     subscribed: AtomicBool,
@@ -221,8 +218,9 @@ pub type Dispatch = Arc<dyn Fn(Envelope) + Send + Sync>;
 
 /// Settings of a [`Cluster`].
 pub struct ClusterConfig {
-    /// `registry.redis`.
-    pub client: redis::Client,
+    /// `registry.redis`, made on the control-plane runtime (where the connection's driver
+    /// task then lives, whichever runtime asks).
+    pub link: Arc<Link>,
     /// `registry.prefix`.
     pub prefix: String,
     /// This meshlet's instance id.
@@ -241,15 +239,13 @@ impl Cluster {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (presence, presence_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
-            client: config.client,
+            link: config.link,
             keys: Keys::new(&config.prefix),
             instance: config.instance,
             hub,
             history: config.history,
             presence_ttl: config.ttl,
             heartbeat: config.heartbeat,
-            control: Handle::current(),
-            conn: Mutex::new(None),
             commands,
             presence,
             subscribed: AtomicBool::new(false),
@@ -266,12 +262,7 @@ impl Cluster {
 
     /// Starts the subscriber and the presence keeper on the current (control-plane)
     /// runtime.
-    pub fn spawn(
-        self: &Arc<Self>,
-        tasks: Tasks,
-        dispatch: Dispatch,
-        shutdown: watch::Receiver<bool>,
-    ) {
+    pub fn spawn(self: &Arc<Self>, tasks: Tasks, dispatch: Dispatch, shutdown: Shutdown) {
         tokio::spawn(
             self.clone()
                 .subscriber(tasks.commands, dispatch, shutdown.clone()),
@@ -491,24 +482,12 @@ impl Cluster {
 
     /// The shared command connection, made on the control plane when missing.
     async fn conn(&self) -> Result<MultiplexedConnection, ClusterError> {
-        if let Some(conn) = lock(&self.conn).clone() {
-            return Ok(conn);
-        }
-        let client = self.client.clone();
-        let made = self
-            .control
-            .spawn(async move { connection::connect(&client).await })
-            .await
-            .map_err(|_| ClusterError::Closed)??;
-        *lock(&self.conn) = Some(made.clone());
-        Ok(made)
+        Ok(self.link.get().await?)
     }
 
-    /// Forgets a connection that failed, so the next call reconnects.
+    /// Forgets a connection that died, so the next call reconnects.
     fn failed(&self, e: RedisError) -> ClusterError {
-        if !matches!(e.kind(), redis::ErrorKind::Server(_)) || e.is_connection_dropped() {
-            *lock(&self.conn) = None;
-        }
+        self.link.failed(&e);
         ClusterError::Redis(e)
     }
 
@@ -516,7 +495,7 @@ impl Cluster {
         self: Arc<Self>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         dispatch: Dispatch,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let mut outage = Outage::new("realtime pub/sub");
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -549,7 +528,7 @@ impl Cluster {
                         Some(Command::Release(_)) => {}
                         None => return,
                     },
-                    _ = shutdown.changed() => return,
+                    () = shutdown.started() => return,
                 }
             }
         }
@@ -563,9 +542,9 @@ impl Cluster {
         waiting: &mut Vec<oneshot::Sender<()>>,
         outage: &mut Outage,
         backoff: &mut Backoff,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Result<(), ClusterError> {
-        let pubsub = timeout(REDIS_IO_TIMEOUT, self.client.get_async_pubsub())
+        let pubsub = timeout(REDIS_IO_TIMEOUT, self.link.client().get_async_pubsub())
             .await
             .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
         let (mut sink, mut stream) = pubsub.split();
@@ -647,11 +626,7 @@ impl Cluster {
                         .await
                         .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
                 }
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return Ok(());
-                    }
-                }
+                () = shutdown.started() => return Ok(()),
             }
         }
     }
@@ -676,7 +651,7 @@ impl Cluster {
     async fn presence_keeper(
         self: Arc<Self>,
         mut changes: mpsc::UnboundedReceiver<Presence>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let mut tick = tokio::time::interval(self.heartbeat);
         loop {
@@ -696,13 +671,11 @@ impl Cluster {
                         tracing::debug!(error = %e, "presence refresh failed");
                     }
                 }
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        if let Err(e) = self.forget_presence().await {
-                            tracing::debug!(error = %e, "presence not removed at shutdown; it expires");
-                        }
-                        return;
+                () = shutdown.started() => {
+                    if let Err(e) = self.forget_presence().await {
+                        tracing::debug!(error = %e, "presence not removed at shutdown; it expires");
                     }
+                    return;
                 }
             }
         }
@@ -870,10 +843,6 @@ impl Cluster {
 /// The meshlet a client id belongs to: client ids are `{instance}:{n}`.
 pub fn instance_of(client: &str) -> Option<&str> {
     client.rsplit_once(':').map(|(i, _)| i)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::frames::{self, ClientFrame, FrameError};
 use super::hub::{Admission, Client, CloseReason, Delivery, Offset};
 use super::Realtime;
+use crate::control::Shutdown;
 
 /// Largest client message (and frame) accepted; larger ones close the socket with 1009.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -152,7 +153,7 @@ struct Session {
     /// `realtime.slow_after`: a probe unanswered this long means the client stopped
     /// reading (its socket buffers may absorb a lot before a write ever blocks).
     slow_after: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Shutdown,
     client: Arc<Client>,
     hub: Arc<Realtime>,
 }
@@ -176,7 +177,7 @@ impl Session {
         // timer would grow every connection's task by its size.
         let mut timer = Box::pin(sleep_until(next_ping));
         loop {
-            if *self.shutdown.borrow() {
+            if self.shutdown.is_started() {
                 return End::Shutdown;
             }
             let probe_due = self.probe.map(|sent| sent + self.slow_after);
@@ -194,11 +195,7 @@ impl Session {
                     let end = self.client.close_reason().map_or(End::Error, End::from);
                     return end;
                 }
-                changed = self.shutdown.changed() => {
-                    if changed.is_err() {
-                        return End::Shutdown;
-                    }
-                }
+                () = self.shutdown.started() => return End::Shutdown,
                 () = timer.as_mut() => {
                     let now = Instant::now();
                     if probe_due.is_some_and(|t| t <= now) {
@@ -502,7 +499,7 @@ impl Drop for Session {
     /// polled; while the runtime's I/O driver is still up, write the 1001 close frame
     /// without waiting (best effort: one non-blocking write of a frame tungstenite made).
     fn drop(&mut self) {
-        if self.closed || !self.clean || !*self.shutdown.borrow() {
+        if self.closed || !self.clean || !self.shutdown.is_started() {
             return;
         }
         let Some(close) = End::Shutdown.close_frame() else {

@@ -5,7 +5,7 @@ use http::header::HeaderValue;
 use http::{Response, StatusCode};
 
 use super::auth::AuthError;
-use crate::proxy::body::ResponseBody;
+use crate::wire::{self, AnswerBody};
 
 /// Why the hub refused something.
 #[derive(Debug, thiserror::Error)]
@@ -81,15 +81,10 @@ impl RealtimeError {
 
     /// The docs/errors.md response: `{"error","message","service","request_id"}` and
     /// `x-mesh-error`.
-    pub fn to_response(&self, service: &str, request_id: &str) -> Response<ResponseBody> {
+    pub fn to_response(&self, service: &str, request_id: &str) -> Response<AnswerBody> {
         let message = self.to_string();
-        let mut resp = crate::proxy::error::error_response(
-            self.status(),
-            self.code(),
-            &message,
-            service,
-            request_id,
-        );
+        let mut resp =
+            wire::error_response(self.status(), self.code(), &message, service, request_id);
         if matches!(self, RealtimeError::NotWebSocket(_)) {
             resp.headers_mut()
                 .insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -37,12 +37,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::config::{ClientPublish, RealtimeConfig};
-use crate::proxy::body::ResponseBody;
-use crate::sidecar::Context;
+use crate::control::{Context, Shutdown};
+use crate::identity::request_id;
+use crate::proxy::inbound::InboundRoute;
+use crate::wire::AnswerBody;
 use app::AppClient;
 use auth::Verifier;
 use cluster::{Channel, Cluster, ClusterConfig, Envelope, HistoryLimits, Op, Recovery};
@@ -71,10 +72,23 @@ pub struct Realtime {
     app: Option<Arc<AppClient>>,
     /// The control-plane runtime, where Redis and app connections live.
     control: Handle,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     metrics: RealtimeMetrics,
     instance: String,
     next_client: AtomicU64,
+}
+
+/// The hub's WebSocket path on the inbound listener.
+struct WebSocketRoute(Arc<Realtime>);
+
+impl InboundRoute for WebSocketRoute {
+    fn path(&self) -> &str {
+        &self.0.path
+    }
+
+    fn answer(&self, req: Request<Incoming>) -> Response<AnswerBody> {
+        self.0.accept(req)
+    }
 }
 
 /// What a join found: the room's latest offset, and what the client missed.
@@ -106,10 +120,10 @@ impl Realtime {
             size: config.history.size,
             ttl: config.history.ttl.get(),
         };
-        let cluster = context.redis.clone().map(|client| {
+        let cluster = context.redis.as_ref().map(|link| {
             Cluster::new(
                 ClusterConfig {
-                    client,
+                    link: link.clone(),
                     prefix: context.config.registry.prefix.to_string(),
                     instance: context.instance_id.to_owned(),
                     history,
@@ -142,14 +156,10 @@ impl Realtime {
             next_client: AtomicU64::new(1),
         });
         let closing = realtime.clone();
-        let mut shutdown = context.shutdown.clone();
+        let shutdown = context.shutdown.wait();
         tokio::spawn(async move {
             // Wakes every socket task, even one stuck in a write, to drain and close (1001).
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
+            shutdown.await;
             for client in closing.hub.all_clients() {
                 client.close(hub::CloseReason::Shutdown);
             }
@@ -167,14 +177,14 @@ impl Realtime {
         Some(realtime)
     }
 
-    /// The WebSocket path on the inbound listener.
-    pub fn path(&self) -> &str {
-        &self.path
+    /// The hub's WebSocket endpoint, as the inbound listener serves it.
+    pub fn route(self: &Arc<Self>) -> Arc<dyn InboundRoute> {
+        Arc::new(WebSocketRoute(self.clone()))
     }
 
     /// Answers a WebSocket connect: 101 and a socket task, or a docs/errors.md refusal. The
     /// token is checked and a connection slot taken before the upgrade.
-    pub async fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<AnswerBody> {
         match self.admit(&req) {
             Ok((response, client, admission)) => {
                 self.metrics.connects.accepted.inc();
@@ -197,7 +207,7 @@ impl Realtime {
                     RealtimeError::Overloaded(_) => self.metrics.connects.overloaded.inc(),
                     _ => self.metrics.connects.bad_request.inc(),
                 }
-                e.to_response(&self.service, &request_id(&req))
+                e.to_response(&self.service, &request_id::of(req.headers()))
             }
         }
     }
@@ -206,10 +216,10 @@ impl Realtime {
     fn admit(
         self: &Arc<Self>,
         req: &Request<Incoming>,
-    ) -> Result<(Response<ResponseBody>, Arc<Client>, hub::Admission), RealtimeError> {
+    ) -> Result<(Response<AnswerBody>, Arc<Client>, hub::Admission), RealtimeError> {
         let key = websocket_key(req)?;
         let identity = self.verifier.verify(req.uri().query(), req.headers())?;
-        if *self.shutdown.borrow() {
+        if self.shutdown.is_started() {
             return Err(RealtimeError::Overloaded(self.hub.connections()));
         }
         let admission = self.hub.admit().ok_or(RealtimeError::Overloaded(
@@ -218,7 +228,7 @@ impl Realtime {
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("{}:{n}", self.instance));
         let client = Client::new(id, identity, self.config.send_queue as usize);
-        let mut resp = Response::new(ResponseBody::empty());
+        let mut resp = Response::new(AnswerBody::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -231,7 +241,7 @@ impl Realtime {
     }
 
     /// Answers a local API request under [`API_PATHS`].
-    pub async fn handle_api(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle_api(self: &Arc<Self>, req: Request<Incoming>) -> Response<AnswerBody> {
         api::handle(self, req).await
     }
 
@@ -547,12 +557,4 @@ fn websocket_key(req: &Request<Incoming>) -> Result<String, RealtimeError> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .ok_or(RealtimeError::NotWebSocket("missing Sec-WebSocket-Key"))
-}
-
-fn request_id(req: &Request<Incoming>) -> String {
-    req.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }

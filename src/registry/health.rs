@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::schema::Status;
+use crate::control::Shutdown;
 
 /// Longest wait for one health answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,8 +36,9 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// Polls until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Polls until shutdown begins.
+    pub async fn run(self, shutdown: Shutdown) {
+        let shutdown = shutdown.wait();
         tokio::pin!(shutdown);
         let mut ticker = tokio::time::interval(self.interval);
         let mut first = true;

@@ -5,7 +5,7 @@
 //! (fed by [`watch`]). The request path only ever reads the snapshot: it never waits on
 //! Redis. [`registration`] keeps this pod's own entry alive with heartbeats.
 
-pub mod connection;
+pub mod cli;
 pub mod health;
 pub mod registration;
 pub mod schema;

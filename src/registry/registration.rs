@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{watch, Notify};
 
-use super::connection::{self, Outage};
 use super::schema::{self, now_ms, Instance, Keys, Status};
+use crate::control::redis::{Link, Outage};
+use crate::control::Shutdown;
 
 /// This pod's registration; built by the sidecar.
 pub struct Registration {
-    /// Redis client for the registry.
-    pub client: redis::Client,
+    /// The registry's Redis.
+    pub link: Arc<Link>,
     /// Key names.
     pub keys: Keys,
     /// Our service name.
@@ -31,10 +31,10 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Heartbeats until `shutdown` resolves, then marks draining and deregisters.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Heartbeats until shutdown begins, then marks draining and deregisters.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let shutdown = shutdown.wait();
         tokio::pin!(shutdown);
-        let mut conn: Option<MultiplexedConnection> = None;
         let mut outage = Outage::new("self-registration");
         let mut ticker = tokio::time::interval(self.heartbeat);
         let mut announce = true;
@@ -50,47 +50,32 @@ impl Registration {
                 }
                 () = &mut shutdown => break,
             }
-            match self.beat(&mut conn, announce).await {
+            match self.beat(announce).await {
                 Ok(()) => {
                     outage.recovered();
                     announce = false;
                 }
                 Err(e) => {
-                    conn = None;
+                    self.link.failed(&e);
                     announce = true;
                     outage.failed(&e);
                 }
             }
         }
-        if let Err(e) = self.leave(&mut conn).await {
+        if let Err(e) = self.leave().await {
             tracing::warn!(error = %e, "could not deregister; the entry expires after the registry ttl");
         } else {
             tracing::info!(service = %self.service, id = %self.instance.id, "deregistered");
         }
     }
 
-    async fn connection<'a>(
-        &self,
-        slot: &'a mut Option<MultiplexedConnection>,
-    ) -> redis::RedisResult<&'a mut MultiplexedConnection> {
-        if slot.is_none() {
-            *slot = Some(connection::connect(&self.client).await?);
-        }
-        // Filled just above when it was empty.
-        Ok(slot.as_mut().expect("connection slot filled"))
-    }
-
-    async fn beat(
-        &self,
-        slot: &mut Option<MultiplexedConnection>,
-        announce: bool,
-    ) -> redis::RedisResult<()> {
+    async fn beat(&self, announce: bool) -> redis::RedisResult<()> {
         let mut instance = self.instance.clone();
         instance.status = *self.status.borrow();
         instance.last_heartbeat = now_ms();
-        let conn = self.connection(slot).await?;
+        let mut conn = self.link.get().await?;
         schema::register(
-            conn,
+            &mut conn,
             &self.keys,
             &self.service,
             &instance,
@@ -100,9 +85,9 @@ impl Registration {
         .await
     }
 
-    async fn leave(&self, slot: &mut Option<MultiplexedConnection>) -> redis::RedisResult<()> {
-        let conn = self.connection(slot).await?;
-        schema::mark_draining(conn, &self.keys, &self.service, &self.instance.id).await?;
-        schema::deregister(conn, &self.keys, &self.service, &self.instance.id).await
+    async fn leave(&self) -> redis::RedisResult<()> {
+        let mut conn = self.link.get().await?;
+        schema::mark_draining(&mut conn, &self.keys, &self.service, &self.instance.id).await?;
+        schema::deregister(&mut conn, &self.keys, &self.service, &self.instance.id).await
     }
 }

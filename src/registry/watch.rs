@@ -13,15 +13,16 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout};
 
-use super::connection::{self, Backoff, Outage, REDIS_IO_TIMEOUT};
 use super::schema::{self, now_ms, Instance, Keys};
 use super::Snapshot;
+use crate::control::redis::{Backoff, Link, Outage, REDIS_IO_TIMEOUT};
+use crate::control::Shutdown;
 use crate::telemetry::metrics::RegistryMetrics;
 
 /// Everything the watcher needs; built by the sidecar.
 pub struct Watcher {
-    /// Redis client for the registry.
-    pub client: redis::Client,
+    /// The registry's Redis (pub/sub on a connection of the session's own).
+    pub link: Arc<Link>,
     /// Key names.
     pub keys: Keys,
     /// Full re-read interval.
@@ -53,8 +54,9 @@ struct State {
 }
 
 impl Watcher {
-    /// Runs until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Runs until shutdown begins.
+    pub async fn run(self, shutdown: Shutdown) {
+        let shutdown = shutdown.wait();
         tokio::pin!(shutdown);
         let mut state = State {
             redis: BTreeMap::new(),
@@ -72,6 +74,7 @@ impl Watcher {
             };
             if let Err(e) = result {
                 self.metrics.watch_errors.inc();
+                self.link.failed(&e);
                 outage.failed(&e);
             }
             tokio::select! {
@@ -88,14 +91,14 @@ impl Watcher {
         outage: &mut Outage,
         backoff: &mut Backoff,
     ) -> redis::RedisResult<()> {
-        let mut pubsub = timeout(REDIS_IO_TIMEOUT, self.client.get_async_pubsub())
+        let mut pubsub = timeout(REDIS_IO_TIMEOUT, self.link.client().get_async_pubsub())
             .await
             .map_err(timed_out)??;
         timeout(REDIS_IO_TIMEOUT, pubsub.subscribe(self.keys.changes()))
             .await
             .map_err(timed_out)??;
         let mut changes = pubsub.into_on_message();
-        let mut conn = connection::connect(&self.client).await?;
+        let mut conn = self.link.get().await?;
 
         let run_id = schema::run_id(&mut conn).await?;
         if state.run_id.as_ref().is_some_and(|old| *old != run_id) {

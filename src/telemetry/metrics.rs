@@ -442,28 +442,19 @@ impl DestinationMetrics {
             .inc();
     }
 
-    /// Records a service breaker state change, if any.
-    pub fn breaker_changed(&self, to: Option<crate::policy::breaker::State>) {
-        use crate::policy::breaker::State;
-        let Some(to) = to else { return };
-        let gauge = match to {
-            State::Closed => 0,
-            State::Open => 1,
-            State::HalfOpen => 2,
-        };
+    /// Records a service breaker's move to `state` (its label) with gauge value `gauge`.
+    pub fn breaker_changed(&self, state: &'static str, gauge: i64) {
         self.breaker_state.set(gauge);
         self.policy
             .breaker_transitions
-            .with_label_values(&[&self.name, to.as_str()])
+            .with_label_values(&[&self.name, state])
             .inc();
-        tracing::warn!(destination = %self.name, state = to.as_str(), "service breaker changed state");
+        tracing::warn!(destination = %self.name, state, "service breaker changed state");
     }
 
-    /// Records an endpoint breaker state change (an ejection when it opens).
-    pub fn endpoint_breaker_changed(&self, to: crate::policy::breaker::State) {
-        if to == crate::policy::breaker::State::Open {
-            self.endpoint_ejections.inc();
-        }
+    /// Counts an endpoint ejected by its breaker.
+    pub fn endpoint_ejected(&self) {
+        self.endpoint_ejections.inc();
     }
 }
 

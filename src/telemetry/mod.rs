@@ -1,7 +1,6 @@
-//! Telemetry: Prometheus metrics, logging, and the two small HTTP servers of the control
-//! plane (the telemetry listener on 15020 and the local API on 15000).
+//! Telemetry: Prometheus metrics, structured logging and OTLP spans. What it records is
+//! served by the telemetry listener (15020, routes in `sidecar`).
 
-pub mod admin;
 pub mod logging;
 pub mod metrics;
 pub mod otlp;

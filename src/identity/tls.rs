@@ -1,6 +1,7 @@
-//! TLS toward upstreams with rustls: `https://` egress destinations are verified against
-//! the webpki roots (plus the `tls.ca` bundle when one is configured), with SNI, speaking
-//! HTTP/1.1 over ALPN.
+//! TLS between meshlets and toward upstreams, with rustls. Mutual TLS ([`MeshTls`]): each
+//! meshlet proves its identity with its certificate and checks the peer's against the mesh
+//! CA. Egress (`https://` destinations): verified against the webpki roots (plus a
+//! `services.X.ca` bundle when one is configured), with SNI, speaking HTTP/1.1 over ALPN.
 
 use std::sync::{Arc, OnceLock};
 

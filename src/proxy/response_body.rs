@@ -1,6 +1,7 @@
-//! Body types of the proxy: bodies stream through untouched; only meshlet's own answers
-//! (errors, degrade answers) and replayable request bodies are held in memory. Plain enums
-//! rather than boxed trait objects: no allocation per request.
+//! Response bodies on their way back to the client. An upstream's body streams through
+//! untouched, holding its [`Guards`] (in-flight counts, the pooled connection, a stale-cache
+//! copy) until it ends; meshlet's own answers are held whole. Plain enums rather than boxed
+//! trait objects: no allocation per request.
 //!
 //! A streamed response is cut after `limits.idle_timeout` without a byte in either
 //! direction (docs/config.md: the call's timeout ends at the response headers). The timer is
@@ -9,123 +10,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::forward::TeeReader;
+use super::request_body::Activity;
 use super::upstream::{self, Http1Lease};
 use crate::policy::balance::InFlight;
 use crate::policy::clock;
 use crate::policy::stale::StaleRecorder;
 use crate::policy::Permit;
-
-/// A request body on its way upstream.
-#[derive(Debug)]
-pub enum RequestBody {
-    /// Streamed from the client as it arrives (sent once).
-    Stream {
-        /// The client's body.
-        body: Incoming,
-        /// Noted on every chunk when the body has no declared length (it may stream on).
-        activity: Option<Arc<Activity>>,
-    },
-    /// Held whole: small enough to be sent again on a retry.
-    Replay {
-        /// The bytes, taken on first poll.
-        data: Option<Bytes>,
-        /// Request trailers, if the client sent any.
-        trailers: Option<HeaderMap>,
-    },
-    /// Streamed from the client while a copy is kept for a retry (see [`super::forward::Tee`]).
-    Teed {
-        /// This attempt's view of the shared body.
-        reader: TeeReader,
-        /// As for `Stream`.
-        activity: Option<Arc<Activity>>,
-    },
-}
-
-/// When bytes last moved on a streamed request body, read by the response's idle timer.
-#[derive(Debug, Default)]
-pub struct Activity(AtomicU64);
-
-impl Activity {
-    /// One for a body that may go on streaming after the response headers: no declared
-    /// length and not already ended (a request with a length completes on its own).
-    pub fn for_body(body: &Incoming) -> Option<Arc<Activity>> {
-        (!body.is_end_stream() && body.size_hint().exact().is_none())
-            .then(|| Arc::new(Activity(AtomicU64::new(clock::now_ms()))))
-    }
-
-    fn touch(&self) {
-        self.0.store(clock::now_ms(), Ordering::Relaxed);
-    }
-
-    fn last_ms(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl RequestBody {
-    /// A replayable copy of `data`.
-    pub fn replay(data: &Bytes, trailers: &Option<HeaderMap>) -> Self {
-        RequestBody::Replay {
-            data: (!data.is_empty()).then(|| data.clone()),
-            trailers: trailers.clone(),
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let (polled, activity) = match self.get_mut() {
-            RequestBody::Stream { body, activity } => (Pin::new(body).poll_frame(cx), activity),
-            RequestBody::Replay { data, trailers } => {
-                return Poll::Ready(
-                    data.take()
-                        .map(|d| Ok(Frame::data(d)))
-                        .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
-                )
-            }
-            RequestBody::Teed { reader, activity } => (reader.poll_frame(cx), activity),
-        };
-        if let (Poll::Ready(Some(Ok(_))), Some(activity)) = (&polled, activity) {
-            activity.touch();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Stream { body, .. } => body.is_end_stream(),
-            RequestBody::Replay { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestBody::Teed { reader, .. } => reader.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Stream { body, .. } => body.size_hint(),
-            RequestBody::Replay { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            RequestBody::Teed { reader, .. } => reader.size_hint(),
-        }
-    }
-}
+use crate::telemetry::metrics::DestinationMetrics;
+use crate::wire::{grpc, AnswerBody};
 
 /// What an upstream response holds until its body is done: the endpoint's and the
 /// destination's in-flight counts, the pooled connection, and a stale-cache recording.
@@ -140,7 +40,7 @@ pub struct Guards {
     /// Copy for the stale cache (boxed: only stale-mode destinations have one).
     pub record: Option<Box<StaleRecorder>>,
     /// A gRPC call's destination metrics: its `grpc-status` arrives in the trailers.
-    pub grpc: Option<std::sync::Arc<crate::telemetry::metrics::DestinationMetrics>>,
+    pub grpc: Option<Arc<DestinationMetrics>>,
     /// The request body's activity, when it may still be streaming.
     pub activity: Option<Arc<Activity>>,
 }
@@ -193,6 +93,12 @@ impl ResponseBody {
         if let ResponseBody::Upstream { idle, .. } = self {
             idle.limit = Some(limit);
         }
+    }
+}
+
+impl From<AnswerBody> for ResponseBody {
+    fn from(answer: AnswerBody) -> Self {
+        ResponseBody::Full(answer.into_bytes())
     }
 }
 
@@ -284,10 +190,9 @@ impl Body for ResponseBody {
                             }
                         }
                         if let Some(trailers) = frame.trailers_ref() {
-                            if let (Some(metrics), Some(status)) = (
-                                guards.grpc.take(),
-                                crate::policy::retry::grpc_status(trailers),
-                            ) {
+                            if let (Some(metrics), Some(status)) =
+                                (guards.grpc.take(), grpc::status(trailers))
+                            {
                                 metrics.count_grpc(status);
                             }
                         }

@@ -1,0 +1,13 @@
+//! The control-plane toolbox, one way of doing each thing that the registry, events and the
+//! hub all need: a Redis [`redis::Link`] that comes back after an outage, the
+//! [`shutdown::Shutdown`] every task waits on, the [`context::Context`] the features
+//! start from, and the small HTTP server of the local API and telemetry listeners
+//! ([`admin`]). Nothing here runs on the request path.
+
+pub mod admin;
+pub mod context;
+pub mod redis;
+pub mod shutdown;
+
+pub use context::Context;
+pub use shutdown::Shutdown;

@@ -1,0 +1,96 @@
+//! The one way to wait for shutdown. The sidecar holds the [`Trigger`]; every listener,
+//! worker and control-plane task holds a [`Shutdown`] and either checks it or awaits
+//! [`Shutdown::wait`]. Firing is sticky: a task that starts waiting after the trigger fired
+//! stops at once, and a dropped trigger counts as fired (nothing can stop the task later).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Fires shutdown for every [`Shutdown`] made from it.
+#[derive(Debug)]
+pub struct Trigger(watch::Sender<bool>);
+
+/// A handle that learns when shutdown began.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// A new trigger and its first handle.
+pub fn channel() -> (Trigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (Trigger(tx), Shutdown(rx))
+}
+
+impl Trigger {
+    /// Starts shutdown (idempotent).
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Another handle.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown(self.0.subscribe())
+    }
+}
+
+impl Shutdown {
+    /// Whether shutdown has begun.
+    pub fn is_started(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown has begun (at once if it already has). Owns what it needs, so
+    /// it can be pinned in a loop or moved into a task.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the trigger is gone: nothing will ever fire it, so stop too.
+            let _ = rx.wait_for(|started| *started).await;
+        }
+    }
+}
+
+impl Shutdown {
+    /// Resolves once shutdown has begun, borrowing the handle: the cheap form for a loop
+    /// that selects on it with every message.
+    pub async fn started(&mut self) {
+        // An error means the trigger is gone: nothing will ever fire it, so stop too.
+        let _ = self.0.wait_for(|started| *started).await;
+    }
+
+    /// Sleeps `pause`; `false` when shutdown began first.
+    pub async fn sleep(&self, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            () = self.wait() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_until_fired_and_is_sticky() {
+        let (trigger, shutdown) = channel();
+        let waiting = tokio::spawn(shutdown.wait());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(!shutdown.is_started());
+        trigger.fire();
+        waiting.await.unwrap();
+        assert!(shutdown.is_started());
+        trigger.subscribe().wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_trigger_counts_as_fired() {
+        let (trigger, shutdown) = channel();
+        drop(trigger);
+        tokio::time::timeout(std::time::Duration::from_secs(1), shutdown.wait())
+            .await
+            .expect("a handle without a trigger stops at once");
+    }
+}

@@ -1,0 +1,136 @@
+//! `meshlet registry ...`: operator commands that read and edit the Redis registry directly
+//! (no running meshlet needed), by the contract of docs/registry.md.
+
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::RedisError;
+
+use super::schema::{self, Instance, Keys, Status};
+use crate::config::{Protocol, ServiceName, StaticEndpoint};
+use crate::control::redis;
+
+/// Why a registry command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Redis refused or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Where the commands act.
+pub struct Target {
+    conn: MultiplexedConnection,
+    keys: Keys,
+}
+
+impl Target {
+    /// Connects to the registry at `url` under key `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Target, CliError> {
+        let client =
+            ::redis::Client::open(url).map_err(|e| CliError::Input(format!("--redis: {e}")))?;
+        Ok(Target {
+            conn: redis::connect(&client).await?,
+            keys: Keys::new(prefix),
+        })
+    }
+}
+
+/// What `registry register` writes.
+pub struct NewInstance {
+    /// Service name.
+    pub service: String,
+    /// `host:port` (or `h2://host:port`) others dial.
+    pub address: String,
+    /// Instance id (default: service-host-port).
+    pub id: Option<String>,
+    /// `http1` or `h2` (default: from the address).
+    pub protocol: Option<String>,
+    /// Version string.
+    pub version: String,
+    /// Time to live.
+    pub ttl: Duration,
+}
+
+/// `registry list [--service S] [--all]`: services and their instances, one line each.
+pub async fn list(target: &mut Target, service: Option<String>, all: bool) -> Result<(), CliError> {
+    let mut names = match service {
+        Some(s) => vec![s],
+        None => schema::service_names(&mut target.conn, &target.keys).await?,
+    };
+    names.sort();
+    let found = schema::read_services(&mut target.conn, &target.keys, &names, all).await?;
+    let now = schema::now_ms();
+    for (service, instances) in found {
+        println!("{service}");
+        for i in instances {
+            let left = i.expires_at.map_or(0, |e| e.saturating_sub(now) / 1000);
+            println!(
+                "  {:<32} {:<22} {:<8} {:<5} expires in {left}s",
+                i.id,
+                i.authority(),
+                i.status.as_str(),
+                i.protocol.as_str()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `registry register ...`: registers an instance once; it expires after its ttl.
+pub async fn register(target: &mut Target, new: NewInstance) -> Result<(), CliError> {
+    let endpoint: StaticEndpoint = new.address.parse().map_err(CliError::Input)?;
+    let protocol = match new.protocol.as_deref() {
+        None => endpoint.protocol,
+        Some("http1") => Protocol::Http1,
+        Some("h2") => Protocol::H2,
+        Some(other) => {
+            return Err(CliError::Input(format!(
+                "--protocol: expected http1 or h2, got `{other}`"
+            )))
+        }
+    };
+    ServiceName::parse(&new.service).map_err(CliError::Input)?;
+    let now = schema::now_ms();
+    let service = new.service;
+    let id = new
+        .id
+        .unwrap_or_else(|| format!("{service}-{}-{}", endpoint.host, endpoint.port));
+    let instance = Instance {
+        id: id.clone(),
+        host: endpoint.host,
+        port: endpoint.port,
+        version: new.version,
+        status: Status::Up,
+        protocol,
+        metadata: serde_json::json!({}),
+        registered_at: now,
+        last_heartbeat: now,
+        expires_at: None,
+    };
+    schema::register(
+        &mut target.conn,
+        &target.keys,
+        &service,
+        &instance,
+        new.ttl,
+        true,
+    )
+    .await?;
+    println!(
+        "registered {service}/{id} at {} for {:?}",
+        instance.authority(),
+        new.ttl
+    );
+    Ok(())
+}
+
+/// `registry deregister --service S --id ID`.
+pub async fn deregister(target: &mut Target, service: &str, id: &str) -> Result<(), CliError> {
+    schema::deregister(&mut target.conn, &target.keys, service, id).await?;
+    println!("deregistered {service}/{id}");
+    Ok(())
+}

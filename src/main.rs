@@ -315,7 +315,7 @@ async fn events(target: RegistryTarget, action: EventsAction) -> Result<(), Stri
     let events = config.as_ref().map(|c| &c.config.events);
     let target = cli::Target {
         client: redis::Client::open(url.as_str()).map_err(|e| format!("--redis: {e}"))?,
-        keys: meshlet::events::Keys::new(&prefix),
+        keys: meshlet::control::keys::Keys::new(&prefix),
         retention: events.map_or(Duration::from_secs(24 * 3600), |e| e.retention.get()),
         dedupe_window: events.map_or(Duration::from_secs(24 * 3600), |e| e.dedupe_window.get()),
     };

@@ -14,11 +14,19 @@ use support::*;
 
 const SECRET: &str = "test-token-secret";
 
-fn meshlet(name: &str, redis: &RedisServer, extra: &str) -> String {
-    format!(
-        "service: {{name: {name}}}\nworkers: 1\nregistry: {{redis: \"{}\", ttl: 3s, heartbeat: 1s}}\nauth:\n  token: {{secret: [\"{SECRET}\"], ttl: 60s}}\n{extra}",
-        redis.url()
-    )
+/// `name`'s meshlet: one worker, on `redis` with a 3 s ttl and 1 s heartbeats.
+fn on_registry(name: &str, redis: &RedisServer) -> MeshletSpec {
+    MeshletSpec::new(name)
+        .workers(1)
+        .redis(redis)
+        .registry("ttl: 3s, heartbeat: 1s")
+}
+
+/// A caller that signs its service tokens with [`SECRET`] (60 s).
+fn signing_caller(name: &str, redis: &RedisServer) -> MeshletSpec {
+    on_registry(name, redis).with(&format!(
+        "auth:\n  token: {{secret: [\"{SECRET}\"], ttl: 60s}}\n"
+    ))
 }
 
 #[derive(Serialize)]
@@ -45,21 +53,16 @@ fn token(secret: &str, iss: &str, aud: &str, exp_offset: i64) -> String {
 async fn a_call_through_two_meshlets_carries_trace_request_id_and_caller_but_never_the_token() {
     let redis = RedisServer::start();
     let app = Upstream::start("inventory-app").await;
-    let inventory = sidecar(&format!(
-        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\", ttl: 3s, heartbeat: 1s}}\nauth:\n  token: {{secret: [\"{SECRET}\"]}}\n  inbound: {{require: true, allow_from: [orders]}}\n",
-        app.addr,
-        redis.url()
-    ))
-    .await;
-    let orders = sidecar(&meshlet("orders", &redis, "")).await;
-    let game = sidecar(&meshlet("game", &redis, "")).await;
+    let inventory = on_registry("inventory", &redis).app(app.addr).with(&format!(
+        "auth:\n  token: {{secret: [\"{SECRET}\"]}}\n  inbound: {{require: true, allow_from: [orders]}}\n"
+    ));
+    let Pair {
+        callee: inventory,
+        caller: orders,
+    } = callee_and_caller(&inventory, &signing_caller("orders", &redis)).await;
+    let game = signing_caller("game", &redis).start().await;
     let out = orders.addresses.outbound;
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            get_via(out, "http://inventory/").await.status == 200
-        })
-        .await
-    );
+    assert!(until_status(out, "http://inventory/", 200, Duration::from_secs(3)).await);
 
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let req = Request::get("http://inventory/items")
@@ -199,7 +202,7 @@ async fn static_auth_headers_are_set_and_secrets_never_shown() {
 /// A TLS server on 127.0.0.1 with a certificate from a CA made at run time.
 async fn tls_upstream() -> (std::net::SocketAddr, tempfile::NamedTempFile) {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    meshlet::proxy::tls::install_crypto_provider();
+    meshlet::identity::tls::install_crypto_provider();
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -229,16 +232,11 @@ async fn tls_upstream() -> (std::net::SocketAddr, tempfile::NamedTempFile) {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let body = format!("{{\"tls\":true,\"path\":\"{}\"}}", req.uri().path());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let answer = |req: Request<hyper::body::Incoming>| async move {
+                    let body = format!("{{\"tls\":true,\"path\":\"{}\"}}", req.uri().path());
+                    http::Response::new(Full::new(Bytes::from(body)))
+                };
+                serve_connection(tls, Http::H1, answer).await;
             });
         }
     });
@@ -315,26 +313,16 @@ async fn mutual_tls_between_meshlets_both_ways() {
     let redis = RedisServer::start();
     let app = Upstream::start("inventory-app").await;
     let mesh = MeshCerts::new();
-    let callee = sidecar(&format!(
-        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{}",
-        app.addr,
-        redis.url(),
-        mesh.tls_yaml("inventory")
-    ))
-    .await;
-    let caller = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{}",
-        redis.url(),
-        mesh.tls_yaml("orders")
-    ))
+    let on_redis = |name: &str| MeshletSpec::new(name).workers(1).redis(&redis);
+    let Pair { callee, caller } = callee_and_caller(
+        &on_redis("inventory")
+            .app(app.addr)
+            .with(&mesh.tls_yaml("inventory")),
+        &on_redis("orders").with(&mesh.tls_yaml("orders")),
+    )
     .await;
     let out = caller.addresses.outbound;
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            get_via(out, "http://inventory/").await.status == 200
-        })
-        .await
-    );
+    assert!(until_status(out, "http://inventory/", 200, Duration::from_secs(3)).await);
     assert_eq!(
         get_via(out, "http://inventory/x").await.json()["upstream"],
         "inventory-app"
@@ -354,12 +342,10 @@ async fn mutual_tls_between_meshlets_both_ways() {
 
     // A meshlet whose certificate comes from another CA is refused.
     let stranger_mesh = MeshCerts::new();
-    let stranger = sidecar(&format!(
-        "service: {{name: game}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{}",
-        redis.url(),
-        stranger_mesh.tls_yaml("game")
-    ))
-    .await;
+    let stranger = on_redis("game")
+        .with(&stranger_mesh.tls_yaml("game"))
+        .start()
+        .await;
     until_ready(&stranger).await;
     let a = get_via(stranger.addresses.outbound, "http://inventory/").await;
     assert_eq!(a.status, 502, "{}", String::from_utf8_lossy(&a.body));

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -27,33 +26,21 @@ use support::*;
 /// (service.name, span) pairs the receiver got.
 type Received = Arc<Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>;
 
-async fn otlp_receiver() -> (SocketAddr, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn otlp_receiver() -> (Server, Received) {
     let got: Received = Arc::default();
     let sink = got.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        assert_eq!(req.uri().path(), "/v1/traces");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let export =
-                            ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
-                        keep(export, &sink);
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let server = serve(Http::H1, move |req: Request<Incoming>| {
+        let sink = sink.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
+            keep(export, &sink);
+            Response::new(Full::new(Bytes::new()))
         }
-    });
-    (addr, got)
+    })
+    .await;
+    (server, got)
 }
 
 /// Files every span of `export` under its resource's `service.name`.
@@ -116,8 +103,7 @@ const QUIET_TRACE: &str = "11111111111111111111111111111111";
 /// orders' meshlet (the caller) → inventory's meshlet (the callee) → inventory's app, both
 /// meshlets exporting to the same receiver with `telemetry` (a YAML line).
 struct TwoHops {
-    caller: meshlet::sidecar::Sidecar,
-    callee: meshlet::sidecar::Sidecar,
+    meshlets: Pair,
     _redis: RedisServer,
     _app: Upstream,
 }
@@ -127,28 +113,17 @@ struct TwoHops {
 async fn two_hops(telemetry: &str, got: &Received) -> TwoHops {
     let redis = RedisServer::start();
     let app = Upstream::start("inventory-app").await;
-    let callee = sidecar(&format!(
-        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{telemetry}",
-        app.addr,
-        redis.url()
-    ))
+    let on_redis = |spec: MeshletSpec| spec.workers(1).redis(&redis).with(telemetry);
+    let meshlets = callee_and_caller(
+        &on_redis(MeshletSpec::new("inventory").app(app.addr)),
+        &on_redis(MeshletSpec::new("orders")),
+    )
     .await;
-    let caller = sidecar(&format!(
-        "service: {{name: orders}}\nworkers: 1\nregistry: {{redis: \"{}\"}}\n{telemetry}",
-        redis.url()
-    ))
-    .await;
-    let out = caller.addresses.outbound;
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            get_via(out, "http://inventory/").await.status == 200
-        })
-        .await
-    );
+    let out = meshlets.caller.addresses.outbound;
+    assert!(until_status(out, "http://inventory/", 200, Duration::from_secs(3)).await);
     got.lock().unwrap().clear();
     TwoHops {
-        caller,
-        callee,
+        meshlets,
         _redis: redis,
         _app: app,
     }
@@ -157,7 +132,7 @@ async fn two_hops(telemetry: &str, got: &Received) -> TwoHops {
 /// One call carrying an unsampled `traceparent`, then one carrying the app's sampled one.
 /// In that order: a span of the first, had it been queued, would leave before the second's.
 async fn call_unsampled_then_sampled(hops: &TwoHops) {
-    let out = hops.caller.addresses.outbound;
+    let out = hops.meshlets.caller.addresses.outbound;
     let req = Request::get("http://inventory/quiet")
         .header(
             "traceparent",
@@ -223,7 +198,10 @@ fn assert_parent_and_child(got: &Received) {
 #[tokio::test]
 async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
     let (receiver, got) = otlp_receiver().await;
-    let otlp = format!("telemetry: {{otlp: {{endpoint: \"http://{receiver}\", sample: 1.0}}}}\n");
+    let otlp = format!(
+        "telemetry: {{otlp: {{endpoint: \"http://{}\", sample: 1.0}}}}\n",
+        receiver.addr
+    );
     let hops = two_hops(&otlp, &got).await;
     call_unsampled_then_sampled(&hops).await;
     assert!(
@@ -237,7 +215,7 @@ async fn a_call_through_two_meshlets_exports_parent_and_child_spans() {
     // The unsampled call went first into the same queues: a batch that carried the app's
     // spans would have carried it too.
     assert_parent_and_child(&got);
-    hops.callee.shutdown().await;
+    hops.meshlets.callee.shutdown().await;
 }
 
 #[tokio::test]
@@ -250,8 +228,8 @@ async fn grpc_export_reaches_a_trace_service_and_is_flushed_at_shutdown() {
     call_unsampled_then_sampled(&hops).await;
     // No waiting for the batch delay: both spans were queued before the answer reached the
     // client, and a graceful shutdown exports what is queued before it returns.
-    hops.caller.shutdown().await;
-    hops.callee.shutdown().await;
+    hops.meshlets.caller.shutdown().await;
+    hops.meshlets.callee.shutdown().await;
     assert_eq!(app_spans(&got), 2, "one span per hop, flushed at shutdown");
     assert_parent_and_child(&got);
 }

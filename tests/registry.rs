@@ -10,11 +10,17 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn caller_yaml(redis: &RedisServer) -> String {
-    format!(
-        "service: {{name: orders}}\nworkers: 1\nregistry:\n  redis: {}\n  ttl: 3s\n  heartbeat: 1s\n  resync: 5s\n",
-        redis.url()
-    )
+/// `name`'s meshlet: one worker, on `redis` with a 3 s ttl and 1 s heartbeats.
+fn meshlet(name: &str, redis: &RedisServer) -> MeshletSpec {
+    MeshletSpec::new(name)
+        .workers(1)
+        .redis(redis)
+        .registry("ttl: 3s, heartbeat: 1s")
+}
+
+/// The caller, `orders`, resyncing every 5 s.
+fn orders(redis: &RedisServer) -> MeshletSpec {
+    meshlet("orders", redis).registry("resync: 5s")
 }
 
 async fn status_of(out: SocketAddr, url: &str) -> u16 {
@@ -25,7 +31,7 @@ async fn status_of(out: SocketAddr, url: &str) -> u16 {
 async fn an_instance_registered_by_hand_gets_traffic_and_leaves_within_2s() {
     let redis = RedisServer::start();
     let up = Upstream::start("inventory-1").await;
-    let s = sidecar(&caller_yaml(&redis)).await;
+    let s = orders(&redis).start().await;
     until_ready(&s).await;
     let out = s.addresses.outbound;
     assert_eq!(
@@ -64,7 +70,7 @@ async fn an_instance_registered_by_hand_gets_traffic_and_leaves_within_2s() {
 async fn an_instance_whose_ttl_passes_is_dropped_without_any_message() {
     let redis = RedisServer::start();
     let up = Upstream::start("short-lived").await;
-    let s = sidecar(&caller_yaml(&redis)).await;
+    let s = orders(&redis).start().await;
     until_ready(&s).await;
     let out = s.addresses.outbound;
     let mut conn = redis.conn();
@@ -93,25 +99,18 @@ async fn an_instance_whose_ttl_passes_is_dropped_without_any_message() {
 async fn two_meshlets_talk_and_a_callee_registers_then_deregisters_itself() {
     let redis = RedisServer::start();
     let app = Upstream::start("inventory-app").await;
-    let callee_yaml = format!(
-        "service: {{name: inventory, version: \"2.1\", app: \"http://{}\", metadata: {{zone: a}}}}\nworkers: 1\nregistry:\n  redis: {}\n  ttl: 3s\n  heartbeat: 1s\n",
-        app.addr,
-        redis.url()
-    );
-    let callee = sidecar(&callee_yaml).await;
+    let inventory = meshlet("inventory", &redis)
+        .service("version: \"2.1\"")
+        .app(app.addr)
+        .service("metadata: {zone: a}");
+    let Pair { callee, caller } = callee_and_caller(&inventory, &orders(&redis)).await;
     let inbound = callee
         .addresses
         .inbound
         .expect("inbound listener with an app");
-    let caller = sidecar(&caller_yaml(&redis)).await;
     let out = caller.addresses.outbound;
 
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            status_of(out, "http://inventory/").await == 200
-        })
-        .await
-    );
+    assert!(until_status(out, "http://inventory/", 200, Duration::from_secs(2)).await);
     let a = get_via(out, "http://inventory/items").await;
     let j = a.json();
     assert_eq!(
@@ -151,20 +150,10 @@ async fn two_meshlets_talk_and_a_callee_registers_then_deregisters_itself() {
 async fn redis_killed_and_restarted_mid_traffic_fails_no_request() {
     let mut redis = RedisServer::start();
     let app = Upstream::start("inventory-app").await;
-    let callee_yaml = format!(
-        "service: {{name: inventory, app: \"http://{}\"}}\nworkers: 1\nregistry:\n  redis: {}\n  ttl: 3s\n  heartbeat: 1s\n",
-        app.addr,
-        redis.url()
-    );
-    let callee = sidecar(&callee_yaml).await;
-    let caller = sidecar(&caller_yaml(&redis)).await;
+    let inventory = meshlet("inventory", &redis).app(app.addr);
+    let Pair { callee, caller } = callee_and_caller(&inventory, &orders(&redis)).await;
     let out = caller.addresses.outbound;
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            status_of(out, "http://inventory/").await == 200
-        })
-        .await
-    );
+    assert!(until_status(out, "http://inventory/", 200, Duration::from_secs(2)).await);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -223,18 +212,19 @@ async fn redis_killed_and_restarted_mid_traffic_fails_no_request() {
 #[tokio::test]
 async fn readiness_waits_for_the_first_snapshot() {
     let redis = RedisServer::start();
-    let s = sidecar(&caller_yaml(&redis)).await;
+    let s = orders(&redis).start().await;
     until_ready(&s).await;
     let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["registry_loaded"], true);
 
     // Nothing listens on this port: readiness stays false (until the 10 s deadline).
-    let dead = format!(
-        "service: {{name: orders}}\nworkers: 1\nregistry:\n  redis: redis://127.0.0.1:{}/0\n",
-        free_port()
-    );
-    let s = sidecar(&dead).await;
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    let s = MeshletSpec::new("orders")
+        .workers(1)
+        .redis_url(&dead)
+        .start()
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
     assert_eq!(ready.status, 503);
@@ -244,12 +234,11 @@ async fn readiness_waits_for_the_first_snapshot() {
 async fn a_failing_app_health_check_drains_the_registration_and_unreadies_the_pod() {
     let redis = RedisServer::start();
     let app = Upstream::start("app").await;
-    let yaml = format!(
-        "service: {{name: billing, app: \"http://{}\", health: /flaky, health_interval: 100ms}}\nworkers: 1\nregistry: {{redis: \"{}\", ttl: 3s, heartbeat: 1s}}\n",
-        app.addr,
-        redis.url()
-    );
-    let s = sidecar(&yaml).await;
+    let s = meshlet("billing", &redis)
+        .app(app.addr)
+        .service("health: /flaky, health_interval: 100ms")
+        .start()
+        .await;
     let mut conn = redis.conn();
     let key = format!("mesh:inst:billing:{}", s.shared.instance_id);
     let status = |conn: &mut redis::Connection| -> String {

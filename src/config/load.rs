@@ -106,8 +106,20 @@ fn parse_error(e: &serde_yaml::Error, source: &str) -> ConfigError {
 
 type Violation = (String, String);
 
+/// The checks serde cannot express, section by section; the first violation is reported.
 fn validate(c: &Config) -> Result<(), Violation> {
-    let fail = |field: String, msg: &str| Err((field, msg.to_owned()));
+    validate_service(c)?;
+    validate_registry(c)?;
+    validate_policies(c)?;
+    validate_routes_and_auth(c)?;
+    validate_features(c)
+}
+
+fn fail(field: String, msg: &str) -> Result<(), Violation> {
+    Err((field, msg.to_owned()))
+}
+
+fn validate_service(c: &Config) -> Result<(), Violation> {
     if let Some(app) = &c.service.app {
         check_http_origin(&app.0, "service.app")?;
     }
@@ -116,6 +128,10 @@ fn validate(c: &Config) -> Result<(), Violation> {
             return fail("service.health".into(), "must be a path starting with `/`");
         }
     }
+    Ok(())
+}
+
+fn validate_registry(c: &Config) -> Result<(), Violation> {
     let r = &c.registry;
     if r.heartbeat >= r.ttl {
         return fail(
@@ -149,6 +165,10 @@ fn validate(c: &Config) -> Result<(), Violation> {
             );
         }
     }
+    Ok(())
+}
+
+fn validate_policies(c: &Config) -> Result<(), Violation> {
     check_policy(&c.defaults, "defaults")?;
     if c.defaults.url.is_some() || c.defaults.auth.is_some() || c.defaults.ca.is_some() {
         return fail(
@@ -179,6 +199,10 @@ fn validate(c: &Config) -> Result<(), Violation> {
             }
         }
     }
+    Ok(())
+}
+
+fn validate_routes_and_auth(c: &Config) -> Result<(), Violation> {
     for (i, route) in c.routes.iter().enumerate() {
         if !route.prefix.starts_with('/') {
             return fail(format!("routes.{i}.prefix"), "must start with `/`");
@@ -192,6 +216,10 @@ fn validate(c: &Config) -> Result<(), Violation> {
             );
         }
     }
+    Ok(())
+}
+
+fn validate_features(c: &Config) -> Result<(), Violation> {
     let mut seen = std::collections::BTreeSet::new();
     for (i, s) in c.events.subscriptions.iter().enumerate() {
         if !s.path.starts_with('/') {

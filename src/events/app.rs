@@ -1,21 +1,17 @@
-//! The HTTP client that hands events to the local app: one pooled client per
-//! subscription, each POST bounded by the subscription's `timeout`, and the app's answer
-//! reduced to what delivery needs to decide (docs/events.md).
+//! Handing events to the local app: each delivery POSTed over the control plane's one
+//! [`AppClient`] (one pool of `concurrency` connections per subscription), bounded by the
+//! subscription's `timeout`, and the app's answer reduced to what delivery needs to decide:
+//! the ack/retry/dead-letter rule of docs/events.md.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 
 use crate::config::Protocol;
-
-/// How long a connect to the app may take (it is on localhost).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::control::app::{AppClient, AppError};
 
 /// What became of one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,38 +75,30 @@ pub struct Delivery<'a> {
     pub traceparent: String,
 }
 
-/// A pooled HTTP client to `service.app`.
+/// Posts deliveries to `service.app`.
 #[derive(Clone)]
-pub struct AppClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: Uri,
-    host: HeaderValue,
+pub struct Poster {
+    app: AppClient,
+    /// The path of `service.app`, put before each subscription's path.
+    base_path: String,
 }
 
-impl AppClient {
-    /// A client for the app at `app` (`http://host:port`), speaking `protocol`.
-    pub fn new(app: &Uri, protocol: Protocol, max_idle: usize) -> AppClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(max_idle)
-            .http2_only(protocol == Protocol::H2)
-            .build(connector);
-        let host = app
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-        AppClient {
-            client,
-            base: app.clone(),
-            host,
-        }
+impl Poster {
+    /// A poster to the app at `app` (`http://host:port`), speaking `protocol`, keeping up to
+    /// `max_idle` connections. `None` when `app` has no `host:port`.
+    pub fn new(app: &Uri, protocol: Protocol, max_idle: usize) -> Option<Poster> {
+        Some(Poster {
+            app: AppClient::new(app, protocol, max_idle)?,
+            base_path: app.path().trim_end_matches('/').to_owned(),
+        })
     }
 
     /// POSTs one delivery; the whole exchange (connect, headers, body) within `timeout`.
     pub async fn post(&self, delivery: Delivery<'_>, timeout: Duration) -> Answer {
-        let Some(uri) = self.uri(delivery.path) else {
+        let Some(uri) = self
+            .app
+            .uri(&format!("{}{}", self.base_path, delivery.path))
+        else {
             return Answer::ConnectError;
         };
         let mut req = Request::post(uri);
@@ -125,39 +113,19 @@ impl AppClient {
             }
         }
         let req = req
-            .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("x-event-attempt", delivery.attempt)
             .body(Full::new(Bytes::from(delivery.envelope)));
         let Ok(req) = req else {
             return Answer::Failed;
         };
-        let exchange = async {
-            match self.client.request(req).await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    // Read the body whole so the connection goes back to the pool.
-                    match resp.into_body().collect().await {
-                        Ok(_) => Answer::Status(status),
-                        Err(_) => Answer::Status(status),
-                    }
-                }
-                Err(e) if e.is_connect() => Answer::ConnectError,
-                Err(_) => Answer::Failed,
-            }
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Answer::Timeout)
-    }
-
-    fn uri(&self, path: &str) -> Option<Uri> {
-        let scheme = self.base.scheme_str().unwrap_or("http");
-        let authority = self.base.authority()?;
-        let base_path = self.base.path().trim_end_matches('/');
-        format!("{scheme}://{authority}{base_path}{path}")
-            .parse()
-            .ok()
+        // A 2xx whose body then breaks off is still the app's answer.
+        match self.app.fetch(req, timeout).await {
+            Ok(answered) => Answer::Status(answered.status.as_u16()),
+            Err(AppError::Connect(_)) => Answer::ConnectError,
+            Err(AppError::Failed(_)) => Answer::Failed,
+            Err(AppError::Timeout(_)) => Answer::Timeout,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::envelope::{
     is_json, parse_entries, parse_read_reply, valid_event_id, valid_type, NewEvent,
 };
 use super::publish::Publisher;
-use super::Keys;
+use crate::control::keys::Keys;
 use crate::control::redis::Link;
 use crate::control::redis::REDIS_IO_TIMEOUT;
 
@@ -95,7 +95,7 @@ pub async fn tail(
     count: Option<usize>,
 ) -> Result<(), CliError> {
     check_type(event_type)?;
-    let stream = target.keys.stream(event_type);
+    let stream = target.keys.event_stream(event_type);
     let link = Link::with_response_timeout(target.client.clone(), TAIL_BLOCK + REDIS_IO_TIMEOUT);
     let mut conn = link.get().await?;
     let mut last = match from {

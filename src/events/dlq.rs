@@ -11,7 +11,7 @@ use redis::{RedisError, Value};
 use super::envelope::{as_array, as_string, parse_entries, Entry};
 use super::publish::minid;
 use super::scripts::REPLAY;
-use super::Keys;
+use crate::control::keys::Keys;
 
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
@@ -38,7 +38,7 @@ pub async fn list(
     let count = count.clamp(1, MAX_PAGE);
     let start = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
     let reply: Value = redis::cmd("XRANGE")
-        .arg(keys.dlq(event_type))
+        .arg(keys.dead_letters(event_type))
         .arg(start)
         .arg("+")
         .arg("COUNT")
@@ -89,7 +89,7 @@ pub async fn replay(
     }
     // Everything up to the newest entry now: dead letters written meanwhile wait.
     let last: Value = redis::cmd("XREVRANGE")
-        .arg(keys.dlq(event_type))
+        .arg(keys.dead_letters(event_type))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -105,7 +105,7 @@ pub async fn replay(
             .as_deref()
             .map_or_else(|| "-".to_owned(), |a| format!("({a}"));
         let page: Value = redis::cmd("XRANGE")
-            .arg(keys.dlq(event_type))
+            .arg(keys.dead_letters(event_type))
             .arg(start)
             .arg(&end)
             .arg("COUNT")
@@ -132,8 +132,8 @@ async fn replay_one(
     report: &mut ReplayReport,
 ) -> Result<(), RedisError> {
     let reply: Value = REPLAY
-        .key(keys.dlq(event_type))
-        .key(keys.stream(event_type))
+        .key(keys.dead_letters(event_type))
+        .key(keys.event_stream(event_type))
         .arg(id)
         .arg(minid(retention))
         .invoke_async(conn)

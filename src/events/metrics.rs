@@ -9,6 +9,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::telemetry::metrics::{define, register};
+
 /// Delivery duration buckets, in seconds: 1 ms to 30 s.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -60,101 +62,81 @@ pub struct SubscriptionMetrics {
     pub exhausted: IntCounter,
 }
 
-fn family<T: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    made: prometheus::Result<T>,
-) -> Option<T> {
-    match made {
-        Ok(c) => match registry.register(Box::new(c.clone())) {
-            Ok(()) => Some(c),
-            Err(e) => {
-                tracing::error!(error = %e, "events metric not registered");
-                Some(c)
-            }
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "events metric definition invalid");
-            None
-        }
-    }
-}
-
 impl EventMetrics {
-    /// Registers the families on `registry`. `None` only if a definition is invalid (a
-    /// programming error, caught by the first test).
-    pub fn register(registry: &Registry) -> Option<EventMetrics> {
-        let published = family(
+    /// Registers the families on `registry` (the one rule: [`register`]).
+    pub fn register(registry: &Registry) -> EventMetrics {
+        let published = register(
             registry,
-            IntCounterVec::new(
+            define(IntCounterVec::new(
                 Opts::new(
                     "meshlet_events_published_total",
                     "Events published through this meshlet, by type and whether the id was a duplicate.",
                 ),
                 &["type", "duplicate"],
-            ),
-        )?;
-        let delivered = family(
+            )),
+        );
+        let delivered = register(
             registry,
-            IntCounterVec::new(
+            define(IntCounterVec::new(
                 Opts::new(
                     "meshlet_events_delivered_total",
                     "Delivery attempts to the app, by type and outcome (ok, retry, dead_letter).",
                 ),
                 &["type", "outcome"],
-            ),
-        )?;
-        let duration = family(
+            )),
+        );
+        let duration = register(
             registry,
-            HistogramVec::new(
+            define(HistogramVec::new(
                 HistogramOpts::new(
                     "meshlet_event_delivery_duration_seconds",
                     "One delivery to the app, from request sent to response read.",
                 )
                 .buckets(BUCKETS.to_vec()),
                 &["type"],
-            ),
-        )?;
-        let lag = family(
+            )),
+        );
+        let lag = register(
             registry,
-            IntGaugeVec::new(
+            define(IntGaugeVec::new(
                 Opts::new(
                     "meshlet_events_consumer_lag",
                     "Entries of the stream not yet read by this service's group (XINFO GROUPS lag).",
                 ),
                 &["type"],
-            ),
-        )?;
-        let pending = family(
+            )),
+        );
+        let pending = register(
             registry,
-            IntGaugeVec::new(
+            define(IntGaugeVec::new(
                 Opts::new(
                     "meshlet_events_pending",
                     "Entries read by this service's group and not yet acknowledged.",
                 ),
                 &["type"],
-            ),
-        )?;
-        let oldest = family(
+            )),
+        );
+        let oldest = register(
             registry,
-            GaugeVec::new(
+            define(GaugeVec::new(
                 Opts::new(
                     "meshlet_events_oldest_pending_seconds",
                     "Age of the oldest unacknowledged entry of this service's group.",
                 ),
                 &["type"],
-            ),
-        )?;
-        let dead_letters = family(
+            )),
+        );
+        let dead_letters = register(
             registry,
-            IntCounterVec::new(
+            define(IntCounterVec::new(
                 Opts::new(
                     "meshlet_events_dead_letters_total",
                     "Events dead-lettered by this meshlet, by type and reason (rejected, exhausted).",
                 ),
                 &["type", "reason"],
-            ),
-        )?;
-        Some(EventMetrics {
+            )),
+        );
+        EventMetrics {
             published,
             delivered,
             duration,
@@ -163,7 +145,7 @@ impl EventMetrics {
             oldest,
             dead_letters,
             by_type: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Publish counters of `event_type`, resolved on first use.

@@ -6,7 +6,9 @@
 //! - [`envelope`]: the stored entry, the delivered envelope, input checks, reply parsing.
 //! - [`scripts`]: the atomic Redis steps (publish, dead-letter, redeliver, takeover, replay).
 //! - [`publish`]: single and pipelined batch publishing.
-//! - [`deliver`]: a subscription's read loop and per-entry delivery tasks.
+//! - [`deliver`]: a subscription's delivery, a folder: the read loop, the takeover of
+//!   abandoned entries, one entry's delivery (retries, ack, dead letter), the gauges, and
+//!   reading Redis's replies, a file each.
 //! - [`app`]: the HTTP client to the app and the ack/retry/dead-letter verdict.
 //! - [`dlq`]: listing and replaying dead letters.
 //! - [`api`]: the `/v1/events` routes of the local API.
@@ -14,8 +16,9 @@
 //! - [`metrics`]: metric families and handles.
 //! - [`error`]: request errors and their docs/errors.md responses.
 //!
-//! Redis keys: `{prefix}:events:{type}` (stream), `{prefix}:evid:{event_id}` (dedupe,
-//! expires after `dedupe_window`), `{prefix}:dlq:{type}` (dead letters).
+//! Redis keys (named by `crate::control::keys::Keys`): `{prefix}:events:{type}` (stream),
+//! `{prefix}:evid:{event_id}` (dedupe, expires after `dedupe_window`), `{prefix}:dlq:{type}`
+//! (dead letters).
 
 pub mod api;
 pub mod app;
@@ -36,43 +39,17 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Subscription};
+use crate::control::keys::Keys;
 use crate::control::redis::{Link, REDIS_IO_TIMEOUT};
 use crate::control::Context;
 use crate::wire::AnswerBody;
 
 pub use error::EventsError;
 
-use app::AppClient;
+use app::Poster;
 use deliver::Subscriber;
 use metrics::EventMetrics;
 use publish::Publisher;
-
-/// Redis key names under `registry.prefix`.
-#[derive(Clone, Debug)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    /// Keys under `prefix`.
-    pub fn new(prefix: &str) -> Keys {
-        Keys {
-            prefix: prefix.to_owned(),
-        }
-    }
-    /// The stream of `event_type`.
-    pub fn stream(&self, event_type: &str) -> String {
-        format!("{}:events:{event_type}", self.prefix)
-    }
-    /// The dead-letter stream of `event_type`.
-    pub fn dlq(&self, event_type: &str) -> String {
-        format!("{}:dlq:{event_type}", self.prefix)
-    }
-    /// The dedupe key of `event_id`.
-    pub fn evid(&self, event_id: &str) -> String {
-        format!("{}:evid:{event_id}", self.prefix)
-    }
-}
 
 /// The events module of one sidecar: publishing and DLQ routes for the local API, and a
 /// delivery task per subscription.
@@ -95,7 +72,7 @@ impl Events {
         let link = context.redis.clone()?;
         let client = link.client().clone();
         let config = context.config;
-        let metrics = Arc::new(EventMetrics::register(context.metrics.registry())?);
+        let metrics = Arc::new(EventMetrics::register(context.metrics.registry()));
         let keys = Keys::new(config.registry.prefix.as_str());
         let retention = config.events.retention.get();
         let publisher = Publisher::new(
@@ -139,13 +116,13 @@ impl Events {
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         Some(Arc::new(Subscriber {
             sub: sub.clone(),
-            stream: self.keys.stream(sub.event_type.as_str()),
-            dlq: self.keys.dlq(sub.event_type.as_str()),
+            stream: self.keys.event_stream(sub.event_type.as_str()),
+            dlq: self.keys.dead_letters(sub.event_type.as_str()),
             group: self.service.clone(),
             consumer: self.consumer.clone(),
             cmd: self.link.clone(),
             reader: Link::with_response_timeout(client.clone(), block + REDIS_IO_TIMEOUT),
-            app: AppClient::new(&app.0, config.service.protocol, concurrency),
+            app: Poster::new(&app.0, config.service.protocol, concurrency)?,
             metrics: self.metrics.subscription(sub.event_type.as_str()),
             retention: self.retention,
             slots: Arc::new(Semaphore::new(concurrency)),

@@ -9,7 +9,7 @@ use redis::RedisError;
 
 use super::envelope::{now_ms, NewEvent};
 use super::scripts::PUBLISH;
-use super::Keys;
+use crate::control::keys::Keys;
 use crate::control::redis::Link;
 
 /// What a publish did.
@@ -119,8 +119,8 @@ impl Publisher {
     fn invocation<'a>(&self, event: &NewEvent, minid: &str) -> redis::ScriptInvocation<'a> {
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
-            .key(self.keys.evid(&event.event_id))
-            .key(self.keys.stream(&event.event_type))
+            .key(self.keys.event_dedupe(&event.event_id))
+            .key(self.keys.event_stream(&event.event_type))
             .arg(self.dedupe_window.as_millis().max(1) as u64)
             .arg(minid);
         for (field, value) in event.fields() {

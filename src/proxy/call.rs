@@ -11,6 +11,9 @@
 //! After the call the service breaker records the outcome, and a failed call falls back
 //! to a `stale` or `static` answer when the destination has one.
 
+use std::future::Future;
+use std::task::Poll;
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AGE};
 use http::{Method, Request, Response, StatusCode};
@@ -27,6 +30,7 @@ use crate::policy::balance;
 use crate::policy::breaker::{Admission, State, Transition};
 use crate::policy::retry::{self, Failure};
 use crate::policy::stale::StaleRecorder;
+use crate::policy::Permit;
 use crate::wire::grpc;
 
 /// Response header naming how a degraded answer was made.
@@ -89,31 +93,26 @@ pub async fn call(
         Some(deadline) => deadline.min(policy.timeout.get()),
         None => policy.timeout.get(),
     };
-    let result = match tokio::time::timeout(
-        budget,
-        retries(dest, req, strip, replay_limit, &mut attempts),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(ProxyError::Timeout(budget)),
+    let result = {
+        // The retries and their deadline are pinned where they are made: handing the
+        // retries to `tokio::time::timeout` moved the whole future (measured: +1%
+        // instructions per request when that call was not inlined).
+        let retrying = retries(dest, req, strip, replay_limit, &mut attempts);
+        let deadline = tokio::time::sleep(budget);
+        tokio::pin!(retrying, deadline);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answered) = retrying.as_mut().poll(cx) {
+                return Poll::Ready(answered);
+            }
+            deadline
+                .as_mut()
+                .poll(cx)
+                .map(|()| Err(ProxyError::Timeout(budget)))
+        })
+        .await
     };
 
-    // No endpoint to try says nothing about the service's health: the breaker is left alone.
-    let verdict = match &result {
-        Ok(up) => Some(
-            !up.response.status().is_server_error()
-                && !retry::grpc_failure(up.response.headers()).is_some_and(Failure::trips_breaker),
-        ),
-        Err(ProxyError::NoEndpoints) => None,
-        Err(_) => Some(false),
-    };
-    let succeeded = verdict == Some(true);
-    if let Some(ok) = verdict {
-        let transition = state.breaker.record(ok, &policy.breaker);
-        record_breaker(dest, transition.map(|t| t.0));
-    }
-    if !succeeded {
+    if !record_verdict(dest, &result) {
         if let Some(answer) = fallback(dest, stale_key.as_deref()) {
             return Outcome {
                 result: Ok(answer),
@@ -121,39 +120,70 @@ pub async fn call(
             };
         }
     }
-    let result = result.map(|up| {
-        let record = match (stale_key, &policy.degrade) {
-            (Some(key), Degrade::Stale(_)) if up.response.status() == StatusCode::OK => {
-                let mut headers = up.response.headers().clone();
-                crate::proxy::headers::strip_hop_by_hop(&mut headers);
-                Some(Box::new(StaleRecorder::new(
-                    state.clone(),
-                    key,
-                    headers,
-                    policy.stale_entries as usize,
-                    policy.stale_bytes.as_usize(),
-                )))
-            }
-            _ => None,
-        };
-        // A gRPC status arrives in the trailers, or in the headers of a trailers-only answer.
-        let grpc_metrics = match grpc.then(|| grpc::status(up.response.headers())) {
-            Some(Some(status)) => {
-                dest.metrics.count_grpc(status);
-                None
-            }
-            Some(None) => Some(dest.metrics.clone()),
-            None => None,
-        };
-        let guards = Guards {
-            permit: Some(permit),
-            record,
-            grpc: grpc_metrics,
-            ..Guards::default()
-        };
-        up.into_response(guards, sent_at)
-    });
+    let result = result.map(|up| answer(dest, up, permit, stale_key, grpc, sent_at));
     Outcome { result, attempts }
+}
+
+/// Tells the service breaker how the call went; whether it succeeded. No endpoint to try
+/// says nothing about the service's health: the breaker is left alone.
+fn record_verdict(dest: &Destination, result: &Result<Upstreamed, ProxyError>) -> bool {
+    let verdict = match result {
+        Ok(up) => Some(
+            !up.response.status().is_server_error()
+                && !retry::grpc_failure(up.response.headers()).is_some_and(Failure::trips_breaker),
+        ),
+        Err(ProxyError::NoEndpoints) => None,
+        Err(_) => Some(false),
+    };
+    if let Some(ok) = verdict {
+        let transition = dest.state.breaker.record(ok, &dest.policy.breaker);
+        record_breaker(dest, transition.map(|t| t.0));
+    }
+    verdict == Some(true)
+}
+
+/// The upstream's answer, holding until its body ends the concurrency slot, a stale-cache
+/// recording (a 200 to a GET under `degrade: stale`) and, for gRPC, the metrics its
+/// trailers' `grpc-status` is counted in.
+fn answer(
+    dest: &Destination,
+    up: Upstreamed,
+    permit: Permit,
+    stale_key: Option<String>,
+    grpc: bool,
+    sent_at: Instant,
+) -> Response<ResponseBody> {
+    let policy = &dest.policy;
+    let record = match (stale_key, &policy.degrade) {
+        (Some(key), Degrade::Stale(_)) if up.response.status() == StatusCode::OK => {
+            let mut headers = up.response.headers().clone();
+            crate::proxy::headers::strip_hop_by_hop(&mut headers);
+            Some(Box::new(StaleRecorder::new(
+                dest.state.clone(),
+                key,
+                headers,
+                policy.stale_entries as usize,
+                policy.stale_bytes.as_usize(),
+            )))
+        }
+        _ => None,
+    };
+    // A gRPC status arrives in the trailers, or in the headers of a trailers-only answer.
+    let grpc_metrics = match grpc.then(|| grpc::status(up.response.headers())) {
+        Some(Some(status)) => {
+            dest.metrics.count_grpc(status);
+            None
+        }
+        Some(None) => Some(dest.metrics.clone()),
+        None => None,
+    };
+    let guards = Guards {
+        permit: Some(permit),
+        record,
+        grpc: grpc_metrics,
+        ..Guards::default()
+    };
+    up.into_response(guards, sent_at)
 }
 
 /// The retry loop: attempts until success, a non-retryable failure, the attempt limit or

@@ -15,7 +15,7 @@ use crate::identity::token::TokenCache;
 use crate::identity::{Identity, X_MESH_CALLER, X_MESH_TOKEN};
 use crate::policy::balance::Endpoint;
 use crate::policy::DestinationState;
-use crate::registry::{Snapshot, Status};
+use crate::registry::{Instance, Snapshot, Status};
 use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
 
 /// One service as the request path sees it.
@@ -177,96 +177,26 @@ fn build_destination(
     mesh_tls: Option<&MeshTls>,
 ) -> Destination {
     let policy = config.policy_for(name);
-    let url = config.services.get(name).and_then(|s| s.url.as_ref());
     let metrics_handle = old.map_or_else(
         || metrics.destination(Direction::Outbound, name),
         |d| d.metrics.clone(),
     );
-    let reuse = |id: &str, authority: &Authority, protocol: Protocol| {
-        old.and_then(|d| {
-            d.endpoints
-                .iter()
-                .find(|e| e.id == id && e.authority == *authority && e.protocol == protocol)
-                .cloned()
-        })
-    };
-    let (endpoints, egress) = match url {
+    let previous = Previous(old);
+    let (endpoints, egress) = match config.services.get(name).and_then(|s| s.url.as_ref()) {
         Some(url) => {
-            let uri = &url.0;
-            let tls = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let host = uri.host().unwrap_or_default();
-            let authority = format!("{host}:{port}").parse::<Authority>().ok();
             let ca = config
                 .services
                 .get(name)
                 .and_then(|s| s.ca.as_ref())
                 .map(|c| c.as_str());
-            let endpoints = authority
-                .and_then(|a| {
-                    let id = format!("url:{}://{a}", if tls { "https" } else { "http" });
-                    if let Some(same) = reuse(&id, &a, Protocol::Http1) {
-                        return Some(same);
-                    }
-                    let plain = Endpoint::new(id, a, Protocol::Http1, false);
-                    if !tls {
-                        return Some(Arc::new(plain));
-                    }
-                    match TlsTarget::egress(host, ca) {
-                        Ok(target) => Some(Arc::new(plain.with_tls(target))),
-                        Err(e) => {
-                            tracing::error!(service = name, error = %e, "egress TLS unusable; the destination has no endpoint");
-                            None
-                        }
-                    }
-                })
-                .into_iter()
-                .collect();
-            let base_path = uri.path().trim_end_matches('/').to_owned();
-            let host_header = match uri.port_u16() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.to_owned(),
-            };
-            let host = HeaderValue::from_str(&host_header)
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-            (
-                endpoints,
-                Some(Egress {
-                    tls,
-                    base_path,
-                    host,
-                }),
-            )
+            let (endpoint, egress) = egress_endpoint(name, &url.0, ca, &previous);
+            (endpoint.into_iter().collect(), Some(egress))
         }
         None => {
             let instances = snapshot.services.get(name).map_or(&[][..], Vec::as_slice);
             let endpoints = instances
                 .iter()
-                .filter_map(|inst| {
-                    let authority: Authority = inst.authority().parse().ok()?;
-                    let protocol = match inst.protocol {
-                        Protocol::H2 => Protocol::H2,
-                        Protocol::Http1 => policy.protocol,
-                    };
-                    let draining = inst.status == Status::Draining;
-                    let ep = match reuse(&inst.id, &authority, protocol) {
-                        Some(ep) => ep,
-                        None => {
-                            let ep = Endpoint::new(inst.id.clone(), authority, protocol, draining);
-                            Arc::new(match mesh_tls.map(|m| m.target(name)) {
-                                None => ep,
-                                Some(Ok(target)) => ep.with_tls(target),
-                                Some(Err(e)) => {
-                                    tracing::error!(service = name, error = %e, "no mutual TLS toward this service");
-                                    return None;
-                                }
-                            })
-                        }
-                    };
-                    ep.draining
-                        .store(draining, std::sync::atomic::Ordering::Relaxed);
-                    Some(ep)
-                })
+                .filter_map(|inst| mesh_endpoint(name, inst, &policy, mesh_tls, &previous))
                 .collect();
             (endpoints, None)
         }
@@ -285,6 +215,102 @@ fn build_destination(
             .and_then(|s| s.auth.as_ref())
             .and_then(|a| static_auth(name, a)),
     }
+}
+
+/// The destination's previous build, whose unchanged endpoints are reused (their in-flight
+/// counts, breakers and pooled connections survive a rebuild).
+struct Previous<'a>(Option<&'a Arc<Destination>>);
+
+impl Previous<'_> {
+    fn endpoint(
+        &self,
+        id: &str,
+        authority: &Authority,
+        protocol: Protocol,
+    ) -> Option<Arc<Endpoint>> {
+        self.0.and_then(|d| {
+            d.endpoints
+                .iter()
+                .find(|e| e.id == id && e.authority == *authority && e.protocol == protocol)
+                .cloned()
+        })
+    }
+}
+
+/// A `url:` destination's one endpoint (none when its TLS cannot be set up) and fixed URL
+/// parts.
+fn egress_endpoint(
+    name: &str,
+    uri: &http::Uri,
+    ca: Option<&str>,
+    previous: &Previous<'_>,
+) -> (Option<Arc<Endpoint>>, Egress) {
+    let tls = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host = uri.host().unwrap_or_default();
+    let authority = format!("{host}:{port}").parse::<Authority>().ok();
+    let endpoint = authority.and_then(|a| {
+        let id = format!("url:{}://{a}", if tls { "https" } else { "http" });
+        if let Some(same) = previous.endpoint(&id, &a, Protocol::Http1) {
+            return Some(same);
+        }
+        let plain = Endpoint::new(id, a, Protocol::Http1, false);
+        if !tls {
+            return Some(Arc::new(plain));
+        }
+        match TlsTarget::egress(host, ca) {
+            Ok(target) => Some(Arc::new(plain.with_tls(target))),
+            Err(e) => {
+                tracing::error!(service = name, error = %e, "egress TLS unusable; the destination has no endpoint");
+                None
+            }
+        }
+    });
+    let host_header = match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    let egress = Egress {
+        tls,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+        host: HeaderValue::from_str(&host_header)
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+    };
+    (endpoint, egress)
+}
+
+/// A registry instance as an endpoint of mesh destination `name` (with mutual TLS when
+/// configured); its draining flag follows the registry on every rebuild.
+fn mesh_endpoint(
+    name: &str,
+    inst: &Instance,
+    policy: &Policy,
+    mesh_tls: Option<&MeshTls>,
+    previous: &Previous<'_>,
+) -> Option<Arc<Endpoint>> {
+    let authority: Authority = inst.authority().parse().ok()?;
+    let protocol = match inst.protocol {
+        Protocol::H2 => Protocol::H2,
+        Protocol::Http1 => policy.protocol,
+    };
+    let draining = inst.status == Status::Draining;
+    let ep = match previous.endpoint(&inst.id, &authority, protocol) {
+        Some(ep) => ep,
+        None => {
+            let ep = Endpoint::new(inst.id.clone(), authority, protocol, draining);
+            Arc::new(match mesh_tls.map(|m| m.target(name)) {
+                None => ep,
+                Some(Ok(target)) => ep.with_tls(target),
+                Some(Err(e)) => {
+                    tracing::error!(service = name, error = %e, "no mutual TLS toward this service");
+                    return None;
+                }
+            })
+        }
+    };
+    ep.draining
+        .store(draining, std::sync::atomic::Ordering::Relaxed);
+    Some(ep)
 }
 
 /// Resolves `services.X.auth` to a header (the value read from its file when given).

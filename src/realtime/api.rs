@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::cluster::Op;
+use super::delivery::Target;
 use super::error::RealtimeError;
-use super::hub::Target;
 use super::Realtime;
 use crate::identity::request_id;
 use crate::wire::answer::{self, AnswerBody};

@@ -1,18 +1,16 @@
 //! `client_publish: app`: a client's `publish` frame POSTed to `service.app` +
-//! `realtime.on_message`, with the client's user and client id, over a few kept-alive
-//! HTTP/1.1 connections owned by the control plane.
+//! `realtime.on_message`, with the client's user and client id, over the control plane's one
+//! [`AppClient`] (HTTP/1.1, a few kept-alive connections).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use http::header::CONTENT_TYPE;
+use http::{Request, StatusCode, Uri};
+use http_body_util::Full;
+
+use crate::config::Protocol;
+use crate::control::app::{AppClient, AppError as Exchange};
 
 /// Header carrying the publishing client's id.
 pub const X_REALTIME_CLIENT: &str = "x-realtime-client";
@@ -38,27 +36,27 @@ pub enum AppError {
     Refused(StatusCode),
 }
 
-/// Posts client messages to the app.
-pub struct AppClient {
-    authority: String,
-    uri: Uri,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+impl From<Exchange> for AppError {
+    fn from(e: Exchange) -> AppError {
+        match e {
+            Exchange::Timeout(after) => AppError::Timeout(after),
+            Exchange::Connect(e) | Exchange::Failed(e) => AppError::Unreachable(e),
+        }
+    }
 }
 
-impl AppClient {
-    /// A client for `service.app` (`http://host:port`) and the `on_message` path.
-    pub fn new(app: &Uri, path: &str) -> Option<AppClient> {
-        let authority = app.authority()?;
-        let authority = match authority.port() {
-            Some(_) => authority.to_string(),
-            None => format!("{}:80", authority.host()),
-        };
-        let uri = Uri::try_from(path).ok()?;
-        Some(AppClient {
-            authority,
-            uri,
-            idle: Mutex::new(Vec::new()),
-        })
+/// Posts client messages to the app's `on_message` path.
+pub struct OnMessage {
+    app: AppClient,
+    uri: Uri,
+}
+
+impl OnMessage {
+    /// A poster for `service.app` (`http://host:port`) and the `on_message` path.
+    pub fn new(app: &Uri, path: &str) -> Option<OnMessage> {
+        let app = AppClient::new(app, Protocol::Http1, POOL)?;
+        let uri = app.uri(path)?;
+        Some(OnMessage { app, uri })
     }
 
     /// POSTs one JSON body; Ok on a 2xx answer.
@@ -68,14 +66,7 @@ impl AppClient {
         client: &str,
         user: Option<&str>,
     ) -> Result<(), AppError> {
-        let mut sender = match self.take_idle() {
-            Some(s) => s,
-            None => self.connect().await?,
-        };
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(HOST, self.authority.as_str())
+        let mut req = Request::post(self.uri.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(X_REALTIME_CLIENT, client);
         if let Some(user) = user {
@@ -84,57 +75,12 @@ impl AppClient {
         let req = req
             .body(Full::new(body))
             .map_err(|e| AppError::Unreachable(e.to_string()))?;
-        let answer = timeout(APP_TIMEOUT, async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| AppError::Unreachable(e.to_string()))?;
-            let status = resp.status();
-            resp.into_body()
-                .collect()
-                .await
-                .map_err(|e| AppError::Unreachable(e.to_string()))?;
-            Ok::<_, AppError>(status)
-        })
-        .await
-        .map_err(|_| AppError::Timeout(APP_TIMEOUT))??;
-        self.give_back(sender);
-        if answer.is_success() {
+        let answered = self.app.fetch(req, APP_TIMEOUT).await?;
+        answered.body?;
+        if answered.status.is_success() {
             Ok(())
         } else {
-            Err(AppError::Refused(answer))
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AppError> {
-        let stream = timeout(APP_TIMEOUT, TcpStream::connect(&self.authority))
-            .await
-            .map_err(|_| AppError::Timeout(APP_TIMEOUT))?
-            .map_err(|e| AppError::Unreachable(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| AppError::Unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < POOL && !sender.is_closed() {
-            idle.push(sender);
+            Err(AppError::Refused(answered.status))
         }
     }
 }

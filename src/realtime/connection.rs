@@ -18,14 +18,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::close::{CloseReason, End};
+use super::delivery::{Delivery, Offset};
 use super::frames::{self, ClientFrame, FrameError};
-use super::hub::{Admission, Client, CloseReason, Delivery, Offset};
+use super::hub::{Admission, Client};
 use super::Realtime;
 use crate::control::Shutdown;
 
@@ -37,44 +38,6 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
-
-/// Why a connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
-    Client,
-    PingTimeout,
-    Slow,
-    Forbidden,
-    Shutdown,
-    TooBig,
-    Error,
-}
-
-impl End {
-    fn close_frame(self) -> Option<CloseFrame> {
-        let (code, reason) = match self {
-            End::Slow => (CloseCode::from(4408), "slow consumer"),
-            End::Forbidden => (CloseCode::from(4403), "forbidden room"),
-            End::Shutdown => (CloseCode::Away, "meshlet shutting down"),
-            End::TooBig => (CloseCode::Size, "message too large"),
-            End::Client | End::PingTimeout | End::Error => return None,
-        };
-        Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
-    }
-}
-
-impl From<CloseReason> for End {
-    fn from(r: CloseReason) -> End {
-        match r {
-            CloseReason::Slow => End::Slow,
-            CloseReason::Forbidden => End::Forbidden,
-            CloseReason::Shutdown => End::Shutdown,
-        }
-    }
-}
 
 /// Socket settings: small buffers (a hub holds thousands of mostly idle sockets) and the
 /// message size limit. tungstenite zero-fills its whole read buffer before the first

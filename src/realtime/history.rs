@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cluster::{Envelope, Recovery};
-use super::hub::Offset;
+use super::delivery::Offset;
 
 struct Log {
     entries: VecDeque<(Offset, Envelope)>,
@@ -103,7 +103,7 @@ fn now_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::realtime::cluster::Op;
-    use crate::realtime::hub::Target;
+    use crate::realtime::delivery::Target;
 
     fn envelope(n: i64) -> Envelope {
         Envelope {

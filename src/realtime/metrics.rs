@@ -3,6 +3,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::telemetry::metrics::{define, register};
+
 /// Fan-out buckets in seconds: 10 µs to 100 ms.
 const FANOUT_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
@@ -61,29 +63,15 @@ pub struct Disconnects {
     pub error: IntCounter,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
-    // Fails only on a duplicate name; each sidecar has its own registry and registers the
-    // hub once, so an error is a programming mistake caught by the first test.
-    if let Err(e) = registry.register(Box::new(c.clone())) {
-        tracing::error!(error = %e, "realtime metric not registered");
-    }
-    c
-}
-
-fn family<T>(r: prometheus::Result<T>) -> T {
-    // Constant names and help texts below: building them cannot fail.
-    r.expect("valid metric definition")
-}
-
 impl RealtimeMetrics {
-    /// Builds and registers every family.
+    /// Builds and registers every family (the one rule: [`register`]).
     pub fn new(registry: &Registry) -> Self {
-        let gauge = |name: &str, help: &str| register(registry, family(IntGauge::new(name, help)));
+        let gauge = |name: &str, help: &str| register(registry, define(IntGauge::new(name, help)));
         let counter =
-            |name: &str, help: &str| register(registry, family(IntCounter::new(name, help)));
+            |name: &str, help: &str| register(registry, define(IntCounter::new(name, help)));
         let connects = register(
             registry,
-            family(IntCounterVec::new(
+            define(IntCounterVec::new(
                 Opts::new(
                     "meshlet_realtime_connects_total",
                     "WebSocket connect attempts by result.",
@@ -93,7 +81,7 @@ impl RealtimeMetrics {
         );
         let disconnects = register(
             registry,
-            family(IntCounterVec::new(
+            define(IntCounterVec::new(
                 Opts::new(
                     "meshlet_realtime_disconnects_total",
                     "WebSocket connections closed, by reason.",
@@ -103,7 +91,7 @@ impl RealtimeMetrics {
         );
         let fanout = register(
             registry,
-            family(Histogram::with_opts(
+            define(Histogram::with_opts(
                 HistogramOpts::new(
                     "meshlet_realtime_fanout_duration_seconds",
                     "Time to queue one message for every local recipient.",

@@ -1,26 +1,37 @@
 //! The realtime hub (docs/realtime.md): WebSocket clients on the inbound listener, rooms, users
 //! and broadcast across every meshlet of a service. docs/realtime.md is the contract.
 //!
+//! - this file: [`Realtime`], the hub of one sidecar: start-up, joins and leaves, stats.
 //! - [`auth`]: the client's HS256 JWT, checked before the upgrade.
+//! - `accept`: the WebSocket endpoint: a connect checked, answered 101, its task started.
+//! - [`connection`]: one client's socket task (frames, pings, send queue, close codes).
+//! - [`close`]: why a connection closes, and the close code it sends.
+//! - [`queue`]: a client's bounded send queue.
 //! - [`frames`]: the JSON frames clients and the hub exchange.
 //! - [`hub`]: this meshlet's clients, rooms and users, and local fan-out.
-//! - [`connection`]: one client's socket task (frames, pings, send queue, close codes).
-//! - [`queue`]: a client's bounded send queue.
-//! - [`cluster`]: Redis pub/sub, history and presence, shared by every meshlet.
+//! - [`delivery`]: what fan-out carries: a frame, its [`delivery::Target`], its offset.
+//! - `broadcast`: messages and server-side joins and leaves, published and dispatched.
+//! - [`cluster`]: Redis pub/sub, history and presence, shared by every meshlet (a folder:
+//!   the subscriber, history, presence and the envelope, a file each).
 //! - [`history`]: in-memory history for a hub without Redis.
 //! - [`app`]: client messages POSTed to the app (`client_publish: app`).
 //! - [`api`]: the app's local API on 15000.
+//! - [`metrics`]: metric families and handles; [`error`]: errors and their answers.
 //!
 //! A message's journey: app `POST /v1/broadcast` → [`Realtime::broadcast`] → Redis (XADD
 //! and PUBLISH in one script) → every meshlet's subscriber → [`Realtime::dispatch`] → the
 //! hub's fan-out into each member's bounded queue → its connection task → the socket.
 //! Without `registry.redis` the hub skips Redis and dispatches locally.
 
+mod accept;
 pub mod api;
 pub mod app;
 pub mod auth;
+mod broadcast;
+pub mod close;
 pub mod cluster;
 pub mod connection;
+pub mod delivery;
 pub mod error;
 pub mod frames;
 pub mod history;
@@ -28,28 +39,24 @@ pub mod hub;
 pub mod metrics;
 pub mod queue;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::runtime::Handle;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::{ClientPublish, RealtimeConfig};
+use crate::config::RealtimeConfig;
 use crate::control::{Context, Shutdown};
-use crate::identity::request_id;
-use crate::proxy::inbound::InboundRoute;
 use crate::wire::AnswerBody;
-use app::AppClient;
+use app::OnMessage;
 use auth::Verifier;
-use cluster::{Channel, Cluster, ClusterConfig, Envelope, HistoryLimits, Op, Recovery};
+use cluster::{Channel, Cluster, ClusterConfig, HistoryLimits, Recovery};
 use error::RealtimeError;
 use history::LocalHistory;
-use hub::{Client, Delivery, Hub, Offset, Target};
+use hub::{Client, Hub};
 use metrics::RealtimeMetrics;
 
 /// Local API paths the hub answers (on 15000).
@@ -69,26 +76,13 @@ pub struct Realtime {
     cluster: Option<Arc<Cluster>>,
     /// History when there is no Redis.
     local_history: LocalHistory,
-    app: Option<Arc<AppClient>>,
+    app: Option<Arc<OnMessage>>,
     /// The control-plane runtime, where Redis and app connections live.
     control: Handle,
     shutdown: Shutdown,
     metrics: RealtimeMetrics,
     instance: String,
     next_client: AtomicU64,
-}
-
-/// The hub's WebSocket path on the inbound listener.
-struct WebSocketRoute(Arc<Realtime>);
-
-impl InboundRoute for WebSocketRoute {
-    fn path(&self) -> &str {
-        &self.0.path
-    }
-
-    fn answer(&self, req: Request<Incoming>) -> Response<AnswerBody> {
-        self.0.accept(req)
-    }
 }
 
 /// What a join found: the room's latest offset, and what the client missed.
@@ -98,15 +92,6 @@ pub struct Joined {
     pub room: Arc<str>,
     /// History read after the subscription was confirmed.
     pub recovery: Recovery,
-}
-
-/// The answer to a broadcast.
-#[derive(Debug)]
-pub struct Published {
-    /// Message id.
-    pub id: String,
-    /// History offset, when the message went to a room with history.
-    pub offset: Option<String>,
 }
 
 impl Realtime {
@@ -138,7 +123,7 @@ impl Realtime {
             .service
             .app
             .as_ref()
-            .and_then(|a| AppClient::new(&a.0, &config.on_message))
+            .and_then(|a| OnMessage::new(&a.0, &config.on_message))
             .map(Arc::new);
         let realtime = Arc::new(Realtime {
             path: config.path.clone(),
@@ -161,7 +146,7 @@ impl Realtime {
             // Wakes every socket task, even one stuck in a write, to drain and close (1001).
             shutdown.await;
             for client in closing.hub.all_clients() {
-                client.close(hub::CloseReason::Shutdown);
+                client.close(close::CloseReason::Shutdown);
             }
         });
         if let Some((cluster, tasks)) = cluster {
@@ -175,69 +160,6 @@ impl Realtime {
             "realtime hub started"
         );
         Some(realtime)
-    }
-
-    /// The hub's WebSocket endpoint, as the inbound listener serves it.
-    pub fn route(self: &Arc<Self>) -> Arc<dyn InboundRoute> {
-        Arc::new(WebSocketRoute(self.clone()))
-    }
-
-    /// Answers a WebSocket connect: 101 and a socket task, or a docs/errors.md refusal. The
-    /// token is checked and a connection slot taken before the upgrade.
-    pub fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<AnswerBody> {
-        match self.admit(&req) {
-            Ok((response, client, admission)) => {
-                self.metrics.connects.accepted.inc();
-                let hub = self.clone();
-                // Taken out of the request now, so the task does not keep the request.
-                let upgrade = hyper::upgrade::on(req);
-                tokio::spawn(async move {
-                    match upgrade.await {
-                        Ok(upgraded) => connection::serve(hub, upgraded, client, admission).await,
-                        Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-                    }
-                });
-                response
-            }
-            Err(e) => {
-                match e {
-                    RealtimeError::Unauthenticated(_) => {
-                        self.metrics.connects.unauthenticated.inc()
-                    }
-                    RealtimeError::Overloaded(_) => self.metrics.connects.overloaded.inc(),
-                    _ => self.metrics.connects.bad_request.inc(),
-                }
-                e.to_response(&self.service, &request_id::of(req.headers()))
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn admit(
-        self: &Arc<Self>,
-        req: &Request<Incoming>,
-    ) -> Result<(Response<AnswerBody>, Arc<Client>, hub::Admission), RealtimeError> {
-        let key = websocket_key(req)?;
-        let identity = self.verifier.verify(req.uri().query(), req.headers())?;
-        if self.shutdown.is_started() {
-            return Err(RealtimeError::Overloaded(self.hub.connections()));
-        }
-        let admission = self.hub.admit().ok_or(RealtimeError::Overloaded(
-            self.config.max_connections as usize,
-        ))?;
-        let n = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let id: Arc<str> = Arc::from(format!("{}:{n}", self.instance));
-        let client = Client::new(id, identity, self.config.send_queue as usize);
-        let mut resp = Response::new(AnswerBody::empty());
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = resp.headers_mut();
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        // The accept key is base64: always a valid header value.
-        if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-            h.insert(SEC_WEBSOCKET_ACCEPT, v);
-        }
-        Ok((resp, client, admission))
     }
 
     /// Answers a local API request under [`API_PATHS`].
@@ -328,167 +250,6 @@ impl Realtime {
         true
     }
 
-    /// Sends a message to `to` on every meshlet of the service.
-    pub async fn broadcast(
-        self: &Arc<Self>,
-        to: Target,
-        event: String,
-        data: Value,
-    ) -> Result<Published, RealtimeError> {
-        check_target(&to)?;
-        let envelope = Envelope {
-            offset: None,
-            id: uuid::Uuid::now_v7().to_string(),
-            to,
-            op: Op::Message,
-            room: None,
-            event,
-            data,
-        };
-        self.send(envelope).await
-    }
-
-    /// Server-side join or leave of `room` for the clients `to` names, on every meshlet.
-    pub async fn membership(
-        self: &Arc<Self>,
-        op: Op,
-        room: &str,
-        to: Target,
-    ) -> Result<Published, RealtimeError> {
-        check_target(&to)?;
-        if !frames::valid_room(room) {
-            return Err(RealtimeError::BadRoom(room.to_owned()));
-        }
-        let envelope = Envelope {
-            offset: None,
-            id: uuid::Uuid::now_v7().to_string(),
-            to,
-            op,
-            room: Some(room.to_owned()),
-            event: String::new(),
-            data: Value::Null,
-        };
-        self.send(envelope).await
-    }
-
-    async fn send(self: &Arc<Self>, envelope: Envelope) -> Result<Published, RealtimeError> {
-        let id = envelope.id.clone();
-        let offset = match &self.cluster {
-            Some(cluster) => cluster
-                .publish(&envelope)
-                .await
-                .map_err(|e| RealtimeError::Unavailable(e.to_string()))?,
-            None => match (&envelope.to, envelope.op) {
-                (Target::Room(room), Op::Message) => {
-                    let room = room.clone();
-                    self.local_history
-                        .publish(&room, envelope, |e| self.dispatch(e))
-                }
-                _ => {
-                    self.dispatch(envelope);
-                    None
-                }
-            },
-        };
-        Ok(Published { id, offset })
-    }
-
-    /// A client's `publish` frame, per `client_publish`.
-    pub async fn client_publish(
-        self: &Arc<Self>,
-        client: &Arc<Client>,
-        room: String,
-        event: Option<String>,
-        data: Value,
-    ) -> Result<(), RealtimeError> {
-        if !frames::valid_room(&room) {
-            return Err(RealtimeError::BadRoom(room));
-        }
-        if !client.identity.may_join(&room) {
-            return Err(RealtimeError::Forbidden(room));
-        }
-        match self.config.client_publish {
-            ClientPublish::Deny => Err(RealtimeError::PublishDenied),
-            ClientPublish::Room => {
-                let event = event.unwrap_or_else(|| "message".to_owned());
-                self.broadcast(Target::Room(room), event, data)
-                    .await
-                    .map(|_| ())
-            }
-            ClientPublish::App => {
-                let app = self.app.clone().ok_or(RealtimeError::NoApp)?;
-                let body = serde_json::json!({
-                    "client": client.id.as_ref(),
-                    "user": client.user.as_deref(),
-                    "room": room,
-                    "event": event,
-                    "data": data,
-                });
-                let client = client.clone();
-                // On the control plane: the app connection pool lives there, and the
-                // socket task goes on reading while the app answers.
-                self.control.spawn(async move {
-                    let body = bytes::Bytes::from(body.to_string());
-                    if let Err(e) = app.post(body, &client.id, client.user.as_deref()).await {
-                        let frame = frames::error("publish_failed", &e.to_string());
-                        client.send(&Delivery::plain(frame));
-                    }
-                });
-                Ok(())
-            }
-        }
-    }
-
-    /// Applies an envelope from Redis (or from this meshlet without Redis) to the local
-    /// clients it names.
-    pub fn dispatch(self: &Arc<Self>, envelope: Envelope) {
-        match envelope.op {
-            Op::Message => {
-                let room = match &envelope.to {
-                    Target::Room(r) => Some(Arc::<str>::from(r.as_str())),
-                    _ => None,
-                };
-                let frame = frames::message(
-                    room.as_deref(),
-                    envelope.offset.as_deref(),
-                    &envelope.event,
-                    &envelope.data,
-                );
-                let delivery = Arc::new(Delivery {
-                    offset: envelope.offset.as_deref().and_then(Offset::parse),
-                    room,
-                    frame,
-                });
-                self.hub.deliver(&envelope.to, &delivery);
-            }
-            Op::Join | Op::Leave => {
-                let Some(room) = envelope.room else { return };
-                for client in self.hub.clients_for(&envelope.to) {
-                    let hub = self.clone();
-                    let room = room.clone();
-                    let op = envelope.op;
-                    tokio::spawn(async move { hub.apply_membership(op, &client, &room).await });
-                }
-            }
-        }
-    }
-
-    async fn apply_membership(&self, op: Op, client: &Arc<Client>, room: &str) {
-        let frame = if op == Op::Join {
-            match self.join(client, room, None).await {
-                Ok(joined) => {
-                    let latest = joined.recovery.latest.map(|o| o.to_string());
-                    frames::joined(room, latest.as_deref(), false)
-                }
-                Err(e) => frames::error(e.code(), &e.to_string()),
-            }
-        } else {
-            self.leave(client, room);
-            frames::left(room)
-        };
-        client.send(&Delivery::plain(frame));
-    }
-
     /// WebSocket clients connected to this meshlet.
     pub fn connections(&self) -> usize {
         self.hub.connections()
@@ -510,51 +271,4 @@ impl Realtime {
             },
         })
     }
-}
-
-fn check_target(to: &Target) -> Result<(), RealtimeError> {
-    match to {
-        Target::Room(room) if !frames::valid_room(room) => {
-            Err(RealtimeError::BadRoom(room.clone()))
-        }
-        Target::User(s) | Target::Client(s) if s.is_empty() => Err(RealtimeError::BadRequest(
-            "`to.user` and `to.client` must not be empty".to_owned(),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The `Sec-WebSocket-Key` of a valid HTTP/1.1 upgrade request.
-fn websocket_key(req: &Request<Incoming>) -> Result<String, RealtimeError> {
-    if req.method() != Method::GET {
-        return Err(RealtimeError::NotWebSocket("the method must be GET"));
-    }
-    if req.version() != Version::HTTP_11 {
-        return Err(RealtimeError::NotWebSocket("WebSocket needs HTTP/1.1"));
-    }
-    let h = req.headers();
-    let has = |name: http::header::HeaderName, token: &str| {
-        h.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|part| part.trim().eq_ignore_ascii_case(token))
-            })
-        })
-    };
-    if !has(UPGRADE, "websocket") || !has(CONNECTION, "upgrade") {
-        return Err(RealtimeError::NotWebSocket(
-            "missing Upgrade: websocket / Connection: Upgrade",
-        ));
-    }
-    if h.get(http::header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return Err(RealtimeError::NotWebSocket(
-            "Sec-WebSocket-Version must be 13",
-        ));
-    }
-    h.get(SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or(RealtimeError::NotWebSocket("missing Sec-WebSocket-Key"))
 }

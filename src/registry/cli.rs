@@ -6,8 +6,9 @@ use std::time::Duration;
 use ::redis::aio::MultiplexedConnection;
 use ::redis::RedisError;
 
-use super::schema::{self, Instance, Keys, Status};
+use super::schema::{self, Instance, Status};
 use crate::config::{Protocol, ServiceName, StaticEndpoint};
+use crate::control::keys::Keys;
 use crate::control::redis;
 
 /// Why a registry command failed.

@@ -7,15 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::Authority;
+use http::header::USER_AGENT;
 use http::Request;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::Full;
 use tokio::sync::watch;
 
 use super::schema::Status;
+use crate::control::app::AppClient;
 use crate::control::Shutdown;
 
 /// Longest wait for one health answer.
@@ -23,8 +21,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The health poller; built by the sidecar.
 pub struct HealthCheck {
-    /// The app's `host:port`.
-    pub app: Authority,
+    /// The app (HTTP/1.1; the sidecar keeps no idle connection for it).
+    pub app: AppClient,
     /// The health path.
     pub path: String,
     /// Poll interval.
@@ -67,21 +65,16 @@ impl HealthCheck {
     }
 }
 
-/// One GET of the health path: healthy on a 2xx within `timeout`.
-async fn probe(app: &Authority, path: &str, timeout: Duration) -> bool {
-    let attempt = async {
-        let stream = TcpStream::connect(app.as_str()).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(http::header::HOST, app.as_str())
-            .header(http::header::USER_AGENT, "meshlet-health")
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        Some(resp.status().is_success())
+/// One GET of the health path: healthy on a 2xx within `timeout` (the body is not read).
+async fn probe(app: &AppClient, path: &str, timeout: Duration) -> bool {
+    let Some(uri) = app.uri(path) else {
+        return false;
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    let Ok(req) = Request::get(uri)
+        .header(USER_AGENT, "meshlet-health")
+        .body(Full::default())
+    else {
+        return false;
+    };
+    matches!(app.status(req, timeout).await, Ok(s) if s.is_success())
 }

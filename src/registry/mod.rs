@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use schema::{Instance, Keys, Status};
+pub use schema::{Instance, Status};
 pub use static_entries::static_instances;
 
 /// Every known service and its live instances, as one immutable value.

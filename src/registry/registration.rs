@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::schema::{self, now_ms, Instance, Keys, Status};
+use super::schema::{self, now_ms, Instance, Status};
+use crate::control::keys::Keys;
 use crate::control::redis::{Link, Outage};
 use crate::control::Shutdown;
 

@@ -1,5 +1,6 @@
-//! The Redis registry contract of docs/registry.md, in one place: key names, the instance hash,
-//! and the reads and writes every participant (meshlet, CLI, a Python service) performs.
+//! The Redis registry contract of docs/registry.md, in one place: the instance hash and the
+//! reads and writes every participant (meshlet, CLI, a Python service) performs, on the keys
+//! named by [`Keys`] (`crate::control::keys`):
 //!
 //! ```text
 //! {prefix}:services               SET    service names
@@ -16,37 +17,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::config::Protocol;
-
-/// Key names under one prefix.
-#[derive(Clone, Debug)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    /// Keys under `prefix` (`mesh` by default).
-    pub fn new(prefix: &str) -> Self {
-        Keys {
-            prefix: prefix.to_owned(),
-        }
-    }
-    /// `{prefix}:services`.
-    pub fn services(&self) -> String {
-        format!("{}:services", self.prefix)
-    }
-    /// `{prefix}:svc:{service}`.
-    pub fn instances_of(&self, service: &str) -> String {
-        format!("{}:svc:{service}", self.prefix)
-    }
-    /// `{prefix}:inst:{service}:{id}`.
-    pub fn instance(&self, service: &str, id: &str) -> String {
-        format!("{}:inst:{service}:{id}", self.prefix)
-    }
-    /// `{prefix}:changes`.
-    pub fn changes(&self) -> String {
-        format!("{}:changes", self.prefix)
-    }
-}
+use crate::control::keys::Keys;
 
 /// Whether an instance takes new traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

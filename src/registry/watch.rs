@@ -13,8 +13,9 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout};
 
-use super::schema::{self, now_ms, Instance, Keys};
+use super::schema::{self, now_ms, Instance};
 use super::Snapshot;
+use crate::control::keys::Keys;
 use crate::control::redis::{Backoff, Link, Outage, REDIS_IO_TIMEOUT};
 use crate::control::Shutdown;
 use crate::telemetry::metrics::RegistryMetrics;

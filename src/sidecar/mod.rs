@@ -157,7 +157,7 @@ impl Sidecar {
             tokio::spawn(reload::rebuild_on_change(shared.clone(), shutdown.clone())),
             tokio::spawn(reload::reload_on_change(shared.clone(), shutdown.clone())),
         ];
-        let status = start::health_check(&config, &shared, app.as_deref(), &shutdown, &mut control);
+        let status = start::health_check(&config, &shared, &shutdown, &mut control);
         let registration = match redis {
             Some(link) => {
                 let registry = start::Registry {
@@ -225,5 +225,28 @@ impl Sidecar {
             let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::events::metrics::EventMetrics;
+    use crate::realtime::metrics::RealtimeMetrics;
+    use crate::telemetry::metrics::testing::errors_logged;
+    use crate::telemetry::metrics::Metrics;
+
+    /// Every module's families side by side on one sidecar's registry, as `start` puts them:
+    /// a duplicate name, which would drop a family from `/metrics`, cannot ship.
+    #[test]
+    fn every_metric_family_registers_once_on_one_registry() {
+        let ((), errors) = errors_logged(|| {
+            let metrics = Metrics::new();
+            EventMetrics::register(metrics.registry());
+            RealtimeMetrics::new(metrics.registry());
+        });
+        assert_eq!(
+            errors, 0,
+            "a metric family failed to register (duplicate name?)"
+        );
     }
 }

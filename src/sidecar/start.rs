@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 
 use super::shared::Shared;
 use super::{Addresses, StartError};
-use crate::config::{Config, Policy};
+use crate::config::{Config, Policy, Protocol};
+use crate::control::app::AppClient;
+use crate::control::keys::Keys;
 use crate::control::redis::{self, Link};
 use crate::control::shutdown::{self, Trigger};
 use crate::control::Shutdown;
@@ -26,7 +28,7 @@ use crate::realtime::Realtime;
 use crate::registry::health::HealthCheck;
 use crate::registry::registration::Registration;
 use crate::registry::watch::Watcher;
-use crate::registry::{schema, Instance, Keys, Snapshot, Status};
+use crate::registry::{schema, Instance, Snapshot, Status};
 use crate::telemetry::metrics::{Direction, Metrics};
 use crate::telemetry::otlp::SpanExport;
 
@@ -199,7 +201,6 @@ fn tokio_addr(l: &TcpListener) -> SocketAddr {
 pub(super) fn health_check(
     config: &Config,
     shared: &Shared,
-    app: Option<&Destination>,
     shutdown: &Shutdown,
     control: &mut Vec<JoinHandle<()>>,
 ) -> watch::Sender<Status> {
@@ -209,9 +210,12 @@ pub(super) fn health_check(
         Status::Up
     };
     let (status, _) = watch::channel(initial);
+    let app = config.service.app.as_ref();
+    // One probe at a time, its body unread: no idle connection is worth keeping.
+    let app = app.and_then(|a| AppClient::new(&a.0, Protocol::Http1, 0));
     if let (Some(app), Some(path)) = (app, &config.service.health) {
         let check = HealthCheck {
-            app: app.endpoints[0].authority.clone(),
+            app,
             path: path.to_string(),
             interval: config.service.health_interval.get(),
             status: status.clone(),

@@ -1,12 +1,17 @@
 //! Prometheus metrics: the families, and per-destination handles resolved once when a
 //! destination is built, so the request path only increments (no label hashing, no
 //! `format!`, no lock). docs/metrics.md lists every family.
+//!
+//! One rule for every module's families (this one's, events', the hub's): each is built
+//! with [`define`] and registered with [`register`], which logs a failed registration and
+//! goes on; no feature is ever turned off by a metric.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -89,25 +94,54 @@ pub struct RegistryMetrics {
     pub services: IntGauge,
 }
 
-fn build<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
-    // Only fails on an invalid metric name or a duplicate registration: both are
-    // programming errors caught by the first test that builds a sidecar.
-    r.expect("metric definition is valid and registered once")
+/// Builds a family from its definition. Every definition is a constant (name, help, label
+/// names), so this cannot fail once the tests that build every family have passed (this
+/// module's, and the sidecar's `every_metric_family_registers_once_on_one_registry`).
+pub fn define<T>(made: prometheus::Result<T>) -> T {
+    made.expect("constant metric definition is valid")
 }
 
-impl Metrics {
-    /// Registers every family in a fresh registry.
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| build(registry.register(c));
-        let requests = build(IntCounterVec::new(
+/// Registers `collector` on `registry` and hands it back: the one rule for every family of
+/// every module. Registration fails only on a duplicate name (each sidecar has its own
+/// registry); then the failure is logged at error, naming the family, and the caller goes on
+/// with a working collector that is missing from `/metrics`. A metric never turns a
+/// feature off.
+pub fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    register_boxed(registry, Box::new(collector.clone()));
+    collector
+}
+
+fn register_boxed(registry: &Registry, collector: Box<dyn Collector>) {
+    let family = collector
+        .desc()
+        .iter()
+        .map(|d| d.fq_name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Err(error) = registry.register(collector) {
+        tracing::error!(%family, %error, "metric family not registered; it is missing from /metrics");
+    }
+}
+
+/// `meshlet_requests_total` and the other per-request families.
+struct RequestFamilies {
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    errors: IntCounterVec,
+    grpc: IntCounterVec,
+    connect_errors: IntCounterVec,
+}
+
+impl RequestFamilies {
+    fn new(registry: &Registry) -> Self {
+        let requests = define(IntCounterVec::new(
             Opts::new(
                 "meshlet_requests_total",
                 "Requests answered, by direction, destination, method and status code.",
             ),
             &["direction", "destination", "method", "status"],
         ));
-        let durations = build(HistogramVec::new(
+        let durations = define(HistogramVec::new(
             HistogramOpts::new(
                 "meshlet_request_duration_seconds",
                 "Time from request received to response headers sent.",
@@ -115,145 +149,191 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
             &["direction", "destination"],
         ));
-        let errors = build(IntCounterVec::new(
+        let errors = define(IntCounterVec::new(
             Opts::new(
                 "meshlet_errors_total",
                 "Errors meshlet answered itself, by code (docs/errors.md).",
             ),
             &["direction", "destination", "code"],
         ));
-        let grpc = build(IntCounterVec::new(
+        let grpc = define(IntCounterVec::new(
             Opts::new(
                 "meshlet_grpc_responses_total",
                 "gRPC calls answered, by grpc-status (from trailers, or trailers-only headers).",
             ),
             &["direction", "destination", "grpc_status"],
         ));
-        let connect_errors = build(IntCounterVec::new(
+        let connect_errors = define(IntCounterVec::new(
             Opts::new(
                 "meshlet_upstream_connect_errors_total",
                 "Failed connection attempts to upstream endpoints.",
             ),
             &["destination"],
         ));
-        let endpoints = build(IntGaugeVec::new(
+        RequestFamilies {
+            requests: register(registry, requests),
+            durations: register(registry, durations),
+            errors: register(registry, errors),
+            grpc: register(registry, grpc),
+            connect_errors: register(registry, connect_errors),
+        }
+    }
+}
+
+/// The per-listener connection gauges: open, parked, upgraded.
+struct ConnectionGauges {
+    open: IntGaugeVec,
+    parked: IntGaugeVec,
+    upgraded: IntGaugeVec,
+}
+
+impl ConnectionGauges {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            register(
+                registry,
+                define(IntGaugeVec::new(Opts::new(name, help), &["listener"])),
+            )
+        };
+        ConnectionGauges {
+            open: gauge(
+                "meshlet_open_connections",
+                "Client connections open on each listener.",
+            ),
+            parked: gauge(
+                "meshlet_parked_connections",
+                "Idle HTTP/1.1 client connections parked without buffers, per listener.",
+            ),
+            upgraded: gauge(
+                "meshlet_upgraded_connections",
+                "Upgraded connections (WebSocket and other Upgrade protocols, CONNECT tunnels) being spliced.",
+            ),
+        }
+    }
+}
+
+impl RegistryMetrics {
+    /// The registry families and `meshlet_endpoints` (live endpoints per service).
+    fn new(registry: &Registry) -> (Self, IntGaugeVec) {
+        let endpoints = define(IntGaugeVec::new(
             Opts::new(
                 "meshlet_endpoints",
                 "Live endpoints per service in the local snapshot.",
             ),
             &["service"],
         ));
-        let open_connections = build(IntGaugeVec::new(
-            Opts::new(
-                "meshlet_open_connections",
-                "Client connections open on each listener.",
-            ),
-            &["listener"],
-        ));
-        let parked_connections = build(IntGaugeVec::new(
-            Opts::new(
-                "meshlet_parked_connections",
-                "Idle HTTP/1.1 client connections parked without buffers, per listener.",
-            ),
-            &["listener"],
-        ));
-        let upgraded_connections = build(IntGaugeVec::new(
-            Opts::new("meshlet_upgraded_connections", "Upgraded connections (WebSocket and other Upgrade protocols, CONNECT tunnels) being spliced."),
-            &["listener"],
-        ));
-        let watch_errors = build(IntCounter::new(
+        let watch_errors = define(IntCounter::new(
             "meshlet_registry_watch_errors_total",
             "Registry watch failures (connect, subscribe or read); each is retried with backoff.",
         ));
-        let services = build(IntGauge::new(
+        let services = define(IntGauge::new(
             "meshlet_registry_services",
             "Destinations in the routing table (registry services, configured services and route targets).",
         ));
-        let policy = PolicyFamilies {
-            retries: build(IntCounterVec::new(
-                Opts::new(
-                    "meshlet_retries_total",
-                    "Retries sent, by destination and the failure that caused them.",
-                ),
-                &["destination", "reason"],
-            )),
-            budget_exhausted: build(IntCounterVec::new(
-                Opts::new(
-                    "meshlet_retry_budget_exhausted_total",
-                    "Retries not sent because the retry budget was empty.",
-                ),
-                &["destination"],
-            )),
-            breaker_state: build(IntGaugeVec::new(
-                Opts::new(
-                    "meshlet_breaker_state",
-                    "Service breaker state: 0 closed, 1 open, 2 half open.",
-                ),
-                &["destination"],
-            )),
-            breaker_transitions: build(IntCounterVec::new(
-                Opts::new(
-                    "meshlet_breaker_transitions_total",
-                    "Service breaker state changes, by the state entered.",
-                ),
-                &["destination", "to"],
-            )),
-            endpoint_ejections: build(IntCounterVec::new(
-                Opts::new(
-                    "meshlet_endpoint_ejections_total",
-                    "Endpoints ejected from balancing by their own breaker (outlier ejection).",
-                ),
-                &["destination"],
-            )),
-            degraded: build(IntCounterVec::new(
-                Opts::new(
-                    "meshlet_degraded_total",
-                    "Degraded answers, by mode (stale, static, read_only).",
-                ),
-                &["destination", "mode"],
-            )),
+        let metrics = RegistryMetrics {
+            watch_errors: register(registry, watch_errors),
+            services: register(registry, services),
         };
-        let reloads = build(IntCounter::new(
+        (metrics, register(registry, endpoints))
+    }
+}
+
+impl PolicyFamilies {
+    fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                define(IntCounterVec::new(Opts::new(name, help), labels)),
+            )
+        };
+        PolicyFamilies {
+            retries: counter(
+                "meshlet_retries_total",
+                "Retries sent, by destination and the failure that caused them.",
+                &["destination", "reason"],
+            ),
+            budget_exhausted: counter(
+                "meshlet_retry_budget_exhausted_total",
+                "Retries not sent because the retry budget was empty.",
+                &["destination"],
+            ),
+            breaker_state: register(
+                registry,
+                define(IntGaugeVec::new(
+                    Opts::new(
+                        "meshlet_breaker_state",
+                        "Service breaker state: 0 closed, 1 open, 2 half open.",
+                    ),
+                    &["destination"],
+                )),
+            ),
+            breaker_transitions: counter(
+                "meshlet_breaker_transitions_total",
+                "Service breaker state changes, by the state entered.",
+                &["destination", "to"],
+            ),
+            endpoint_ejections: counter(
+                "meshlet_endpoint_ejections_total",
+                "Endpoints ejected from balancing by their own breaker (outlier ejection).",
+                &["destination"],
+            ),
+            degraded: counter(
+                "meshlet_degraded_total",
+                "Degraded answers, by mode (stale, static, read_only).",
+                &["destination", "mode"],
+            ),
+        }
+    }
+}
+
+impl ReloadMetrics {
+    fn new(registry: &Registry) -> Self {
+        let reloads = define(IntCounter::new(
             "meshlet_config_reloads_total",
             "Config reloads applied.",
         ));
-        let reload_errors = build(IntCounter::new(
+        let errors = define(IntCounter::new(
             "meshlet_config_reload_errors_total",
             "Config reloads rejected because the file was invalid; the old config keeps serving.",
         ));
-        let info = build(IntGaugeVec::new(
-            Opts::new("meshlet_build_info", "Always 1; labels carry the version."),
-            &["version"],
-        ));
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(durations.clone()),
-            Box::new(errors.clone()),
-            Box::new(connect_errors.clone()),
-            Box::new(grpc.clone()),
-            Box::new(endpoints.clone()),
-            Box::new(open_connections.clone()),
-            Box::new(parked_connections.clone()),
-            Box::new(upgraded_connections.clone()),
-            Box::new(watch_errors.clone()),
-            Box::new(services.clone()),
-            Box::new(policy.retries.clone()),
-            Box::new(policy.budget_exhausted.clone()),
-            Box::new(policy.breaker_state.clone()),
-            Box::new(policy.breaker_transitions.clone()),
-            Box::new(policy.endpoint_ejections.clone()),
-            Box::new(policy.degraded.clone()),
-            Box::new(reloads.clone()),
-            Box::new(reload_errors.clone()),
-            Box::new(info),
-        ] {
-            reg(c);
+        ReloadMetrics {
+            reloads: register(registry, reloads),
+            errors: register(registry, errors),
         }
-        #[cfg(target_os = "linux")]
-        reg(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+    }
+}
+
+/// `meshlet_build_info`, and the process families (CPU, memory, file descriptors) on Linux.
+fn register_process_families(registry: &Registry) {
+    let info = define(IntGaugeVec::new(
+        Opts::new("meshlet_build_info", "Always 1; labels carry the version."),
+        &["version"],
+    ));
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    register(registry, info);
+    #[cfg(target_os = "linux")]
+    register_boxed(
+        registry,
+        Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+    );
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let RequestFamilies {
+            requests,
+            durations,
+            errors,
+            grpc,
+            connect_errors,
+        } = RequestFamilies::new(&registry);
+        let connections = ConnectionGauges::new(&registry);
+        let (registry_metrics, endpoints) = RegistryMetrics::new(&registry);
+        let policy = PolicyFamilies::new(&registry);
+        let reload = ReloadMetrics::new(&registry);
+        register_process_families(&registry);
         Metrics {
             registry,
             requests,
@@ -262,18 +342,12 @@ impl Metrics {
             connect_errors,
             grpc,
             policy,
-            reload: ReloadMetrics {
-                reloads,
-                errors: reload_errors,
-            },
+            reload,
             endpoints,
-            registry_metrics: RegistryMetrics {
-                watch_errors,
-                services,
-            },
-            open_connections,
-            parked_connections,
-            upgraded_connections,
+            registry_metrics,
+            open_connections: connections.open,
+            parked_connections: connections.parked,
+            upgraded_connections: connections.upgraded,
         }
     }
 
@@ -464,5 +538,67 @@ impl std::fmt::Debug for DestinationMetrics {
             .field("direction", &self.direction)
             .field("name", &self.name)
             .finish()
+    }
+}
+
+/// Test help: what a piece of code logs at error.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    struct CountErrors(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> Layer<S> for CountErrors {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs `f` on this thread and counts the error-level events it logged.
+    pub(crate) fn errors_logged<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(CountErrors(count.clone()));
+        let out = tracing::subscriber::with_default(subscriber, f);
+        (out, count.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::errors_logged;
+    use super::*;
+
+    #[test]
+    fn every_family_of_this_module_registers_once() {
+        let (metrics, errors) = errors_logged(Metrics::new);
+        assert_eq!(errors, 0, "a family of Metrics::new failed to register");
+        metrics
+            .open_connections
+            .with_label_values(&["outbound"])
+            .set(1);
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(text.contains("meshlet_build_info{version="), "{text}");
+        assert!(text.contains("meshlet_open_connections{listener=\"outbound\"} 1"));
+    }
+
+    #[test]
+    fn a_duplicate_is_logged_and_its_collector_still_works() {
+        let registry = Registry::new();
+        let first = define(IntCounter::new("meshlet_test_total", "First."));
+        let again = define(IntCounter::new("meshlet_test_total", "Again."));
+        let (again, errors) = errors_logged(|| {
+            register(&registry, first.clone());
+            register(&registry, again)
+        });
+        assert_eq!(errors, 1);
+        again.inc();
+        first.inc();
+        assert_eq!((again.get(), first.get()), (1, 1));
     }
 }

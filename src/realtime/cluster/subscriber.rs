@@ -1,0 +1,208 @@
+//! The pub/sub subscriber: one connection that holds `{prefix}:rt:all` and the room and
+//! user channels of local clients, hands every envelope received to the hub, and
+//! subscribes or unsubscribes as clients come and go. Redis restarted or unreachable: it
+//! reconnects with backoff and subscribes again to everything the hub holds.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::RedisError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep, timeout};
+
+use super::{Channel, Cluster, ClusterError, Dispatch, Envelope};
+use crate::control::redis::{Backoff, Outage, REDIS_IO_TIMEOUT};
+use crate::control::Shutdown;
+
+/// How often the subscriber connection is pinged to find a half-open socket.
+const PUBSUB_PING: Duration = Duration::from_secs(5);
+
+/// What the rest of the hub asks of the subscriber task.
+pub(super) enum Command {
+    /// Subscribe if not yet; answer once confirmed.
+    Ensure(Channel, oneshot::Sender<()>),
+    /// Unsubscribe if no local client holds it any more.
+    Release(Channel),
+}
+
+impl Cluster {
+    pub(super) async fn subscriber(
+        self: Arc<Self>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        dispatch: Dispatch,
+        mut shutdown: Shutdown,
+    ) {
+        let mut outage = Outage::new("realtime pub/sub");
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            let result = self
+                .session(
+                    &mut commands,
+                    &dispatch,
+                    &mut waiting,
+                    &mut outage,
+                    &mut backoff,
+                    &mut shutdown,
+                )
+                .await;
+            self.subscribed.store(false, Ordering::Release);
+            match result {
+                Ok(()) => return,
+                Err(e) => outage.failed(&e),
+            }
+            // Joins keep arriving while Redis is away: they wait (bounded by their own
+            // timeout) for the next session.
+            let pause = sleep(backoff.next_delay());
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Ensure(_, ack)) => waiting.push(ack),
+                        Some(Command::Release(_)) => {}
+                        None => return,
+                    },
+                    () = shutdown.started() => return,
+                }
+            }
+        }
+    }
+
+    /// One connected pub/sub session; `Ok` only at shutdown.
+    async fn session(
+        &self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        dispatch: &Dispatch,
+        waiting: &mut Vec<oneshot::Sender<()>>,
+        outage: &mut Outage,
+        backoff: &mut Backoff,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), ClusterError> {
+        let (mut sink, mut stream, mut subscribed) = self.connect().await?;
+        outage.recovered();
+        backoff.reset();
+        self.subscribed.store(true, Ordering::Release);
+        // Their channels were held before this session began, so they are subscribed now.
+        for ack in waiting.drain(..) {
+            let _ = ack.send(());
+        }
+        let mut ping = tokio::time::interval(PUBSUB_PING);
+        ping.reset();
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Err(ClusterError::Redis(RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "pub/sub connection lost",
+                        ))));
+                    };
+                    match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
+                        Ok(envelope) => dispatch(envelope),
+                        Err(e) => tracing::debug!(error = %e, channel = msg.get_channel_name(), "unreadable realtime message ignored"),
+                    }
+                }
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    self.apply(cmd, commands, &mut sink, &mut subscribed, waiting).await?;
+                }
+                _ = ping.tick() => {
+                    timeout(REDIS_IO_TIMEOUT, sink.ping::<redis::Value>())
+                        .await
+                        .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+                }
+                () = shutdown.started() => return Ok(()),
+            }
+        }
+    }
+
+    /// Opens the pub/sub connection and subscribes to `rt:all` and to every room and user
+    /// channel the hub holds; returns the connection's halves and the channels subscribed.
+    async fn connect(&self) -> Result<(PubSubSink, PubSubStream, HashSet<String>), ClusterError> {
+        let pubsub = timeout(REDIS_IO_TIMEOUT, self.link.client().get_async_pubsub())
+            .await
+            .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+        let (mut sink, stream) = pubsub.split();
+        let mut subscribed: HashSet<String> = HashSet::new();
+        let (rooms, users) = self.hub.held();
+        let mut wanted = vec![self.keys.rt_all()];
+        wanted.extend(rooms.iter().map(|r| self.keys.rt_room(r)));
+        wanted.extend(users.iter().map(|u| self.keys.rt_user(u)));
+        timeout(REDIS_IO_TIMEOUT, sink.subscribe(&wanted))
+            .await
+            .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+        subscribed.extend(wanted);
+        Ok((sink, stream, subscribed))
+    }
+
+    /// Applies `first` and the commands queued behind it: subscribes the channels asked
+    /// for and then answers every waiter, and unsubscribes the released channels that no
+    /// local client holds any more.
+    async fn apply(
+        &self,
+        first: Command,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        sink: &mut PubSubSink,
+        subscribed: &mut HashSet<String>,
+        waiting: &mut Vec<oneshot::Sender<()>>,
+    ) -> Result<(), ClusterError> {
+        let mut batch = vec![first];
+        while let Ok(more) = commands.try_recv() {
+            batch.push(more);
+        }
+        let mut subscribe = Vec::new();
+        let mut release = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Command::Ensure(channel, ack) => {
+                    let name = self.channel_name(&channel);
+                    if !subscribed.contains(&name) && !subscribe.contains(&name) {
+                        subscribe.push(name);
+                    }
+                    waiting.push(ack);
+                }
+                Command::Release(channel) => release.push(channel),
+            }
+        }
+        if !subscribe.is_empty() {
+            timeout(REDIS_IO_TIMEOUT, sink.subscribe(&subscribe))
+                .await
+                .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+            subscribed.extend(subscribe);
+        }
+        for ack in waiting.drain(..) {
+            let _ = ack.send(());
+        }
+        let unused: Vec<String> = release
+            .iter()
+            .filter(|c| !self.holds(c))
+            .map(|c| self.channel_name(c))
+            .filter(|name| subscribed.remove(name))
+            .collect();
+        if !unused.is_empty() {
+            timeout(REDIS_IO_TIMEOUT, sink.unsubscribe(&unused))
+                .await
+                .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+        }
+        Ok(())
+    }
+
+    fn channel_name(&self, channel: &Channel) -> String {
+        match channel {
+            Channel::Room(r) => self.keys.rt_room(r),
+            Channel::User(u) => self.keys.rt_user(u),
+        }
+    }
+
+    fn holds(&self, channel: &Channel) -> bool {
+        match channel {
+            Channel::Room(r) => self.hub.has_room(r),
+            Channel::User(u) => self.hub.has_user(u),
+        }
+    }
+}

@@ -66,7 +66,8 @@ impl AppClient {
             Some(_) => given.clone(),
             None => format!("{}:80", given.host()).parse().ok()?,
         };
-        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        // `Host` as `service.app` spells it (no default port added), as HTTP clients send it.
+        let host = HeaderValue::from_str(given.as_str()).ok()?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -79,11 +80,6 @@ impl AppClient {
             authority,
             host,
         })
-    }
-
-    /// The app's `host:port`.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
     }
 
     /// The URI of `path` (origin-form path and query) on the app; `None` when `path` is not
@@ -179,7 +175,6 @@ mod tests {
     fn the_origin_gets_its_port_and_paths_their_origin() {
         let app: Uri = "http://app.local/ignored".parse().unwrap();
         let c = AppClient::new(&app, Protocol::Http1, 1).unwrap();
-        assert_eq!(c.authority().as_str(), "app.local:80");
         assert_eq!(
             c.uri("/hook?x=1").unwrap().to_string(),
             "http://app.local:80/hook?x=1"

@@ -5,12 +5,12 @@
 //! start from, and the small HTTP server of the local API and telemetry listeners
 //! ([`admin`]). Nothing here runs on the request path.
 
-pub mod admin;
-pub mod app;
-pub mod context;
+pub(crate) mod admin;
+pub(crate) mod app;
+pub(crate) mod context;
 pub mod keys;
-pub mod redis;
-pub mod shutdown;
+pub(crate) mod redis;
+pub(crate) mod shutdown;
 
-pub use context::Context;
-pub use shutdown::Shutdown;
+pub(crate) use context::Context;
+pub(crate) use shutdown::Shutdown;

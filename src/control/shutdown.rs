@@ -27,11 +27,6 @@ impl Trigger {
     pub fn fire(&self) {
         self.0.send_replace(true);
     }
-
-    /// Another handle.
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown(self.0.subscribe())
-    }
 }
 
 impl Shutdown {
@@ -82,7 +77,7 @@ mod tests {
         trigger.fire();
         waiting.await.unwrap();
         assert!(shutdown.is_started());
-        trigger.subscribe().wait().await;
+        shutdown.clone().wait().await;
     }
 
     #[tokio::test]

@@ -8,17 +8,6 @@ use redis::Value;
 /// Longest `x-event-id` accepted: ids end up in Redis keys and headers.
 pub const MAX_EVENT_ID: usize = 256;
 
-/// The fields an event carries in its stream entry, in the order they are written.
-pub const FIELDS: [&str; 7] = [
-    "event_id",
-    "event_type",
-    "timestamp",
-    "source",
-    "version",
-    "payload",
-    "traceparent",
-];
-
 /// Whether `name` is a valid event type: `[A-Za-z0-9._-]{1,128}`.
 pub fn valid_type(name: &str) -> bool {
     !name.is_empty()
@@ -79,7 +68,7 @@ impl NewEvent {
         }
     }
 
-    /// The entry's field/value pairs, in [`FIELDS`] order.
+    /// The entry's field/value pairs, in the order they are written (docs/events.md).
     pub fn fields(&self) -> [(&'static str, String); 7] {
         [
             ("event_id", self.event_id.clone()),

@@ -20,15 +20,15 @@
 //! `{prefix}:evid:{event_id}` (dedupe, expires after `dedupe_window`), `{prefix}:dlq:{type}`
 //! (dead letters).
 
-pub mod api;
-pub mod app;
+pub(crate) mod api;
+pub(crate) mod app;
 pub mod cli;
-pub mod deliver;
-pub mod dlq;
-pub mod envelope;
-pub mod error;
-pub mod metrics;
-pub mod publish;
+pub(crate) mod deliver;
+pub(crate) mod dlq;
+pub(crate) mod envelope;
+pub(crate) mod error;
+pub(crate) mod metrics;
+pub(crate) mod publish;
 pub mod scripts;
 
 use std::sync::Arc;

@@ -5,10 +5,10 @@
 //! reaches the app. It knows nothing of destinations: a destination stamps its own headers
 //! with [`Identity::stamp_mesh`].
 
-pub mod request_id;
+pub(crate) mod request_id;
 pub mod tls;
-pub mod token;
-pub mod trace;
+pub(crate) mod token;
+pub(crate) mod trace;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 

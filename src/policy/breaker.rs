@@ -70,16 +70,6 @@ pub struct Breaker {
 pub struct Transition(pub State);
 
 impl Breaker {
-    /// Current state (an open breaker whose period ended still reads open until a request
-    /// moves it to half open).
-    pub fn state(&self) -> State {
-        match self.state.load(Ordering::Acquire) {
-            OPEN => State::Open,
-            HALF_OPEN => State::HalfOpen,
-            _ => State::Closed,
-        }
-    }
-
     /// Whether it refuses traffic right now, without taking a probe slot.
     pub fn is_open(&self) -> bool {
         self.state.load(Ordering::Acquire) == OPEN

@@ -35,11 +35,6 @@ impl DestinationState {
         }
         Some(Permit(self.clone()))
     }
-
-    /// Calls in flight.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
 }
 
 /// A concurrency slot, released on drop (when the response body ends).

@@ -78,14 +78,10 @@ impl StaleCache {
         inner.map.insert(key, Arc::new(entry));
     }
 
-    /// Entries held (for tests and views).
-    pub fn len(&self) -> usize {
+    /// Entries held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.map.len())
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -64,8 +64,6 @@ impl Destination {
 /// An egress destination's fixed URL parts.
 #[derive(Clone, Debug)]
 pub struct Egress {
-    /// `https` URL.
-    pub tls: bool,
     /// Base path without a trailing slash (may be empty).
     pub base_path: String,
     /// `Host` sent to it: the URL's host (and port when not the scheme's default).
@@ -271,7 +269,6 @@ fn egress_endpoint(
         None => host.to_owned(),
     };
     let egress = Egress {
-        tls,
         base_path: uri.path().trim_end_matches('/').to_owned(),
         host: HeaderValue::from_str(&host_header)
             .unwrap_or_else(|_| HeaderValue::from_static("localhost")),

@@ -47,12 +47,6 @@ pub enum ProxyError {
     /// Request target longer than `limits.max_uri_bytes`.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
-    /// Request body over a limit.
-    #[error("request body larger than {0} bytes")]
-    BodyTooLarge(usize),
-    /// Request head over `limits.max_header_bytes`.
-    #[error("request headers larger than {0} bytes")]
-    HeadersTooLarge(usize),
 }
 
 impl ProxyError {
@@ -69,8 +63,6 @@ impl ProxyError {
             ProxyError::Unauthenticated(_) => "unauthenticated",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::UriTooLong(_) => "uri_too_long",
-            ProxyError::BodyTooLarge(_) => "body_too_large",
-            ProxyError::HeadersTooLarge(_) => "headers_too_large",
         }
     }
 
@@ -87,8 +79,6 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -98,11 +88,9 @@ impl ProxyError {
             ProxyError::Timeout(_) => 4,      // DEADLINE_EXCEEDED
             ProxyError::NoRoute { .. } => 12, // UNIMPLEMENTED
             ProxyError::Unauthenticated(_) => 16,
-            ProxyError::Forbidden(_) => 7, // PERMISSION_DENIED
-            ProxyError::BodyTooLarge(_)
-            | ProxyError::UriTooLong(_)
-            | ProxyError::HeadersTooLarge(_) => 8, // RESOURCE_EXHAUSTED
-            _ => 14,                       // UNAVAILABLE
+            ProxyError::Forbidden(_) => 7,  // PERMISSION_DENIED
+            ProxyError::UriTooLong(_) => 8, // RESOURCE_EXHAUSTED
+            _ => 14,                        // UNAVAILABLE
         }
     }
 

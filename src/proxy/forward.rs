@@ -87,16 +87,6 @@ impl Template {
         })
     }
 
-    /// The request's method.
-    pub fn method(&self) -> &Method {
-        &self.method
-    }
-
-    /// The request's headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
     /// Builds the request for `endpoint`. With `keep` the head is cloned for a later
     /// attempt; without it the head moves (the common single-attempt case copies nothing).
     fn build(

@@ -10,8 +10,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 pub enum CloseReason {
     /// The send queue overflowed (4408).
     Slow,
-    /// The client asked for a room its token does not grant (4403).
-    Forbidden,
     /// meshlet is shutting down (1001).
     Shutdown,
 }
@@ -48,7 +46,6 @@ impl From<CloseReason> for End {
     fn from(r: CloseReason) -> End {
         match r {
             CloseReason::Slow => End::Slow,
-            CloseReason::Forbidden => End::Forbidden,
             CloseReason::Shutdown => End::Shutdown,
         }
     }

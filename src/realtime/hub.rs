@@ -34,8 +34,6 @@ pub struct Client {
     close: Mutex<Option<CloseReason>>,
     /// Woken when the hub wants the connection closed.
     pub closing: Notify,
-    /// When the connection was accepted.
-    pub since: Instant,
     /// The runtime (and its thread) the connection's task runs on: fan-out hands each
     /// worker its share in one task, so waking the connection tasks stays on their own
     /// thread instead of costing a cross-thread wake-up each. `None` outside a runtime.
@@ -57,7 +55,6 @@ impl Client {
             rooms: Mutex::new(HashSet::new()),
             close: Mutex::new(None),
             closing: Notify::new(),
-            since: Instant::now(),
             home: Handle::try_current()
                 .ok()
                 .map(|h| (std::thread::current().id(), h)),
@@ -86,19 +83,20 @@ impl Client {
         true
     }
 
-    /// The reason set by [`Client::close`].
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        *self.close.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Rooms the client is in.
-    pub fn rooms(&self) -> Vec<Arc<str>> {
+    #[cfg(test)]
+    fn rooms(&self) -> Vec<Arc<str>> {
         self.rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// The reason set by [`Client::close`].
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.close.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

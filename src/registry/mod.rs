@@ -6,11 +6,11 @@
 //! Redis. [`registration`] keeps this pod's own entry alive with heartbeats.
 
 pub mod cli;
-pub mod health;
-pub mod registration;
-pub mod schema;
+pub(crate) mod health;
+pub(crate) mod registration;
+pub(crate) mod schema;
 mod static_entries;
-pub mod watch;
+pub(crate) mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

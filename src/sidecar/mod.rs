@@ -33,7 +33,6 @@ use crate::realtime::Realtime;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otlp::SpanExport;
 
-pub use reload::reload;
 pub use shared::Shared;
 
 /// Why the sidecar could not start.

@@ -62,7 +62,7 @@ pub(super) async fn reload_on_change(shared: Arc<Shared>, shutdown: Shutdown) {
 
 /// Re-reads the config file when its content changed: validates, swaps, rebuilds. An
 /// invalid file is rejected, logged and counted; the old config keeps serving.
-pub fn reload(shared: &Shared) -> Result<bool, ConfigError> {
+fn reload(shared: &Shared) -> Result<bool, ConfigError> {
     let current = shared.config.load_full();
     let Some(path) = current.path.clone() else {
         return Ok(false);

@@ -18,19 +18,19 @@ pub struct Shared {
     /// The active config.
     pub config: ArcSwap<LoadedConfig>,
     /// The live routing table read by every request.
-    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub(crate) table: Arc<ArcSwap<RoutingTable>>,
     /// Latest registry snapshot.
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Metric families.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Listeners bound.
-    pub listening: AtomicBool,
+    pub(crate) listening: AtomicBool,
     /// First registry snapshot in (or Redis still unreachable after 10 s).
-    pub registry_ready: Arc<AtomicBool>,
+    pub(crate) registry_ready: Arc<AtomicBool>,
     /// Mutual TLS between meshlets (`tls:`), loaded at start.
-    pub mesh_tls: Option<Arc<MeshTls>>,
+    pub(crate) mesh_tls: Option<Arc<MeshTls>>,
     /// The app's health check passes (always true without `service.health`).
-    pub app_healthy: Arc<AtomicBool>,
+    pub(crate) app_healthy: Arc<AtomicBool>,
     /// This pod's instance id in the registry.
     pub instance_id: String,
     rebuild_lock: Mutex<()>,
@@ -82,7 +82,7 @@ impl Shared {
     }
 
     /// Rebuilds the routing table from the active config and the latest snapshot.
-    pub fn rebuild(&self) {
+    pub(crate) fn rebuild(&self) {
         // Serializes rebuilds (watcher and reloads) so neither overwrites a newer table.
         let _guard = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
         let config = self.config.load();
@@ -98,7 +98,7 @@ impl Shared {
     }
 
     /// Static entries of `config` merged with the latest Redis snapshot.
-    pub fn registry_view(&self, config: &Config) -> Snapshot {
+    pub(crate) fn registry_view(&self, config: &Config) -> Snapshot {
         self.snapshot
             .borrow()
             .with_statics(&static_instances(&config.registry))

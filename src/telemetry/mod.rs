@@ -2,5 +2,5 @@
 //! served by the telemetry listener (15020, routes in `sidecar`).
 
 pub mod logging;
-pub mod metrics;
-pub mod otlp;
+pub(crate) mod metrics;
+pub(crate) mod otlp;

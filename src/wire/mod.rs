@@ -6,4 +6,4 @@
 pub mod answer;
 pub mod grpc;
 
-pub use answer::{error_response, AnswerBody, X_MESH_ERROR};
+pub use answer::{error_response, AnswerBody};

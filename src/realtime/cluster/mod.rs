@@ -152,11 +152,6 @@ impl Cluster {
         self.subscribed.load(Ordering::Acquire)
     }
 
-    /// Key names.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Waits until `channel` is subscribed (the hub already counts the member that needs
     /// it), at most `wait`.
     pub async fn subscribe(&self, channel: Channel, wait: Duration) -> Result<(), ClusterError> {

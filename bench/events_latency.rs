@@ -22,18 +22,7 @@ use support::events::{subscriber, Delivery};
 use support::{eventually, Client, RecordingApp, RedisServer};
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!(
-            "events_latency: a measurement; run it with `cargo bench --bench events_latency`"
-        );
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-        .block_on(latency_publish_to_deliver());
+    support::bench_main("events_latency", latency_publish_to_deliver);
 }
 
 async fn latency_publish_to_deliver() {

@@ -22,18 +22,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!(
-            "realtime_fanout: a measurement; run it with `cargo bench --bench realtime_fanout`"
-        );
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-        .block_on(measure_connections_and_fanout());
+    support::bench_main("realtime_fanout", measure_connections_and_fanout);
 }
 
 /// VmRSS of this process, in KiB.

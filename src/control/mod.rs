@@ -7,6 +7,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod app;
+pub mod cli;
 pub(crate) mod context;
 pub mod keys;
 pub(crate) mod redis;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redis::{RedisError, Value};
+use redis::Value;
 
 use super::dlq;
 use super::envelope::{
@@ -17,16 +17,7 @@ use crate::control::redis::REDIS_IO_TIMEOUT;
 /// How long `tail` blocks per read.
 const TAIL_BLOCK: Duration = Duration::from_secs(5);
 
-/// Why an events command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Redis refused or is unreachable.
-    #[error("redis: {0}")]
-    Redis(#[from] RedisError),
-    /// Bad arguments.
-    #[error("{0}")]
-    Input(String),
-}
+pub use crate::control::cli::CliError;
 
 /// Where the commands act.
 pub struct Target {

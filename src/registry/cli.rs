@@ -4,23 +4,13 @@
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::RedisError;
 
 use super::schema::{self, Instance, Status};
 use crate::config::{Protocol, ServiceName, StaticEndpoint};
 use crate::control::keys::Keys;
 use crate::control::redis;
 
-/// Why a registry command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Redis refused or is unreachable.
-    #[error("redis: {0}")]
-    Redis(#[from] RedisError),
-    /// Bad arguments.
-    #[error("{0}")]
-    Input(String),
-}
+pub use crate::control::cli::CliError;
 
 /// Where the commands act.
 pub struct Target {

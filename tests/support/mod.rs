@@ -73,3 +73,18 @@ pub async fn until_ready(s: &meshlet::sidecar::Sidecar) {
         "sidecar did not become ready"
     );
 }
+
+/// A measurement's `main`: runs `measure` on a two-thread runtime when cargo passes
+/// `--bench`, else (`cargo test --all-targets` runs bench targets too) says how to run it.
+pub fn bench_main<F: std::future::Future<Output = ()>>(name: &str, measure: impl FnOnce() -> F) {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("{name}: a measurement; run it with `cargo bench --bench {name}`");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(measure());
+}

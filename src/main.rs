@@ -29,7 +29,8 @@ enum Command {
     /// Run the sidecar.
     Run(ConfigArg),
     /// Validate a config file; on error print file:line:column, the field and what was expected.
-    Check(ConfigArg),
+    /// Risky but valid settings print `warning: <field>: <why>` (exit 0; 2 with --strict).
+    Check(CheckArgs),
     /// Run the embedded demo: meshlet on the static registry plus a demo upstream.
     /// Then: curl -x http://127.0.0.1:15001 http://demo/
     Demo,
@@ -120,6 +121,15 @@ struct ConfigArg {
 }
 
 #[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Treat warnings as errors (exit non-zero when there is any).
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args)]
 struct RegistryTarget {
     /// Take registry.redis and registry.prefix from this config file.
     #[arg(long, short, env = "MESHLET_CONFIG")]
@@ -193,7 +203,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check(arg) => check(&arg.config),
+        Command::Check(arg) => check(&arg.config.config, arg.strict),
         Command::Run(arg) => runtime.block_on(run(&arg.config)),
         Command::Demo => runtime.block_on(demo()),
         Command::Registry { target, action } => runtime.block_on(registry(target, action)),
@@ -208,8 +218,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> Result<(), String> {
+fn check(path: &Path, strict: bool) -> Result<(), String> {
     let loaded = LoadedConfig::from_file(path).map_err(|e| e.to_string())?;
+    let warnings = loaded.warnings();
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    if strict && !warnings.is_empty() {
+        return Err(format!(
+            "{}: {} warning(s), and --strict makes them errors",
+            path.display(),
+            warnings.len()
+        ));
+    }
     println!(
         "{}: ok (service {}, {} configured services, {} routes, hash {})",
         path.display(),
@@ -223,6 +244,9 @@ fn check(path: &Path) -> Result<(), String> {
 
 async fn run(path: &Path) -> Result<(), String> {
     let loaded = LoadedConfig::from_file(path).map_err(|e| e.to_string())?;
+    for warning in loaded.warnings() {
+        tracing::warn!(field = %warning.field, "config: {}", warning.message);
+    }
     let sidecar = Sidecar::start(loaded).await.map_err(|e| e.to_string())?;
     wait_for_signal().await;
     sidecar.shutdown().await;

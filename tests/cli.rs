@@ -18,9 +18,10 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 
 #[test]
 fn check_accepts_the_example_and_demo_configs() {
+    // Under --strict: the examples show no setting `meshlet check` warns about.
     for file in ["config/meshlet.yaml", "config/demo.yaml"] {
         let out = Command::new(BIN)
-            .args(["check", "--config", file])
+            .args(["check", "--strict", "--config", file])
             .output()
             .unwrap();
         assert!(

@@ -12,7 +12,7 @@ use http_body_util::Full;
 use serde::Serialize;
 use support::*;
 
-const SECRET: &str = "test-token-secret";
+const SECRET: &str = "identity-test-token-secret-0123456789";
 
 /// `name`'s meshlet: one worker, on `redis` with a 3 s ttl and 1 s heartbeats.
 fn on_registry(name: &str, redis: &RedisServer) -> MeshletSpec {
@@ -114,6 +114,7 @@ async fn a_call_through_two_meshlets_carries_trace_request_id_and_caller_but_nev
         (401, "unauthenticated")
     );
     assert_eq!(direct.json()["error"], "unauthenticated");
+    assert_eq!(direct.json()["message"], "missing or invalid service token");
 
     let bad_tokens = [
         token("attacker-secret", "orders", "inventory", 60),
@@ -187,8 +188,12 @@ async fn static_auth_headers_are_set_and_secrets_never_shown() {
         "mesh destinations get a token"
     );
 
-    let text = String::from_utf8_lossy(&get_host(s.addresses.api, "x", "/v1/config").await.body)
-        .to_string();
+    let text = String::from_utf8_lossy(
+        &get_host(s.addresses.api, "localhost", "/v1/config")
+            .await
+            .body,
+    )
+    .to_string();
     for secret in ["weather-secret-xyz", SECRET] {
         assert!(!text.contains(secret), "{secret} leaked into /v1/config");
     }
@@ -323,9 +328,11 @@ async fn mutual_tls_between_meshlets_both_ways() {
     .await;
     let out = caller.addresses.outbound;
     assert!(until_status(out, "http://inventory/", 200, Duration::from_secs(3)).await);
+    let a = get_via(out, "http://inventory/x").await.json();
+    assert_eq!(a["upstream"], "inventory-app");
     assert_eq!(
-        get_via(out, "http://inventory/x").await.json()["upstream"],
-        "inventory-app"
+        a["headers"]["x-mesh-caller"], "orders",
+        "without token keys, the client certificate names the caller"
     );
 
     // Plain HTTP to the inbound port gets no answer: TLS with a client certificate is required.

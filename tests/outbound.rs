@@ -246,7 +246,7 @@ async fn h2c_endpoints_get_multiplexed_h2() {
 
 #[tokio::test]
 async fn telemetry_and_api_views_answer_and_redact_secrets() {
-    let yaml = "service: {name: orders}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"127.0.0.1:9\"]\nservices:\n  weather:\n    url: http://127.0.0.1:9\n    auth: {header: Authorization, value: \"Bearer top-secret-value\"}\nauth:\n  token: {secret: [\"another-secret\"]}\n";
+    let yaml = "service: {name: orders}\nworkers: 1\nregistry:\n  static:\n    inventory: [\"127.0.0.1:9\"]\nservices:\n  weather:\n    url: http://127.0.0.1:9\n    auth: {header: Authorization, value: \"Bearer top-secret-value\"}\nauth:\n  token: {secret: [\"another-secret-0123456789abcdef0123\"]}\n";
     let s = sidecar(yaml).await;
     assert_eq!(
         get_host(s.addresses.telemetry, "x", "/healthz/live")
@@ -256,7 +256,7 @@ async fn telemetry_and_api_views_answer_and_redact_secrets() {
     );
     let ready = get_host(s.addresses.telemetry, "x", "/healthz/ready").await;
     assert_eq!(ready.status, 200, "static registry is ready at once");
-    let cfg = get_host(s.addresses.api, "x", "/v1/config").await;
+    let cfg = get_host(s.addresses.api, "localhost", "/v1/config").await;
     let text = String::from_utf8_lossy(&cfg.body);
     assert!(
         !text.contains("top-secret-value") && !text.contains("another-secret"),
@@ -264,7 +264,9 @@ async fn telemetry_and_api_views_answer_and_redact_secrets() {
     );
     assert!(text.contains("<redacted>"));
     assert_eq!(cfg.json()["hash"].as_str().unwrap().len(), 16);
-    let reg = get_host(s.addresses.api, "x", "/v1/registry").await.json();
+    let reg = get_host(s.addresses.api, "localhost", "/v1/registry")
+        .await
+        .json();
     assert_eq!(reg["services"]["inventory"][0]["port"], 9);
     let metrics = get_host(s.addresses.telemetry, "x", "/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body);
@@ -272,7 +274,10 @@ async fn telemetry_and_api_views_answer_and_redact_secrets() {
         text.contains("meshlet_endpoints{service=\"inventory\"} 1"),
         "{text}"
     );
-    assert_eq!(get_host(s.addresses.api, "x", "/nope").await.status, 404);
+    assert_eq!(
+        get_host(s.addresses.api, "localhost", "/nope").await.status,
+        404
+    );
 }
 
 #[tokio::test]

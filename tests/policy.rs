@@ -417,7 +417,10 @@ async fn editing_the_yaml_applies_within_2s_and_a_broken_yaml_changes_nothing() 
         get_via(out, "http://inventory/").await.json()["upstream"],
         "a"
     );
-    let hash_before = get_host(s.addresses.api, "x", "/v1/config").await.json()["hash"].clone();
+    let hash_before = get_host(s.addresses.api, "localhost", "/v1/config")
+        .await
+        .json()["hash"]
+        .clone();
 
     write(&mut file, &config(b.addr));
     let edited = Instant::now();
@@ -428,7 +431,10 @@ async fn editing_the_yaml_applies_within_2s_and_a_broken_yaml_changes_nothing() 
         .await
     );
     assert!(edited.elapsed() < Duration::from_secs(2));
-    let hash_after = get_host(s.addresses.api, "x", "/v1/config").await.json()["hash"].clone();
+    let hash_after = get_host(s.addresses.api, "localhost", "/v1/config")
+        .await
+        .json()["hash"]
+        .clone();
     assert_ne!(
         hash_before, hash_after,
         "/v1/config shows the active config's hash"
@@ -447,7 +453,9 @@ async fn editing_the_yaml_applies_within_2s_and_a_broken_yaml_changes_nothing() 
         "old config keeps serving"
     );
     assert_eq!(
-        get_host(s.addresses.api, "x", "/v1/config").await.json()["hash"],
+        get_host(s.addresses.api, "localhost", "/v1/config")
+            .await
+            .json()["hash"],
         hash_after
     );
 }

@@ -103,6 +103,18 @@ pub struct RealtimeConfig {
     /// App path receiving client messages when `client_publish: app`.
     #[serde(default = "defaults::on_message")]
     pub on_message: String,
+    /// Rooms one client may be in at once; a join beyond it gets an error frame
+    /// `too_many_rooms` (the connection stays).
+    #[serde(default = "defaults::max_rooms_per_client")]
+    pub max_rooms_per_client: u32,
+    /// Client publishes in flight toward the app per meshlet (`client_publish: app`);
+    /// beyond it the client gets an error frame `overloaded`.
+    #[serde(default = "defaults::app_concurrency")]
+    pub app_concurrency: u32,
+    /// Allow a hub without `auth` on a non-loopback inbound listener (anyone who reaches
+    /// the port may connect); without it, that config is refused at start.
+    #[serde(default)]
+    pub allow_anonymous: bool,
 }
 
 /// `realtime.auth:`.

@@ -153,6 +153,12 @@ fn validate_registry(c: &Config) -> Result<(), Violation> {
             return fail(key.into(), "must be greater than 0s");
         }
     }
+    if c.limits.max_connections == 0 {
+        return fail(
+            "limits.max_connections".into(),
+            "must be at least 1, or the listeners accept nothing",
+        );
+    }
     for name in r.static_endpoints.keys() {
         ServiceName::parse(name).map_err(|m| (format!("registry.static.{name}"), m))?;
     }
@@ -215,8 +221,101 @@ fn validate_routes_and_auth(c: &Config) -> Result<(), Violation> {
                 "needs auth.token.secret to verify tokens with",
             );
         }
+        if let Some(token) = &auth.token {
+            check_secret_lengths(&token.secret.0)?;
+        }
     }
     Ok(())
+}
+
+/// The shortest token secret accepted, in bytes: HS256 keys shorter than its 32-byte hash
+/// can be guessed offline from a single captured token (docs/security.md).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Every secret of `auth.token.secret` (each one of a rotation list: any of them verifies,
+/// so any of them can be used to mint tokens) is at least [`MIN_SECRET_BYTES`] long.
+fn check_secret_lengths(secrets: &[super::Secret]) -> Result<(), Violation> {
+    for (i, secret) in secrets.iter().enumerate() {
+        if secret.expose().len() < MIN_SECRET_BYTES {
+            let field = if secrets.len() == 1 {
+                "auth.token.secret".to_owned()
+            } else {
+                format!("auth.token.secret.{i}")
+            };
+            // The message never shows the secret, nor its length.
+            return fail(
+                field,
+                "shorter than 32 bytes; anyone holding one token could guess it offline (make one with `openssl rand -hex 32`)",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Something `meshlet check` warns about: valid, but open to the pod network in a way an
+/// operator should choose knowingly (docs/security.md). `--strict` makes each an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// Dotted field path.
+    pub field: String,
+    /// Why it is a risk, and what closes it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl LoadedConfig {
+    /// What `meshlet check` warns about, one entry a finding (docs/config.md, "Warnings").
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        warnings(&self.config)
+    }
+}
+
+fn warnings(c: &Config) -> Vec<ConfigWarning> {
+    let mut out = Vec::new();
+    let mut warn = |field: &str, message: String| {
+        out.push(ConfigWarning {
+            field: field.to_owned(),
+            message,
+        })
+    };
+    // The inbound listener is bound only for an app or a hub to serve.
+    let inbound_used = c.service.app.is_some() || c.realtime.is_some();
+    let inbound = c.listen.inbound.0;
+    let public = inbound_used && !inbound.ip().is_loopback();
+    let tokens_required = c.auth.as_ref().is_some_and(|a| a.inbound.require);
+    if public && !tokens_required && c.tls.is_none() {
+        warn(
+            "listen.inbound",
+            format!(
+                "`{inbound}` is reachable from the pod network and neither `auth` (auth.inbound.require) nor `tls` is set: anyone who reaches it can call the app"
+            ),
+        );
+    }
+    if let Some(rt) = &c.realtime {
+        match &rt.auth {
+            None => warn(
+                "realtime.auth",
+                "not set: the hub is anonymous, any client may connect, join any room and publish"
+                    .to_owned(),
+            ),
+            Some(a) if !a.require => warn(
+                "realtime.auth.require",
+                "false: clients without a token connect anonymously".to_owned(),
+            ),
+            Some(a) if a.secret.expose().len() < MIN_SECRET_BYTES => warn(
+                "realtime.auth.secret",
+                "shorter than 32 bytes; anyone holding one client token could guess it offline"
+                    .to_owned(),
+            ),
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 fn validate_features(c: &Config) -> Result<(), Violation> {
@@ -244,6 +343,24 @@ fn validate_features(c: &Config) -> Result<(), Violation> {
     if let Some(rt) = &c.realtime {
         if !rt.path.starts_with('/') || !rt.on_message.starts_with('/') {
             return fail("realtime.path".into(), "paths must start with `/`");
+        }
+        if rt.max_rooms_per_client == 0 {
+            return fail("realtime.max_rooms_per_client".into(), "must be at least 1");
+        }
+        if rt.app_concurrency == 0 {
+            return fail("realtime.app_concurrency".into(), "must be at least 1");
+        }
+        let inbound = c.listen.inbound.0;
+        if rt.auth.is_none() && !rt.allow_anonymous && !inbound.ip().is_loopback() {
+            return Err((
+                "realtime.auth".into(),
+                format!(
+                    "the hub has no realtime.auth and the inbound listener {inbound} is not \
+                     loopback: anyone who reaches it could connect, join any room and read \
+                     it; set realtime.auth (an HS256 secret), or realtime.allow_anonymous: \
+                     true to allow anonymous clients on purpose"
+                ),
+            ));
         }
     }
     if let Some(otlp) = &c.telemetry.otlp {

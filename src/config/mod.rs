@@ -18,7 +18,7 @@ pub use features::{
     ClientPublish, EventsConfig, History, OtlpConfig, OtlpProtocol, RealtimeAuth, RealtimeConfig,
     StreamStart, Subscription, TelemetryConfig,
 };
-pub use load::{content_hash, ConfigError, LoadedConfig};
+pub use load::{content_hash, ConfigError, ConfigWarning, LoadedConfig, MIN_SECRET_BYTES};
 pub use policy::{
     BreakerPolicy, Degrade, GrpcCode, Policy, PolicyOverride, Protocol, RetryOn, RetryPolicy,
     StaticAnswer, StaticAuth,
@@ -186,6 +186,11 @@ pub struct Limits {
     pub header_read_timeout: Dur,
     /// An idle keep-alive client connection is closed after this long without a request.
     pub keepalive_timeout: Dur,
+    /// A request already carrying this many meshlet `Via` entries is a routing loop → 508.
+    pub max_hops: std::num::NonZeroU32,
+    /// Client connections open at once on each data-plane listener (outbound, inbound);
+    /// one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -197,6 +202,8 @@ impl Default for Limits {
             idle_timeout: Dur::secs(60),
             header_read_timeout: Dur::secs(10),
             keepalive_timeout: Dur::secs(60),
+            max_hops: std::num::NonZeroU32::new(8).expect("8 is not zero"),
+            max_connections: 20_000,
         }
     }
 }
@@ -218,6 +225,18 @@ pub struct RegistryConfig {
     /// Static endpoints per service: `host:port` or `h2://host:port`.
     #[serde(rename = "static")]
     pub static_endpoints: BTreeMap<String, Vec<Parsed<StaticEndpoint>>>,
+    /// Route to Redis instances on a loopback host; `None` = [`RegistryConfig::allow_loopback`].
+    pub allow_loopback: Option<bool>,
+}
+
+impl RegistryConfig {
+    /// Whether Redis instances on a loopback host are routed to (docs/registry.md): the
+    /// explicit `allow_loopback`, else true when the registry's own Redis is on loopback
+    /// (one machine), false otherwise.
+    pub fn allow_loopback(&self) -> bool {
+        self.allow_loopback
+            .unwrap_or_else(|| self.redis.as_ref().is_some_and(RedisUrl::is_loopback))
+    }
 }
 
 impl Default for RegistryConfig {
@@ -229,6 +248,7 @@ impl Default for RegistryConfig {
             heartbeat: Dur::secs(10),
             resync: Dur::secs(5),
             static_endpoints: BTreeMap::new(),
+            allow_loopback: None,
         }
     }
 }
@@ -292,6 +312,29 @@ impl RedisUrl {
     pub fn expose(&self) -> &str {
         self.0.expose()
     }
+    /// Whether the server is on this machine: a `unix://` socket, or a `redis://` /
+    /// `rediss://` host that is `localhost`, `127.0.0.0/8` or `::1`.
+    pub fn is_loopback(&self) -> bool {
+        let raw = self.0.expose();
+        let Some((scheme, rest)) = raw.split_once("://") else {
+            return false;
+        };
+        if scheme.eq_ignore_ascii_case("unix") || scheme.eq_ignore_ascii_case("redis+unix") {
+            return true;
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host_port.split(':').next().unwrap_or(""),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The URL with any password replaced.
     pub fn redacted(&self) -> String {
         let raw = self.0.expose();
@@ -446,6 +489,12 @@ mod defaults {
     }
     pub(super) fn on_message() -> String {
         "/realtime/messages".to_owned()
+    }
+    pub(super) fn max_rooms_per_client() -> u32 {
+        100
+    }
+    pub(super) fn app_concurrency() -> u32 {
+        64
     }
     pub(super) fn yes() -> bool {
         true

@@ -28,6 +28,13 @@ impl Dur {
     }
 }
 
+impl Dur {
+    /// The longest duration any key accepts: 365 days. Nothing meshlet times is meant to
+    /// last longer; a larger value is a typo (`1000d` for `1000s`), and a bound keeps
+    /// every deadline and `Instant` addition far from overflow.
+    pub const MAX: Dur = Dur(Duration::from_secs(365 * 24 * 3600));
+}
+
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -35,9 +42,15 @@ impl FromStr for Dur {
         if s == "0" {
             return Ok(Dur(Duration::ZERO));
         }
-        humantime::parse_duration(s)
-            .map(Dur)
-            .map_err(|e| format!("invalid duration `{s}` ({e}); expected e.g. `250ms`, `5s`, `1m`"))
+        let d = humantime::parse_duration(s).map_err(|e| {
+            format!("invalid duration `{s}` ({e}); expected e.g. `250ms`, `5s`, `1m`")
+        })?;
+        if d > Dur::MAX.0 {
+            return Err(format!(
+                "duration `{s}` is longer than 365 days, the most any key accepts"
+            ));
+        }
+        Ok(Dur(d))
     }
 }
 
@@ -325,6 +338,15 @@ mod tests {
         assert_eq!("1m30s".parse::<Dur>().unwrap(), Dur::secs(90));
         assert_eq!("0s".parse::<Dur>().unwrap(), Dur::secs(0));
         assert!("5 parsecs".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn durations_above_365_days_are_refused() {
+        assert_eq!("365d".parse::<Dur>().unwrap(), Dur::MAX);
+        let e = "366d".parse::<Dur>().unwrap_err();
+        assert!(e.contains("longer than 365 days"), "{e}");
+        assert!("1000d".parse::<Dur>().is_err());
+        assert!("100years".parse::<Dur>().is_err());
     }
 
     #[test]

@@ -7,12 +7,19 @@
 //! ```text
 //! docs/registry.md   {prefix}:services  {prefix}:svc:{service}  {prefix}:inst:{service}:{id}
 //!                    {prefix}:changes
-//! docs/events.md     {prefix}:events:{type}  {prefix}:evid:{event_id}  {prefix}:dlq:{type}
-//! docs/realtime.md   {prefix}:rt:all  {prefix}:rt:room:{room}  {prefix}:rt:user:{user}
-//!                    {prefix}:rt:hist:{room}  {prefix}:rt:presence:{room}
-//!                    {prefix}:rt:alive:{instance}  {prefix}:rt:instances
-//!                    {prefix}:rt:rooms:{instance}
+//! docs/events.md     {prefix}:events:{type}  {prefix}:evid:{type}:{source}:{event_id}
+//!                    {prefix}:dlq:{type}
+//! docs/realtime.md   {prefix}:rt:{svc}:all  {prefix}:rt:{svc}:room:{room}
+//!                    {prefix}:rt:{svc}:user:{user}  {prefix}:rt:{svc}:hist:{room}
+//!                    {prefix}:rt:{svc}:presence:{room}  {prefix}:rt:{svc}:alive:{instance}
+//!                    {prefix}:rt:{svc}:instances  {prefix}:rt:{svc}:rooms:{instance}
 //! ```
+//!
+//! Trust boundaries (docs/security.md): a dedupe key names the event's type and publishing
+//! service, so one id reused for another type or by another service is a new event; every
+//! hub key and channel names the service (`{svc}` = `service.name`), so services sharing
+//! one Redis and prefix never share a hub. Service names and event types are
+//! `[A-Za-z0-9._-]`: no `:`, so no two scopes spell the same key.
 
 /// Key and channel names under one prefix.
 #[derive(Clone, Debug)]
@@ -59,9 +66,11 @@ impl Keys {
         format!("{}:events:{event_type}", self.prefix)
     }
 
-    /// `{prefix}:evid:{event_id}`: STRING, the dedupe key of `event_id`.
-    pub fn event_dedupe(&self, event_id: &str) -> String {
-        format!("{}:evid:{event_id}", self.prefix)
+    /// `{prefix}:evid:{type}:{source}:{event_id}`: STRING, the dedupe key of `event_id`
+    /// published as `event_type` by the service `source`. The same id of another type or
+    /// from another service is another event.
+    pub fn event_dedupe(&self, event_type: &str, source: &str, event_id: &str) -> String {
+        format!("{}:evid:{event_type}:{source}:{event_id}", self.prefix)
     }
 
     /// `{prefix}:dlq:{type}`: STREAM of the dead letters of `event_type`.
@@ -72,44 +81,62 @@ impl Keys {
 
 /// The realtime hub (docs/realtime.md).
 impl Keys {
-    /// `{prefix}:rt:all`: channel every meshlet of the service listens to.
+    /// The hub keys of `service`: every one under `{prefix}:rt:{service}:`.
+    pub fn hub(&self, service: &str) -> HubKeys {
+        HubKeys {
+            base: format!("{}:rt:{service}", self.prefix),
+        }
+    }
+}
+
+/// Key and channel names of one service's realtime hub, all under `{prefix}:rt:{svc}:`
+/// (docs/realtime.md): another service on the same Redis and prefix has its own.
+#[derive(Clone, Debug)]
+pub struct HubKeys {
+    /// `{prefix}:rt:{svc}`.
+    base: String,
+}
+
+impl HubKeys {
+    /// `{prefix}:rt:{svc}:all`: channel every meshlet of the service listens to.
     pub fn rt_all(&self) -> String {
-        format!("{}:rt:all", self.prefix)
+        format!("{}:all", self.base)
     }
 
-    /// `{prefix}:rt:room:{room}`: channel of one room.
+    /// `{prefix}:rt:{svc}:room:{room}`: channel of one room.
     pub fn rt_room(&self, room: &str) -> String {
-        format!("{}:rt:room:{room}", self.prefix)
+        format!("{}:room:{room}", self.base)
     }
 
-    /// `{prefix}:rt:user:{user}`: channel of one user.
+    /// `{prefix}:rt:{svc}:user:{user}`: channel of one user.
     pub fn rt_user(&self, user: &str) -> String {
-        format!("{}:rt:user:{user}", self.prefix)
+        format!("{}:user:{user}", self.base)
     }
 
-    /// `{prefix}:rt:hist:{room}`: STREAM, the history of a room.
+    /// `{prefix}:rt:{svc}:hist:{room}`: STREAM, the history of a room.
     pub fn rt_history(&self, room: &str) -> String {
-        format!("{}:rt:hist:{room}", self.prefix)
+        format!("{}:hist:{room}", self.base)
     }
 
-    /// `{prefix}:rt:presence:{room}`: HASH client id → user of a room.
+    /// `{prefix}:rt:{svc}:presence:{room}`: HASH client id → user of a room.
     pub fn rt_presence(&self, room: &str) -> String {
-        format!("{}:rt:presence:{room}", self.prefix)
+        format!("{}:presence:{room}", self.base)
     }
 
-    /// `{prefix}:rt:alive:{instance}`: STRING, the liveness key of a meshlet.
+    /// `{prefix}:rt:{svc}:alive:{instance}`: STRING, the liveness key of a meshlet.
     pub fn rt_alive(&self, instance: &str) -> String {
-        format!("{}:rt:alive:{instance}", self.prefix)
+        format!("{}:alive:{instance}", self.base)
     }
 
-    /// `{prefix}:rt:instances`: SET of the meshlets that write presence.
+    /// `{prefix}:rt:{svc}:instances`: SET of the service's meshlets that write presence.
     pub fn rt_instances(&self) -> String {
-        format!("{}:rt:instances", self.prefix)
+        format!("{}:instances", self.base)
     }
 
-    /// `{prefix}:rt:rooms:{instance}`: SET of the rooms a meshlet has presence entries in.
+    /// `{prefix}:rt:{svc}:rooms:{instance}`: SET of the rooms a meshlet has presence
+    /// entries in.
     pub fn rt_instance_rooms(&self, instance: &str) -> String {
-        format!("{}:rt:rooms:{instance}", self.prefix)
+        format!("{}:rooms:{instance}", self.base)
     }
 }
 
@@ -133,20 +160,38 @@ mod tests {
             k.event_stream("trade.executed"),
             "mesh:events:trade.executed"
         );
-        assert_eq!(k.event_dedupe("ev-1"), "mesh:evid:ev-1");
-        assert_eq!(k.dead_letters("trade.executed"), "mesh:dlq:trade.executed");
-        // docs/realtime.md
-        assert_eq!(k.rt_all(), "mesh:rt:all");
-        assert_eq!(k.rt_room("lobby"), "mesh:rt:room:lobby");
-        assert_eq!(k.rt_user("u1"), "mesh:rt:user:u1");
-        assert_eq!(k.rt_history("lobby"), "mesh:rt:hist:lobby");
-        assert_eq!(k.rt_presence("lobby"), "mesh:rt:presence:lobby");
-        assert_eq!(k.rt_alive("orders-7e05b8"), "mesh:rt:alive:orders-7e05b8");
-        assert_eq!(k.rt_instances(), "mesh:rt:instances");
         assert_eq!(
-            k.rt_instance_rooms("orders-7e05b8"),
-            "mesh:rt:rooms:orders-7e05b8"
+            k.event_dedupe("trade.executed", "orders", "ev-1"),
+            "mesh:evid:trade.executed:orders:ev-1"
         );
+        // One id of another type, or from another service, is another key.
+        assert_ne!(
+            k.event_dedupe("trade.executed", "orders", "ev-1"),
+            k.event_dedupe("trade.cancelled", "orders", "ev-1")
+        );
+        assert_ne!(
+            k.event_dedupe("trade.executed", "orders", "ev-1"),
+            k.event_dedupe("trade.executed", "billing", "ev-1")
+        );
+        assert_eq!(k.dead_letters("trade.executed"), "mesh:dlq:trade.executed");
+        // docs/realtime.md: every hub key under the service's name
+        let h = k.hub("chat");
+        assert_eq!(h.rt_all(), "mesh:rt:chat:all");
+        assert_eq!(h.rt_room("lobby"), "mesh:rt:chat:room:lobby");
+        assert_eq!(h.rt_user("u1"), "mesh:rt:chat:user:u1");
+        assert_eq!(h.rt_history("lobby"), "mesh:rt:chat:hist:lobby");
+        assert_eq!(h.rt_presence("lobby"), "mesh:rt:chat:presence:lobby");
+        assert_eq!(h.rt_alive("chat-7e05b8"), "mesh:rt:chat:alive:chat-7e05b8");
+        assert_eq!(h.rt_instances(), "mesh:rt:chat:instances");
+        assert_eq!(
+            h.rt_instance_rooms("chat-7e05b8"),
+            "mesh:rt:chat:rooms:chat-7e05b8"
+        );
+        // Another service's hub shares no name with this one.
+        let other = k.hub("billing");
+        assert_ne!(other.rt_all(), h.rt_all());
+        assert_ne!(other.rt_user("u1"), h.rt_user("u1"));
+        assert_ne!(other.rt_instances(), h.rt_instances());
         // Another prefix changes only the prefix.
         assert_eq!(Keys::new("staging").changes(), "staging:changes");
     }

@@ -41,7 +41,10 @@ fn check_type(event_type: &str) -> Result<(), CliError> {
     }
 }
 
-/// `events publish TYPE JSON [--id ID] [--version N]`: prints `{"event_id","stream_id","duplicate"}`.
+/// `events publish TYPE JSON [--id ID] [--version N] [--source S]`: prints
+/// `{"event_id","stream_id","duplicate"}`. `source` names the publishing service, and with
+/// the type scopes the dedupe key (`{prefix}:evid:{type}:{source}:{id}`), so it is a service
+/// name: `[A-Za-z0-9._-]{1,128}`.
 pub async fn publish(
     target: &Target,
     event_type: &str,
@@ -51,6 +54,11 @@ pub async fn publish(
     source: &str,
 ) -> Result<(), CliError> {
     check_type(event_type)?;
+    if !valid_type(source) {
+        return Err(CliError::Input(format!(
+            "invalid source `{source}`: a service name, 1-128 of A-Z a-z 0-9 . _ -"
+        )));
+    }
     is_json(json.as_bytes()).map_err(|e| CliError::Input(format!("payload is not JSON: {e}")))?;
     if let Some(id) = &event_id {
         if !valid_event_id(id) {

@@ -1,6 +1,7 @@
 //! Events over Redis Streams (docs/events.md): the app POSTs an event to the local API, meshlet
-//! stores it once (dedupe by event id), and every subscribing service's meshlet delivers it
-//! to its app as an HTTP POST, at least once, with retries and dead letters.
+//! stores it once (dedupe by event id, per type and publishing service), and every
+//! subscribing service's meshlet delivers it to its app as an HTTP POST, at least once, with
+//! retries and dead letters.
 //!
 //! Layout, one idea a file:
 //! - [`envelope`]: the stored entry, the delivered envelope, input checks, reply parsing.
@@ -17,8 +18,8 @@
 //! - [`error`]: request errors and their docs/errors.md responses.
 //!
 //! Redis keys (named by `crate::control::keys::Keys`): `{prefix}:events:{type}` (stream),
-//! `{prefix}:evid:{event_id}` (dedupe, expires after `dedupe_window`), `{prefix}:dlq:{type}`
-//! (dead letters).
+//! `{prefix}:evid:{type}:{source}:{event_id}` (dedupe, expires after `dedupe_window`),
+//! `{prefix}:dlq:{type}` (dead letters).
 
 pub(crate) mod api;
 pub(crate) mod app;

@@ -42,9 +42,9 @@ impl Publisher {
         }
     }
 
-    /// Stores one event (or finds its first copy). A connection that died since its last
-    /// use (Redis restarted) is replaced and the event sent once more: safe, the script
-    /// dedupes by id.
+    /// Stores one event (or finds its first copy: same id, type and source inside the
+    /// dedupe window). A connection that died since its last use (Redis restarted) is
+    /// replaced and the event sent once more: safe, the script dedupes by id.
     pub async fn publish(&self, event: &NewEvent) -> Result<Published, RedisError> {
         let minid = self.minid();
         let invocation = self.invocation(event, &minid);
@@ -119,7 +119,10 @@ impl Publisher {
     fn invocation<'a>(&self, event: &NewEvent, minid: &str) -> redis::ScriptInvocation<'a> {
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
-            .key(self.keys.event_dedupe(&event.event_id))
+            .key(
+                self.keys
+                    .event_dedupe(&event.event_type, &event.source, &event.event_id),
+            )
             .key(self.keys.event_stream(&event.event_type))
             .arg(self.dedupe_window.as_millis().max(1) as u64)
             .arg(minid);

@@ -9,7 +9,8 @@ use redis::Script;
 /// Publish: dedupe and append in one step, so a crash between them can neither lose nor
 /// double an event.
 ///
-/// KEYS: `{prefix}:evid:{event_id}`, `{prefix}:events:{type}`.
+/// KEYS: `{prefix}:evid:{type}:{source}:{event_id}` (scoped by type and publishing service:
+/// the same id of another type or service is another event), `{prefix}:events:{type}`.
 /// ARGV: dedupe window (ms), MINID for trimming, then the entry's field/value pairs.
 /// Returns `{stream_id, duplicate (0|1)}`.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {

@@ -1,13 +1,48 @@
 //! The stale cache of `degrade: {stale: <age>}`: the last good GET 200 per path and query,
 //! bounded in entries and bytes (oldest evicted first). Only destinations in stale mode
 //! record into it, while the response streams to the caller.
+//!
+//! The cache is shared by every caller of the destination, so it keeps only answers meant
+//! for anyone (docs/policy.md, "What is never kept"): [`is_personal`] rules out requests
+//! that carry credentials, [`is_shareable`] answers that are per user or per variant.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_COOKIE, VARY};
 use http::HeaderMap;
+
+/// Whether a request carries credentials (`Authorization` or `Cookie`): its answer may be
+/// meant for that caller alone, so it is never kept, and no stale copy is served to it.
+pub fn is_personal(request: &HeaderMap) -> bool {
+    request.contains_key(AUTHORIZATION) || request.contains_key(COOKIE)
+}
+
+/// Whether an answer may be kept for every caller: no `Set-Cookie`, no `Cache-Control:
+/// private` or `no-store`, and no `Vary` but `Accept-Encoding`. A header that is not text
+/// counts against it.
+pub fn is_shareable(response: &HeaderMap) -> bool {
+    if response.contains_key(SET_COOKIE) {
+        return false;
+    }
+    let forbidden_directive = |d: &str| {
+        let name = d.split('=').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store")
+    };
+    let other_vary = |field: &str| {
+        let field = field.trim();
+        !field.is_empty() && !field.eq_ignore_ascii_case("accept-encoding")
+    };
+    let any = |name, bad: &dyn Fn(&str) -> bool| {
+        response
+            .get_all(name)
+            .iter()
+            .any(|value| value.to_str().map_or(true, |text| text.split(',').any(bad)))
+    };
+    !any(CACHE_CONTROL, &forbidden_directive) && !any(VARY, &other_vary)
+}
 
 /// A stored answer.
 #[derive(Debug)]
@@ -175,6 +210,56 @@ mod tests {
             c.get("/huge", Duration::from_secs(9)).is_none(),
             "larger than the bound: not kept"
         );
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    http::HeaderName::from_static(n),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_answers_meant_for_anyone_are_shareable() {
+        let ok: &[&[(&str, &str)]] = &[
+            &[],
+            &[("content-type", "application/json")],
+            &[("cache-control", "public, max-age=60")],
+            &[("cache-control", "no-cache")],
+            &[("vary", "Accept-Encoding")],
+            &[("vary", " accept-encoding ,")],
+        ];
+        for h in ok {
+            assert!(is_shareable(&headers(h)), "{h:?}");
+        }
+        let refused: &[&[(&str, &str)]] = &[
+            &[("set-cookie", "session=abc")],
+            &[("cache-control", "private")],
+            &[("cache-control", "max-age=60, Private=\"set-cookie\"")],
+            &[("cache-control", "public"), ("cache-control", "NO-STORE")],
+            &[("vary", "User-Agent")],
+            &[("vary", "accept-encoding, cookie")],
+            &[("vary", "Accept-Encoding"), ("vary", "Authorization")],
+            &[("vary", "*")],
+        ];
+        for h in refused {
+            assert!(!is_shareable(&headers(h)), "{h:?}");
+        }
+        let mut binary = HeaderMap::new();
+        binary.insert(VARY, http::HeaderValue::from_bytes(b"\xff").unwrap());
+        assert!(!is_shareable(&binary), "a Vary that is not text");
+    }
+
+    #[test]
+    fn requests_with_credentials_are_personal() {
+        assert!(!is_personal(&headers(&[("accept", "*/*")])));
+        assert!(is_personal(&headers(&[("authorization", "Bearer x")])));
+        assert!(is_personal(&headers(&[("cookie", "session=abc")])));
     }
 
     #[test]

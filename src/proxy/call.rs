@@ -29,7 +29,7 @@ use crate::config::{Degrade, StaticAnswer};
 use crate::policy::balance;
 use crate::policy::breaker::{Admission, State, Transition};
 use crate::policy::retry::{self, Failure};
-use crate::policy::stale::StaleRecorder;
+use crate::policy::stale::{self, StaleRecorder};
 use crate::policy::Permit;
 use crate::wire::grpc;
 
@@ -55,8 +55,10 @@ pub async fn call(
     let state = &dest.state;
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let grpc = grpc::is_grpc(req.headers());
+    // Only `stale` destinations pay for the header checks. A request with credentials gets
+    // no key: its answer is never kept, and no one else's copy is served to it.
     let stale_key = match policy.degrade {
-        Degrade::Stale(_) if req.method() == Method::GET => {
+        Degrade::Stale(_) if req.method() == Method::GET && !stale::is_personal(req.headers()) => {
             req.uri().path_and_query().map(|p| p.as_str().to_owned())
         }
         _ => None,
@@ -143,8 +145,9 @@ fn record_verdict(dest: &Destination, result: &Result<Upstreamed, ProxyError>) -
 }
 
 /// The upstream's answer, holding until its body ends the concurrency slot, a stale-cache
-/// recording (a 200 to a GET under `degrade: stale`) and, for gRPC, the metrics its
-/// trailers' `grpc-status` is counted in.
+/// recording (a 200 to a GET without credentials under `degrade: stale`, when the answer
+/// is meant for anyone: [`stale::is_shareable`]) and, for gRPC, the metrics its trailers'
+/// `grpc-status` is counted in.
 fn answer(
     dest: &Destination,
     up: Upstreamed,
@@ -155,7 +158,10 @@ fn answer(
 ) -> Response<ResponseBody> {
     let policy = &dest.policy;
     let record = match (stale_key, &policy.degrade) {
-        (Some(key), Degrade::Stale(_)) if up.response.status() == StatusCode::OK => {
+        (Some(key), Degrade::Stale(_))
+            if up.response.status() == StatusCode::OK
+                && stale::is_shareable(up.response.headers()) =>
+        {
             let mut headers = up.response.headers().clone();
             crate::proxy::headers::strip_hop_by_hop(&mut headers);
             Some(Box::new(StaleRecorder::new(

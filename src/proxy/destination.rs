@@ -3,7 +3,7 @@
 //! rebuilt by the control plane on every registry or config change, then swapped in whole;
 //! a request reads it without a lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
@@ -15,6 +15,7 @@ use crate::identity::token::TokenCache;
 use crate::identity::{Identity, X_MESH_CALLER, X_MESH_TOKEN};
 use crate::policy::balance::Endpoint;
 use crate::policy::DestinationState;
+use crate::registry::hygiene::{valid_name, Hygiene, Reason};
 use crate::registry::{Instance, Snapshot, Status};
 use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
 
@@ -84,6 +85,19 @@ pub struct RoutingTable {
     routes: Vec<Route>,
     /// Token signing and inbound checks.
     pub identity: Identity,
+    /// Registry instances this build ignored, so the next build logs and counts only new
+    /// ones (the request path never reads it).
+    rejected: HashSet<Rejected>,
+}
+
+/// A registry instance ignored by [`Hygiene`]: the same service, id and address is logged
+/// and counted once for as long as it stays registered.
+#[derive(PartialEq, Eq, Hash)]
+struct Rejected {
+    service: String,
+    id: String,
+    host: String,
+    port: u16,
 }
 
 impl RoutingTable {
@@ -93,6 +107,7 @@ impl RoutingTable {
             services: HashMap::new(),
             routes: Vec::new(),
             identity: Identity::from_config(config),
+            rejected: HashSet::new(),
         }
     }
 
@@ -122,13 +137,19 @@ impl RoutingTable {
 
     /// Builds the table for `config` and `snapshot`, reusing the endpoints and metric
     /// handles of `previous` where they are unchanged (their counters and pools survive).
+    /// Redis instances that fail `hygiene` are left out, each logged and counted in
+    /// `meshlet_registry_rejected_total` once (docs/registry.md); static ones are the
+    /// operator's own and pass unchecked.
     pub fn build(
         config: &Config,
         snapshot: &Snapshot,
         previous: &RoutingTable,
         metrics: &Metrics,
         mesh_tls: Option<&MeshTls>,
+        hygiene: &Hygiene,
     ) -> RoutingTable {
+        let (snapshot, rejected) = screen(snapshot, hygiene, &previous.rejected, metrics);
+        let snapshot = &snapshot;
         let mut names: Vec<&str> = snapshot.services.keys().map(String::as_str).collect();
         names.extend(config.services.keys().map(String::as_str));
         names.extend(config.routes.iter().map(|r| r.service.as_str()));
@@ -139,10 +160,7 @@ impl RoutingTable {
         for name in names {
             let old = previous.services.get(name);
             let destination = build_destination(name, config, snapshot, old, metrics, mesh_tls);
-            metrics
-                .endpoints
-                .with_label_values(&[name])
-                .set(destination.endpoints.len() as i64);
+            metrics.set_endpoints(name, destination.endpoints.len());
             services.insert(destination.name.clone(), Arc::new(destination));
         }
         let mut routes: Vec<Route> = config
@@ -162,8 +180,82 @@ impl RoutingTable {
             services,
             routes,
             identity: Identity::from_config(config),
+            rejected,
         }
     }
+}
+
+/// `snapshot` without the Redis instances `hygiene` rejects (and without services whose
+/// name it rejects); each newly rejected instance, one not in `before`, is logged and
+/// counted. Returns the snapshot to build from and every instance rejected now.
+fn screen(
+    snapshot: &Snapshot,
+    hygiene: &Hygiene,
+    before: &HashSet<Rejected>,
+    metrics: &Metrics,
+) -> (Snapshot, HashSet<Rejected>) {
+    let mut rejected = HashSet::new();
+    let mut services = std::collections::BTreeMap::new();
+    for (service, instances) in &snapshot.services {
+        let mut kept = Vec::with_capacity(instances.len());
+        for inst in instances {
+            // Static entries (no expiry) come from the operator's own config.
+            let verdict = match inst.expires_at {
+                None => Ok(()),
+                Some(_) => hygiene.check(service, inst),
+            };
+            match verdict {
+                Ok(()) => kept.push(inst.clone()),
+                // This meshlet's own registration (at its inbound listener): left out,
+                // but expected, so neither logged nor counted.
+                Err(_) if hygiene.is_own_registration(service, inst) => {}
+                Err(reason) => {
+                    let key = Rejected {
+                        service: service.clone(),
+                        id: inst.id.clone(),
+                        host: inst.host.clone(),
+                        port: inst.port,
+                    };
+                    if !before.contains(&key) {
+                        report(service, inst, reason, metrics);
+                    }
+                    rejected.insert(key);
+                }
+            }
+        }
+        // A service whose name is outside the alphabet is not a destination at all; one
+        // with a valid name stays known (`no_endpoints`) even if every instance was ignored.
+        if valid_name(service) || !kept.is_empty() {
+            services.insert(service.clone(), kept);
+        }
+    }
+    let screened = Snapshot {
+        services,
+        redis_read_at: snapshot.redis_read_at,
+    };
+    (screened, rejected)
+}
+
+/// The one warning and count for a rejected instance. Its strings come from whoever wrote
+/// the registry: they are logged escaped and cut to 128 characters.
+fn report(service: &str, inst: &Instance, reason: Reason, metrics: &Metrics) {
+    fn shown(s: &str) -> String {
+        let cut: String = s.chars().take(128).collect();
+        format!("{cut:?}")
+    }
+    tracing::warn!(
+        service = %shown(service),
+        id = %shown(&inst.id),
+        host = %shown(&inst.host),
+        port = inst.port,
+        reason = reason.as_str(),
+        "registry instance ignored"
+    );
+    metrics
+        .registry_metrics
+        .rejected
+        .with_label_values(&[reason.as_str()])
+        .inc();
 }
 
 fn build_destination(

@@ -47,6 +47,20 @@ pub enum ProxyError {
     /// Request target longer than `limits.max_uri_bytes`.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
+    /// Inbound: a path meshlet itself delivers to its app (an event subscription's, the
+    /// hub's `on_message`); no one may post there through the inbound listener.
+    #[error(
+        "`{0}` is where meshlet delivers to its app; it is not served on the inbound listener"
+    )]
+    DeliveryPath(String),
+    /// The request already went through `limits.max_hops` meshlets: a routing loop.
+    #[error("the request already passed {hops} meshlets (limits.max_hops {max}): a routing loop")]
+    LoopDetected {
+        /// meshlet `Via` entries the request arrived with.
+        hops: u32,
+        /// `limits.max_hops`.
+        max: u32,
+    },
 }
 
 impl ProxyError {
@@ -61,8 +75,9 @@ impl ProxyError {
             ProxyError::ReadOnly(_) => "read_only",
             ProxyError::Overloaded => "overloaded",
             ProxyError::Unauthenticated(_) => "unauthenticated",
-            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::Forbidden(_) | ProxyError::DeliveryPath(_) => "forbidden",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::LoopDetected { .. } => "loop_detected",
         }
     }
 
@@ -78,7 +93,8 @@ impl ProxyError {
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden(_) | ProxyError::DeliveryPath(_) => StatusCode::FORBIDDEN,
+            ProxyError::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -88,9 +104,9 @@ impl ProxyError {
             ProxyError::Timeout(_) => 4,      // DEADLINE_EXCEEDED
             ProxyError::NoRoute { .. } => 12, // UNIMPLEMENTED
             ProxyError::Unauthenticated(_) => 16,
-            ProxyError::Forbidden(_) => 7,  // PERMISSION_DENIED
-            ProxyError::UriTooLong(_) => 8, // RESOURCE_EXHAUSTED
-            _ => 14,                        // UNAVAILABLE
+            ProxyError::Forbidden(_) | ProxyError::DeliveryPath(_) => 7, // PERMISSION_DENIED
+            ProxyError::UriTooLong(_) => 8,                              // RESOURCE_EXHAUSTED
+            _ => 14, // UNAVAILABLE (`loop_detected` included: no route ends it)
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::destination::Destination;
 use super::error::ProxyError;
-use super::headers::strip_hop_by_hop;
+use super::headers::{strip_hop_by_hop, strip_response};
 use super::request_body::{Activity, Payload, RequestBody};
 use super::response_body::{Guards, IdleWatch, ResponseBody};
 use super::upstream::{self, Http1Lease, UpstreamError};
@@ -141,18 +141,11 @@ pub struct Upstreamed {
 }
 
 impl Upstreamed {
-    /// Turns it into the response for the client: hop-by-hop headers removed,
-    /// `x-mesh-upstream-ms` added, guards held by the body.
+    /// Turns it into the response for the client (its head already cleaned by
+    /// [`attempt`]): `x-mesh-upstream-ms` added, guards held by the body.
     pub fn into_response(self, mut guards: Guards, sent_at: Instant) -> Response<ResponseBody> {
         let (mut parts, body) = self.response.into_parts();
         let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        let upgrade = switching
-            .then(|| parts.headers.get(UPGRADE).cloned())
-            .flatten();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(token) = upgrade {
-            super::upgrade::restore(&mut parts.headers, token);
-        }
         parts.version = Version::default();
         let elapsed = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         parts
@@ -236,12 +229,13 @@ pub async fn attempt(
             .await
             .map_err(AttemptError::Upstream)
     };
-    let (response, lease) = match per_try {
+    let (mut response, lease) = match per_try {
         Some(limit) => tokio::time::timeout(limit, work)
             .await
             .map_err(|_| AttemptError::Timeout(limit))??,
         None => work.await?,
     };
+    clean_response(&mut response, dest.egress.is_none());
     Ok(Upstreamed {
         response,
         lease,
@@ -250,7 +244,24 @@ pub async fn attempt(
     })
 }
 
-/// A single attempt with no policy: the inbound side toward the local app.
+/// An upstream's response head as meshlet passes it on, before the rest of meshlet reads
+/// it (the stale cache keeps what is left): hop-by-hop headers and the upstream's
+/// `x-mesh-*` headers removed, `x-mesh-error` kept from a mesh service
+/// (`keep_mesh_error`: its meshlet marks the errors it answered itself), `Upgrade` kept on
+/// a `101`.
+fn clean_response(response: &mut Response<Incoming>, keep_mesh_error: bool) {
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    let upgrade = switching.then(|| headers.get(UPGRADE).cloned()).flatten();
+    strip_response(headers, keep_mesh_error);
+    if let Some(token) = upgrade {
+        super::upgrade::restore(headers, token);
+    }
+}
+
+/// A single attempt with no policy: the inbound side toward the local app. Every
+/// `x-mesh-*` header of the app's answer is dropped, `x-mesh-error` too: what a caller's
+/// meshlet gets with `x-mesh-*` from this side, this meshlet said.
 pub async fn once(
     dest: &Destination,
     req: Request<Incoming>,
@@ -260,10 +271,13 @@ pub async fn once(
     let mut template = Template::new(parts, dest, 0)?;
     let mut payload = Payload::new(body, 0);
     let sent_at = Instant::now();
-    attempt(dest, endpoint, &mut template, &mut payload, false, None)
+    let mut up = attempt(dest, endpoint, &mut template, &mut payload, false, None)
         .await
-        .map(|up| up.into_response(Guards::default(), sent_at))
-        .map_err(AttemptError::into_proxy_error)
+        .map_err(AttemptError::into_proxy_error)?;
+    up.response
+        .headers_mut()
+        .remove(&super::headers::X_MESH_ERROR);
+    Ok(up.into_response(Guards::default(), sent_at))
 }
 
 /// `/inventory/items?x=1` with strip 11 → `/items?x=1`; with an egress base `/v2` →

@@ -1,9 +1,14 @@
 //! Header hygiene shared by both directions: hop-by-hop headers (RFC 9110 §7.6.1) are
-//! dropped in one pass, including those a `Connection` header names; small numbers become
-//! header values without formatting.
+//! dropped in one pass, including those a `Connection` header names; an upstream's
+//! `x-mesh-*` response headers go in the same pass; what the network may not tell the app
+//! (meshlet's own `x-mesh-*`, `x-event-*`, `x-realtime-*` and `Proxy` request headers) is
+//! dropped on the inbound side; meshlet's own `Via` entries are counted for loops; small
+//! numbers become header values without formatting.
+
+use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 
 // Names resolved once: a `&str` name is parsed again on every map lookup.
@@ -14,13 +19,28 @@ static HOP_BY_HOP: [HeaderName; 4] = [
     HeaderName::from_static("proxy-authorization"),
 ];
 
+/// The prefix of meshlet's own headers (docs/errors.md).
+const MESH_PREFIX: &str = "x-mesh-";
+/// `x-mesh-error`: the one `x-mesh-*` header a remote meshlet's answer keeps.
+pub static X_MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
+/// `x-forwarded-for`: the inbound side appends the connection's peer address.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Bit of [`scan`]'s answer: an `x-mesh-*` name other than `x-mesh-error` is present.
+const MESH_FOUND: u16 = 1 << 8;
+/// Bit of [`scan`]'s answer: `x-mesh-error` is present.
+const MESH_ERROR_FOUND: u16 = 1 << 9;
+
 /// Which hop-by-hop names a message carries, as bits: [`HOP_BY_HOP`] by index, then
-/// `connection`, `transfer-encoding`, `upgrade` and `te`. Names are matched as text (a
-/// length switch, then a compare) rather than by equality with each `HeaderName`.
-fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
-    let mut found = 0u8;
+/// `connection`, `transfer-encoding`, `upgrade` and `te`; with `MESH`, also
+/// [`MESH_FOUND`] and [`MESH_ERROR_FOUND`]. Names are matched as text (a length switch,
+/// then a compare) rather than by equality with each `HeaderName`; without `MESH` the
+/// prefix test is compiled out.
+fn scan<const MESH: bool>(headers: &HeaderMap) -> u16 {
+    let mut found = 0u16;
     for name in headers.keys() {
-        let bit = match name.as_str() {
+        let name = name.as_str();
+        let bit = match name {
             "keep-alive" => 0,
             "proxy-connection" => 1,
             "proxy-authenticate" => 2,
@@ -29,11 +49,17 @@ fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
             "transfer-encoding" => 5,
             "upgrade" => 6,
             "te" => 7,
+            "x-mesh-error" if MESH => 9,
+            _ if MESH && name.starts_with(MESH_PREFIX) => 8,
             _ => continue,
         };
         found |= 1 << bit;
     }
     found
+}
+
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
+    scan::<false>(headers)
 }
 
 /// What a message's headers say about its connection.
@@ -72,6 +98,105 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if found == 0 {
         return;
     }
+    remove_hop_by_hop(headers, found);
+}
+
+/// Cleans an upstream's response head, in the one scan of [`strip_hop_by_hop`]: its
+/// hop-by-hop headers and its `x-mesh-*` headers go, so that every `x-mesh-*` header an
+/// app gets was set by a meshlet. With `keep_mesh_error` (the upstream is a mesh service,
+/// whose meshlet already dropped its app's `x-mesh-*` headers) `x-mesh-error` stays: it
+/// marks an error the remote meshlet answered itself (docs/errors.md).
+pub fn strip_response(headers: &mut HeaderMap, keep_mesh_error: bool) {
+    let found = scan::<true>(headers);
+    if found == 0 {
+        return;
+    }
+    remove_hop_by_hop(headers, found);
+    if found & MESH_ERROR_FOUND != 0 && !keep_mesh_error {
+        headers.remove(&X_MESH_ERROR);
+    }
+    if found & MESH_FOUND != 0 {
+        remove_names(headers, |name| {
+            name.starts_with(MESH_PREFIX) && name != X_MESH_ERROR.as_str()
+        });
+    }
+}
+
+/// Removes every header whose name `drop` picks (names are collected first: a map cannot
+/// lose entries while it is read; nothing is allocated when none is picked).
+fn remove_names(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let picked: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| drop(name.as_str()))
+        .cloned()
+        .collect();
+    for name in picked {
+        headers.remove(name);
+    }
+}
+
+/// Whether the inbound side drops request header `name` before the app: meshlet's own
+/// `x-mesh-*` (except `x-mesh-token`, which the identity check reads and removes itself),
+/// the event delivery's `x-event-*`, the hub's `x-realtime-*`, and `Proxy` (httpoxy: a
+/// CGI-style app would take it for its outgoing proxy).
+fn forged_inbound(name: &str) -> bool {
+    (name.starts_with(MESH_PREFIX) && name != "x-mesh-token")
+        || name.starts_with("x-event-")
+        || name.starts_with("x-realtime-")
+        || name == "proxy"
+}
+
+/// Inbound, before the identity check: drops what only meshlet may tell its app
+/// ([`forged_inbound`]), then appends the connection's peer address to
+/// `x-forwarded-for` (one value: `<what came>, <peer>`).
+pub fn strip_inbound(headers: &mut HeaderMap, peer: Option<IpAddr>) {
+    remove_names(headers, forged_inbound);
+    let Some(peer) = peer else {
+        return;
+    };
+    let peer = peer.to_canonical().to_string();
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            joined.extend_from_slice(value);
+            joined.extend_from_slice(b", ");
+        }
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    // Visible text joined by ", ": always a valid value; the peer alone otherwise.
+    let value = HeaderValue::from_bytes(&joined)
+        .or_else(|_| HeaderValue::from_str(&peer))
+        .ok();
+    if let Some(value) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// How many `Via` entries name meshlet as the receiving proxy (`1.1 meshlet`, as
+/// [`super::forward::Template`] appends them; any protocol, a comment allowed, several
+/// per line or one per line). Another proxy's entries do not count.
+pub fn meshlet_hops(headers: &HeaderMap) -> u32 {
+    let mut hops = 0u32;
+    for value in headers.get_all(VIA) {
+        for entry in value.as_bytes().split(|b| *b == b',') {
+            let mut words = entry
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty());
+            let _protocol = words.next();
+            if words
+                .next()
+                .is_some_and(|by| by.eq_ignore_ascii_case(b"meshlet"))
+            {
+                hops = hops.saturating_add(1);
+            }
+        }
+    }
+    hops
+}
+
+/// Removes the hop-by-hop headers [`scan`] found (`found` ≠ 0).
+fn remove_hop_by_hop(headers: &mut HeaderMap, found: u16) {
     if found & (1 << 4) != 0 {
         strip_connection(headers);
     }
@@ -182,6 +307,78 @@ mod tests {
         for n in [0, 7, 42, 99, 100, 12_345] {
             assert_eq!(number(n), n.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn an_upstreams_mesh_headers_go_and_a_remote_meshlets_error_code_stays() {
+        let forged = || {
+            let mut h = HeaderMap::new();
+            h.insert("x-mesh-error", HeaderValue::from_static("no_route"));
+            h.insert("x-mesh-degraded", HeaderValue::from_static("stale"));
+            h.insert("x-mesh-caller", HeaderValue::from_static("admin"));
+            h.insert("x-meshy", HeaderValue::from_static("kept"));
+            h.insert("connection", HeaderValue::from_static("keep-alive"));
+            h.insert("content-type", HeaderValue::from_static("text/plain"));
+            h
+        };
+        let mut h = forged();
+        strip_response(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-mesh-error", "x-meshy"]);
+        let mut h = forged();
+        strip_response(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-meshy"]);
+    }
+
+    #[test]
+    fn inbound_drops_what_only_meshlet_may_say_and_appends_the_peer() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-mesh-caller",
+            "x-mesh-attempts",
+            "x-event-id",
+            "x-event-type",
+            "x-realtime-user",
+            "x-realtime-client",
+            "proxy",
+        ] {
+            h.append(name, HeaderValue::from_static("forged"));
+        }
+        h.insert(
+            "x-mesh-token",
+            HeaderValue::from_static("for-the-identity-check"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-eventual", HeaderValue::from_static("kept"));
+        strip_inbound(&mut h, Some("::ffff:10.1.2.3".parse().unwrap()));
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-eventual", "x-forwarded-for", "x-mesh-token"]);
+        let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["203.0.113.7, 10.0.0.1, 10.1.2.3"]);
+        let mut h = HeaderMap::new();
+        strip_inbound(&mut h, Some("::1".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "::1");
+    }
+
+    #[test]
+    fn only_meshlets_own_via_entries_count_as_hops() {
+        let mut h = HeaderMap::new();
+        assert_eq!(meshlet_hops(&h), 0);
+        h.append("via", HeaderValue::from_static("1.1 meshlet"));
+        h.append(
+            "via",
+            HeaderValue::from_static("1.0 fred, 1.1 MESHLET (x, y), HTTP/1.1 meshlet"),
+        );
+        h.append(
+            "via",
+            HeaderValue::from_static("1.1 meshlet-not, 2 nginx, meshlet"),
+        );
+        assert_eq!(meshlet_hops(&h), 3);
     }
 
     #[test]

@@ -62,8 +62,23 @@ impl Handler for Outbound {
                 return exchange.finish(&self.unrouted, resp);
             }
         };
-        let replay_limit = self.limits.replay_buffer.as_usize();
-        let Outcome { result, attempts } = call(&dest, req, strip, replay_limit).await;
+        // A routing loop (a registry entry that leads back here, directly or round other
+        // meshlets) ends at `limits.max_hops`; counted under the destination it loops on.
+        let hops = super::headers::meshlet_hops(req.headers());
+        let max_hops = self.limits.max_hops.get();
+        let Outcome { result, attempts } = if hops >= max_hops {
+            let looped = ProxyError::LoopDetected {
+                hops,
+                max: max_hops,
+            };
+            Outcome {
+                result: Err(looped),
+                attempts: 0,
+            }
+        } else {
+            let replay_limit = self.limits.replay_buffer.as_usize();
+            call(&dest, req, strip, replay_limit).await
+        };
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {

@@ -67,6 +67,11 @@ impl ConnState {
         self.activity.load(Ordering::Relaxed)
     }
 
+    /// Requests whose response body hyper still holds.
+    pub fn open_exchanges(&self) -> u32 {
+        self.open_exchanges.load(Ordering::Relaxed)
+    }
+
     /// Responses finished so far.
     pub fn finished(&self) -> u64 {
         self.finished_exchanges.load(Ordering::Relaxed)

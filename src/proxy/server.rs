@@ -36,10 +36,25 @@ use tokio_rustls::TlsAcceptor;
 use super::park::{ConnState, OpenExchange, ParkableStream, ServedBody, PARK_AFTER};
 use super::response_body::ResponseBody;
 use crate::config::Limits;
+use crate::control::admin::{
+    ConnectionCap, ConnectionSlot, ACCEPT_PAUSE, H2_PING_INTERVAL, H2_PING_TIMEOUT,
+};
 use crate::control::Shutdown;
+use crate::identity::PeerIdentity;
+
+/// The address of the client connection a request came in on, in the request's
+/// extensions (`req.extensions().get::<PeerAddr>()`) for a handler that asks
+/// ([`Handler::PEER_ADDR`]): the TCP peer, before any TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// What a listener does with each request.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether each request carries its connection's [`PeerAddr`]. The first extension
+    /// costs a request allocations: only a handler that reads it asks (the inbound side,
+    /// for `x-forwarded-for`), never the measured outbound path.
+    const PEER_ADDR: bool = false;
+
     /// Answers one request; errors are already responses.
     fn handle(&self, req: Request<Incoming>)
         -> impl Future<Output = Response<ResponseBody>> + Send;
@@ -100,6 +115,9 @@ pub fn http_builder(limits: &Limits) -> HttpSettings {
                 .timer(TokioTimer::new())
                 .max_header_list_size(header_list)
                 .max_concurrent_streams(256)
+                // A peer that is gone (or stuck) shows by a missed PING answer.
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 // RFC 8441: WebSocket (and other protocols) over an h2 stream.
                 .enable_connect_protocol()
         };
@@ -137,21 +155,25 @@ pub async fn serve<H: Handler>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: pause instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
                         continue;
                     }
                 };
+                // Over `limits.max_connections`: closed at once (dropped), and counted.
+                let Some(slot) = gauges.cap.admit() else { continue };
                 let _ = stream.set_nodelay(true);
                 let conn = Conn {
                     handler: handler.clone(),
+                    peer: PeerAddr(peer),
                     settings: settings.clone(),
                     shutdown: shutdown.clone(),
                     gauges: gauges.clone(),
+                    _slot: slot,
                     _alive: alive.clone(),
                 };
                 match &tls {
@@ -186,13 +208,15 @@ pub async fn serve<H: Handler>(
     }
 }
 
-/// A listener's connection gauges.
+/// A listener's connection gauges and its connection cap.
 #[derive(Clone, Debug)]
 pub struct ListenerGauges {
     /// Client connections open.
     pub open: IntGauge,
     /// Of those, HTTP/1.1 connections parked between requests.
     pub parked: IntGauge,
+    /// `limits.max_connections`, shared by every worker's copy of the listener.
+    pub cap: ConnectionCap,
 }
 
 /// The h2 client preface: a connection that starts with it speaks h2c (prior knowledge).
@@ -270,7 +294,9 @@ where
 /// A listener's handler as a hyper service, for one client connection.
 struct Service<H> {
     handler: Arc<H>,
-    /// Plain HTTP/1.1 connections only: the state parking reads.
+    /// The connection's client, given to every request as an extension.
+    peer: PeerAddr,
+    /// The state parking (plain HTTP/1.1) and the idle timer (h2c, TLS) read.
     parkable: Option<Arc<ConnState>>,
 }
 
@@ -283,7 +309,10 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     /// moves it by value several times while spawning each stream's task.
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if H::PEER_ADDR {
+            req.extensions_mut().insert(self.peer);
+        }
         let handler = self.handler.clone();
         let exchange = self
             .parkable
@@ -300,6 +329,26 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
             Ok(response.map(|body| ServedBody::new(body, exchange)))
         }));
         handling
+    }
+}
+
+/// A TLS connection's service: each request also carries the client certificate's
+/// [`PeerIdentity`] as an extension (an `Arc` cloned; plain connections never come here).
+struct PeerService<H> {
+    inner: Service<H>,
+    peer: Option<PeerIdentity>,
+}
+
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for PeerService<H> {
+    type Response = Response<ServedBody>;
+    type Error = Infallible;
+    type Future = <Service<H> as hyper::service::Service<Request<Incoming>>>::Future;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        self.inner.call(req)
     }
 }
 
@@ -343,9 +392,12 @@ async fn try_park<H: Handler>(
 /// What one accepted connection needs.
 struct Conn<H> {
     handler: Arc<H>,
+    peer: PeerAddr,
     settings: Arc<HttpSettings>,
     shutdown: Shutdown,
     gauges: ListenerGauges,
+    /// The connection's place under `limits.max_connections`.
+    _slot: ConnectionSlot,
     /// Dropped with the connection: the listener's drain waits for all of them.
     _alive: mpsc::Sender<()>,
 }
@@ -354,6 +406,7 @@ impl<H: Handler> Conn<H> {
     fn service(&self, parkable: Option<&Arc<ConnState>>) -> Service<H> {
         Service {
             handler: self.handler.clone(),
+            peer: self.peer,
             parkable: parkable.cloned(),
         }
     }
@@ -371,27 +424,37 @@ impl<H: Handler> Conn<H> {
         self.gauges.open.dec();
     }
 
-    /// A TLS connection: hyper-util tells HTTP/1.1 from h2.
-    async fn serve_tls<I>(self, io: I)
+    /// A TLS connection: hyper-util tells HTTP/1.1 from h2. The service the verified
+    /// client certificate names is read once here and given to each request.
+    async fn serve_tls<I>(self, io: tokio_rustls::server::TlsStream<I>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         self.gauges.open.inc();
+        let state = Arc::new(ConnState::default());
+        let peer = PeerIdentity::from_certificates(io.get_ref().1.peer_certificates())
+            .inspect_err(|e| tracing::debug!(error = %e, "TLS client names no service"))
+            .ok();
+        let service = PeerService {
+            inner: self.service(Some(&state)),
+            peer,
+        };
         let settings = self.settings.clone();
         let conn = settings
             .auto
-            .serve_connection_with_upgrades(TokioIo::new(io), self.service(None));
-        self.run(conn).await;
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        self.run(conn, Some(&state)).await;
         self.gauges.open.dec();
     }
 
     /// An h2c connection.
     async fn serve_h2(&self, stream: TcpStream) {
+        let state = Arc::new(ConnState::default());
         let conn = self
             .settings
             .http2
-            .serve_connection(TokioIo::new(stream), self.service(None));
-        self.run(conn).await;
+            .serve_connection(TokioIo::new(stream), self.service(Some(&state)));
+        self.run(conn, Some(&state)).await;
     }
 
     /// A plain HTTP/1.1 connection, parked between requests when it goes quiet.
@@ -509,20 +572,76 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Drives `conn` to its end; on shutdown lets its in-flight requests finish first.
-    async fn run<C, E>(&self, conn: C)
+    /// With `idle`, a connection with no request open for `keepalive_timeout` is told to
+    /// stop the same way (h2: GOAWAY; requests already open still finish).
+    async fn run<C, E>(&self, conn: C, idle: Option<&ConnState>)
     where
         C: Future<Output = Result<(), E>> + Drain,
         E: std::fmt::Display,
     {
         let mut conn = std::pin::pin!(conn);
+        let mut stopping = std::pin::pin!(self.stopping());
+        let keepalive = self.settings.keepalive_timeout;
+        let mut idle_timer = idle.map(|state| IdleTimer::new(state, keepalive));
         let ended = tokio::select! {
             ended = conn.as_mut() => ended,
-            () = self.stopping() => {
+            () = &mut stopping => {
+                conn.as_mut().drain();
+                conn.await
+            }
+            () = idle_next(idle_timer.as_mut()) => {
+                tracing::debug!(?keepalive, "connection idle past keepalive_timeout; closing");
                 conn.as_mut().drain();
                 conn.await
             }
         };
         note_end(ended);
+    }
+}
+
+/// Watches a connection that is never parked (h2c, TLS) for `keepalive_timeout` with no
+/// request open. It looks every eighth of that (not per request): a connection is told to
+/// stop between `keepalive_timeout` and a quarter more after its last request ended.
+struct IdleTimer<'a> {
+    state: &'a ConnState,
+    keepalive: Duration,
+    tick: Duration,
+    finished_seen: u64,
+    idle_since: tokio::time::Instant,
+}
+
+impl<'a> IdleTimer<'a> {
+    fn new(state: &'a ConnState, keepalive: Duration) -> Self {
+        IdleTimer {
+            state,
+            keepalive,
+            tick: (keepalive / 8).max(Duration::from_millis(5)),
+            finished_seen: state.finished(),
+            idle_since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Resolves once the connection has had no request open for `keepalive`.
+    async fn expired(&mut self) {
+        loop {
+            tokio::time::sleep(self.tick).await;
+            let now = tokio::time::Instant::now();
+            let finished = self.state.finished();
+            if self.state.open_exchanges() > 0 || finished != self.finished_seen {
+                self.finished_seen = finished;
+                self.idle_since = now;
+            } else if now.duration_since(self.idle_since) >= self.keepalive {
+                return;
+            }
+        }
+    }
+}
+
+/// `timer`'s expiry, or never without one.
+async fn idle_next(timer: Option<&mut IdleTimer<'_>>) {
+    match timer {
+        Some(timer) => timer.expired().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -114,6 +114,12 @@ impl Realtime {
             }
             ClientPublish::App => {
                 let app = self.app.clone().ok_or(RealtimeError::NoApp)?;
+                // One slot per post in flight, given back when the app answered: a slow
+                // app costs the client an `overloaded` frame, not a pile of tasks.
+                let slot =
+                    self.app_slots.clone().try_acquire_owned().map_err(|_| {
+                        RealtimeError::AppBusy(self.config.app_concurrency as usize)
+                    })?;
                 let body = serde_json::json!({
                     "client": client.id.as_ref(),
                     "user": client.user.as_deref(),
@@ -126,7 +132,9 @@ impl Realtime {
                 // socket task goes on reading while the app answers.
                 self.control.spawn(async move {
                     let body = bytes::Bytes::from(body.to_string());
-                    if let Err(e) = app.post(body, &client.id, client.user.as_deref()).await {
+                    let posted = app.post(body, &client.id, client.user.as_deref()).await;
+                    drop(slot);
+                    if let Err(e) = posted {
                         let frame = frames::error("publish_failed", &e.to_string());
                         client.send(&Delivery::plain(frame));
                     }

@@ -43,6 +43,14 @@ pub enum RealtimeError {
     /// The client disconnected while a server-side join was on its way.
     #[error("the client is no longer connected")]
     Gone,
+    /// A join beyond `realtime.max_rooms_per_client`; the connection stays.
+    #[error(
+        "this connection is in {0} rooms already (realtime.max_rooms_per_client); leave one first"
+    )]
+    TooManyRooms(usize),
+    /// `realtime.app_concurrency` client publishes are on their way to the app.
+    #[error("{0} client messages are on their way to the app already (realtime.app_concurrency); try again")]
+    AppBusy(usize),
 }
 
 impl RealtimeError {
@@ -50,7 +58,8 @@ impl RealtimeError {
     pub fn code(&self) -> &'static str {
         match self {
             RealtimeError::Unauthenticated(_) => "unauthenticated",
-            RealtimeError::Overloaded(_) => "overloaded",
+            RealtimeError::Overloaded(_) | RealtimeError::AppBusy(_) => "overloaded",
+            RealtimeError::TooManyRooms(_) => "too_many_rooms",
             RealtimeError::NotWebSocket(_) | RealtimeError::BadRequest(_) => "bad_request",
             RealtimeError::BodyTooLarge(_) => "body_too_large",
             RealtimeError::Unavailable(_) => "realtime_unavailable",
@@ -66,9 +75,9 @@ impl RealtimeError {
     pub fn status(&self) -> StatusCode {
         match self {
             RealtimeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            RealtimeError::Overloaded(_) | RealtimeError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            RealtimeError::Overloaded(_)
+            | RealtimeError::AppBusy(_)
+            | RealtimeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             RealtimeError::NotWebSocket(_)
             | RealtimeError::BadRequest(_)
             | RealtimeError::BadRoom(_) => StatusCode::BAD_REQUEST,
@@ -76,6 +85,7 @@ impl RealtimeError {
             RealtimeError::Forbidden(_) | RealtimeError::PublishDenied => StatusCode::FORBIDDEN,
             RealtimeError::NoApp => StatusCode::CONFLICT,
             RealtimeError::Gone => StatusCode::GONE,
+            RealtimeError::TooManyRooms(_) => StatusCode::CONFLICT,
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::auth::Identity;
 use super::close::CloseReason;
 use super::delivery::{Delivery, Target};
+use super::error::RealtimeError;
 use super::metrics::RealtimeMetrics;
 use super::queue::{PushError, SendQueue};
 
@@ -112,6 +113,8 @@ pub struct Hub {
     users: RwLock<HashMap<Arc<str>, Members>>,
     admitted: AtomicUsize,
     max_connections: usize,
+    /// `realtime.max_rooms_per_client`, checked on join only (never on fan-out).
+    max_rooms: usize,
     metrics: RealtimeMetrics,
 }
 
@@ -139,14 +142,15 @@ pub struct Departure {
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new(max_connections: usize, metrics: RealtimeMetrics) -> Arc<Hub> {
+    /// An empty hub: at most `max_connections` clients, each in at most `max_rooms` rooms.
+    pub fn new(max_connections: usize, max_rooms: usize, metrics: RealtimeMetrics) -> Arc<Hub> {
         Arc::new(Hub {
             clients: RwLock::default(),
             rooms: RwLock::default(),
             users: RwLock::default(),
             admitted: AtomicUsize::new(0),
             max_connections,
+            max_rooms,
             metrics,
         })
     }
@@ -214,16 +218,25 @@ impl Hub {
         departure
     }
 
-    /// Puts `client` in `room`; returns whether it was not a member before, or `None`
-    /// when the client is no longer connected (a server-side join that raced its
-    /// disconnect must not leave it in a room nobody would ever take it out of).
-    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> Option<bool> {
+    /// Puts `client` in `room`; returns whether it was not a member before. Refused with
+    /// [`RealtimeError::Gone`] when the client is no longer connected (a server-side join
+    /// that raced its disconnect must not leave it in a room nobody would ever take it
+    /// out of), and with [`RealtimeError::TooManyRooms`] when it is in
+    /// `max_rooms_per_client` rooms already (joining one it is in is always fine).
+    pub fn join(&self, client: &Arc<Client>, room: &Arc<str>) -> Result<bool, RealtimeError> {
         let mut rooms = write(&self.rooms);
         // Checked under the rooms lock: `unregister` removes the client from `clients`
         // before it empties the client's rooms under this lock, so either this join
         // sees it gone, or `unregister` sees the room this join added.
         if !read(&self.clients).contains_key(&client.id) {
-            return None;
+            return Err(RealtimeError::Gone);
+        }
+        {
+            // Under the rooms lock too: two joins of one client cannot both pass the limit.
+            let mine = lock(&client.rooms);
+            if mine.len() >= self.max_rooms && !mine.contains(room) {
+                return Err(RealtimeError::TooManyRooms(self.max_rooms));
+            }
         }
         let added = rooms
             .entry(room.clone())
@@ -232,7 +245,7 @@ impl Hub {
             .is_none();
         lock(&client.rooms).insert(room.clone());
         self.metrics.rooms.set(rooms.len() as i64);
-        Some(added)
+        Ok(added)
     }
 
     /// Takes `client` out of `room`; returns `Some(room_now_empty)` when it was a member.
@@ -393,7 +406,7 @@ mod tests {
     use super::*;
 
     fn hub() -> Arc<Hub> {
-        Hub::new(2, RealtimeMetrics::new(&prometheus::Registry::new()))
+        Hub::new(2, 3, RealtimeMetrics::new(&prometheus::Registry::new()))
     }
 
     #[test]
@@ -413,9 +426,29 @@ mod tests {
         hub.register(&client);
         hub.unregister(&client);
         let room: Arc<str> = "r".into();
-        assert_eq!(hub.join(&client, &room), None);
+        assert!(matches!(hub.join(&client, &room), Err(RealtimeError::Gone)));
         assert!(!hub.has_room("r"));
         assert!(client.rooms().is_empty());
+    }
+
+    #[test]
+    fn a_client_joins_at_most_max_rooms() {
+        let hub = hub();
+        let client = Client::new("i:1".into(), Identity::default(), 1);
+        hub.register(&client);
+        for r in ["a", "b", "c"] {
+            assert!(matches!(hub.join(&client, &r.into()), Ok(true)));
+        }
+        let fourth: Arc<str> = "d".into();
+        assert!(matches!(
+            hub.join(&client, &fourth),
+            Err(RealtimeError::TooManyRooms(3))
+        ));
+        assert!(!hub.has_room("d"));
+        // Joining a room it is in again is not a new room.
+        assert!(matches!(hub.join(&client, &"a".into()), Ok(false)));
+        hub.leave(&client, "a");
+        assert!(matches!(hub.join(&client, &fourth), Ok(true)));
     }
 
     #[test]
@@ -424,7 +457,7 @@ mod tests {
         let client = Client::new("i:1".into(), Identity::default(), 1);
         hub.register(&client);
         let room: Arc<str> = "r".into();
-        assert_eq!(hub.join(&client, &room), Some(true));
+        assert!(matches!(hub.join(&client, &room), Ok(true)));
         let d = Delivery::plain("x".into());
         assert_eq!(hub.deliver(&Target::Room("r".into()), &d), 1);
         assert!(client.close_reason().is_none());

@@ -47,6 +47,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
 
 use crate::config::RealtimeConfig;
 use crate::control::{Context, Shutdown};
@@ -77,6 +78,8 @@ pub struct Realtime {
     /// History when there is no Redis.
     local_history: LocalHistory,
     app: Option<Arc<OnMessage>>,
+    /// `realtime.app_concurrency`: client publishes in flight toward the app.
+    app_slots: Arc<Semaphore>,
     /// The control-plane runtime, where Redis and app connections live.
     control: Handle,
     shutdown: Shutdown,
@@ -100,7 +103,11 @@ impl Realtime {
     pub fn start(context: &Context<'_>) -> Option<Arc<Realtime>> {
         let config = context.config.realtime.clone()?;
         let metrics = RealtimeMetrics::new(context.metrics.registry());
-        let hub = Hub::new(config.max_connections as usize, metrics.clone());
+        let hub = Hub::new(
+            config.max_connections as usize,
+            config.max_rooms_per_client as usize,
+            metrics.clone(),
+        );
         let history = HistoryLimits {
             size: config.history.size,
             ttl: config.history.ttl.get(),
@@ -110,6 +117,7 @@ impl Realtime {
                 ClusterConfig {
                     link: link.clone(),
                     prefix: context.config.registry.prefix.to_string(),
+                    service: context.config.service.name.to_string(),
                     instance: context.instance_id.to_owned(),
                     history,
                     ttl: context.config.registry.ttl.get(),
@@ -130,6 +138,7 @@ impl Realtime {
             service: context.config.service.name.to_string(),
             verifier: Verifier::new(config.auth.as_ref()),
             local_history: LocalHistory::new(history.size, history.ttl),
+            app_slots: Arc::new(Semaphore::new(config.app_concurrency as usize)),
             config,
             hub,
             cluster: cluster.as_ref().map(|(c, _)| c.clone()),
@@ -205,7 +214,7 @@ impl Realtime {
         since: Option<&str>,
     ) -> Result<Joined, RealtimeError> {
         let room: Arc<str> = Arc::from(room);
-        let added = self.hub.join(client, &room).ok_or(RealtimeError::Gone)?;
+        let added = self.hub.join(client, &room)?;
         let Some(cluster) = &self.cluster else {
             return Ok(Joined {
                 recovery: self.local_history.recover(&room, since),

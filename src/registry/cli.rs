@@ -87,9 +87,21 @@ pub async fn register(target: &mut Target, new: NewInstance) -> Result<(), CliEr
     ServiceName::parse(&new.service).map_err(CliError::Input)?;
     let now = schema::now_ms();
     let service = new.service;
-    let id = new
-        .id
-        .unwrap_or_else(|| format!("{service}-{}-{}", endpoint.host, endpoint.port));
+    let id = match new.id {
+        Some(id) if super::hygiene::valid_name(&id) => id,
+        Some(id) => {
+            return Err(CliError::Input(format!(
+                "--id: invalid instance id `{id}`: use 1-128 of A-Z a-z 0-9 . _ - (watchers ignore other ids)"
+            )))
+        }
+        // An IPv6 host's `:` is outside the id alphabet.
+        None => format!("{service}-{}-{}", endpoint.host.replace(':', "-"), endpoint.port),
+    };
+    if !super::hygiene::valid_name(&id) {
+        return Err(CliError::Input(format!(
+            "the default id `{id}` is not 1-128 of A-Z a-z 0-9 . _ -: pass --id"
+        )));
+    }
     let instance = Instance {
         id: id.clone(),
         host: endpoint.host,

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub(crate) mod health;
+pub(crate) mod hygiene;
 pub(crate) mod registration;
 pub(crate) mod schema;
 mod static_entries;

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::LoadedConfig;
+use crate::config::{Config, LoadedConfig};
 use crate::control::shutdown::{self, Trigger};
 use crate::control::{admin, Context};
 use crate::events::Events;
@@ -100,6 +100,7 @@ impl Sidecar {
     /// tokio runtime, which then carries the control plane.
     pub async fn start(loaded: LoadedConfig) -> Result<Sidecar, StartError> {
         install_crypto_provider();
+        raise_open_files_limit();
         let config = loaded.config.clone();
         let mesh_tls = start::mesh_tls(&config)?;
         let redis = start::redis_link(&config)?;
@@ -135,6 +136,7 @@ impl Sidecar {
             outbound: workers::outbound_handler(&config, &shared, &inbound),
             inbound: listeners.inbound.is_some().then_some(inbound),
             settings: server::http_builder(&config.limits),
+            max_connections: config.limits.max_connections,
             inbound_tls: shared.mesh_tls.as_ref().map(|m| m.acceptor.clone()),
             shutdown: shutdown.clone(),
             release,
@@ -146,11 +148,13 @@ impl Sidecar {
             tokio::spawn(admin::serve(
                 listeners.api,
                 routes::api(&shared, events, realtime.clone()),
+                control_listener(&config, &shared, "api"),
                 shutdown.clone(),
             )),
             tokio::spawn(admin::serve(
                 listeners.telemetry,
                 routes::telemetry(&shared),
+                control_listener(&config, &shared, "telemetry"),
                 shutdown.clone(),
             )),
             tokio::spawn(reload::rebuild_on_change(shared.clone(), shutdown.clone())),
@@ -164,7 +168,7 @@ impl Sidecar {
                     snapshots,
                     status,
                 };
-                registry.start(&config, &shared, addresses.inbound, &shutdown, &mut control)?
+                registry.start(&config, &shared, &addresses, &shutdown, &mut control)?
             }
             None => None,
         };
@@ -224,6 +228,36 @@ impl Sidecar {
             let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// How the `api` or `telemetry` listener serves: `limits`' timeouts, at most
+/// [`admin::MAX_CONNECTIONS`], counted under its own `listener` label.
+fn control_listener(config: &Config, shared: &Shared, listener: &str) -> admin::Listener {
+    let metrics = &shared.metrics;
+    admin::Listener::new(
+        &config.limits,
+        metrics.open_connections.with_label_values(&[listener]),
+        metrics.connections_refused.with_label_values(&[listener]),
+    )
+}
+
+/// Raises the soft limit on open files to the hard limit: each client connection, upstream
+/// connection and hub socket is a descriptor, and the usual soft default (1024) is far
+/// below `limits.max_connections`. A failure is logged and start-up goes on.
+pub fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (limit.current, limit.maximum);
+    // An unlimited hard limit is not a valid soft one for files (Linux caps it at
+    // fs.nr_open, 1 Mi by default; macOS at OPEN_MAX): take that instead.
+    let target = hard.unwrap_or(1 << 20);
+    if soft.is_some_and(|soft| soft < target) {
+        limit.current = Some(target);
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(?soft, ?hard, "RLIMIT_NOFILE soft limit raised"),
+            Err(e) => tracing::warn!(?soft, ?hard, error = %e, "cannot raise RLIMIT_NOFILE"),
+        }
     }
 }
 

@@ -1,18 +1,28 @@
 //! The routes of the two control-plane listeners: telemetry (`/metrics`, `/healthz/*`) and
 //! the local API (`/v1/config`, `/v1/registry`, and the `/v1/events` and hub paths handed
 //! to those features, or a `not_configured` answer when they are off).
+//!
+//! Every local API request passes one check first ([`foreign`]): its `Host` must name a
+//! loopback address or `localhost`, and its `Origin`, when present, a loopback origin.
+//! Otherwise it is answered 403 `forbidden`. That keeps out a web page in a browser on the
+//! host, which can send requests to 127.0.0.1 (cross-origin, or through DNS rebinding,
+//! where a name the page controls resolves to 127.0.0.1 and `Host` keeps that name). The
+//! telemetry listener is not checked: Prometheus scrapes it from other hosts.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::shared::Shared;
 use crate::control::admin::{ResponseFuture, Router};
 use crate::events::Events;
+use crate::identity::request_id;
 use crate::realtime::{self, Realtime};
 use crate::wire::answer::{self, is_get, AnswerBody};
+use crate::wire::error_response;
 
 /// The telemetry listener's router.
 pub(super) fn telemetry(shared: &Arc<Shared>) -> Router {
@@ -65,6 +75,17 @@ pub(super) fn api(
 ) -> Router {
     let shared = shared.clone();
     Arc::new(move |req: Request<Incoming>| -> ResponseFuture {
+        if let Some(why) = foreign(&req) {
+            let service = shared.config.load().config.service.name.to_string();
+            let resp = error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                why,
+                &service,
+                &request_id::of(req.headers()),
+            );
+            return Box::pin(async move { resp });
+        }
         let path = req.uri().path();
         if path.starts_with("/v1/events") {
             return match events.clone() {
@@ -81,6 +102,69 @@ pub(super) fn api(
         let resp = api_answer(&shared, &req);
         Box::pin(async move { resp })
     })
+}
+
+/// Why `req` may not use the local API: a `Host` (or h2 `:authority`) that is not a
+/// loopback address or `localhost`, or an `Origin` that is not a loopback origin. A
+/// request without `Host` (HTTP/1.0) passes: browsers always send one.
+fn foreign<B>(req: &Request<B>) -> Option<&'static str> {
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let hosts = req.headers().get_all(header::HOST).iter();
+    for host in authority.into_iter().chain(hosts.map(|h| h.as_bytes())) {
+        if !loopback_host(host) {
+            return Some(
+                "the local API answers only requests for localhost or a loopback address (Host)",
+            );
+        }
+    }
+    for origin in req.headers().get_all(header::ORIGIN) {
+        if !loopback_origin(origin.as_bytes()) {
+            return Some("the local API answers no request from a web page that is not on localhost (Origin)");
+        }
+    }
+    None
+}
+
+/// `http(s)://` and a [`loopback_host`], nothing after it (an `Origin` has no path).
+fn loopback_origin(origin: &[u8]) -> bool {
+    let rest = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"));
+    rest.is_some_and(loopback_host)
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a `:port`.
+fn loopback_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let (name, port) = if let Some(v6) = host.strip_prefix('[') {
+        let Some((ip, after)) = v6.split_once(']') else {
+            return false;
+        };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        if !ip.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback()) {
+            return false;
+        }
+        ("", port)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = name.is_empty() && host.starts_with('[')
+        || name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+    port_ok && name_ok
 }
 
 fn unconfigured(req: &Request<Incoming>, section: &str) -> ResponseFuture {
@@ -122,5 +206,76 @@ fn api_answer(shared: &Shared, req: &Request<Incoming>) -> Response<AnswerBody> 
         )
     } else {
         answer::not_found(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{foreign, loopback_host, loopback_origin};
+
+    #[test]
+    fn loopback_hosts_with_or_without_a_port() {
+        for host in [
+            "localhost",
+            "LocalHost:15000",
+            "127.0.0.1",
+            "127.0.0.1:15000",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:15000",
+        ] {
+            assert!(loopback_host(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:15000",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:15000",
+            "0.0.0.0:15000",
+            "[::2]:15000",
+            "[::1]x",
+            "::1",
+            "localhost:",
+            "localhost:abc",
+            "",
+        ] {
+            assert!(!loopback_host(host.as_bytes()), "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_origins_only() {
+        for origin in [
+            "http://localhost:3000",
+            "https://127.0.0.1",
+            "http://[::1]:8080",
+        ] {
+            assert!(loopback_origin(origin.as_bytes()), "{origin}");
+        }
+        for origin in [
+            "http://evil.example",
+            "null",
+            "file://",
+            "http://localhost:3000/path",
+            "ws://localhost",
+            "http://localhost.evil.example",
+        ] {
+            assert!(!loopback_origin(origin.as_bytes()), "{origin}");
+        }
+    }
+
+    #[test]
+    fn an_h2_authority_is_checked_like_a_host() {
+        let req = http::Request::get("http://evil.example:15000/v1/config")
+            .body(())
+            .unwrap();
+        assert!(foreign(&req).is_some());
+        let req = http::Request::get("http://127.0.0.1:15000/v1/config")
+            .body(())
+            .unwrap();
+        assert!(foreign(&req).is_none());
+        let req = http::Request::get("/v1/config").body(()).unwrap();
+        assert!(foreign(&req).is_none(), "no Host at all (HTTP/1.0 tools)");
     }
 }

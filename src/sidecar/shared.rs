@@ -2,7 +2,7 @@
 //! routing table every request reads, the latest registry snapshot, metrics and readiness.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::config::{Config, LoadedConfig};
 use crate::identity::tls::MeshTls;
 use crate::proxy::destination::RoutingTable;
+use crate::registry::hygiene::{Hygiene, OwnListeners, Reason};
 use crate::registry::{static_instances, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
@@ -33,6 +34,9 @@ pub struct Shared {
     pub(crate) app_healthy: Arc<AtomicBool>,
     /// This pod's instance id in the registry.
     pub instance_id: String,
+    /// This meshlet's bound listeners, which no registry instance may point at; set once
+    /// they are bound, before the registry watcher starts.
+    pub(crate) own_listeners: OnceLock<OwnListeners>,
     rebuild_lock: Mutex<()>,
     /// Hash of the config text last read (valid or not), so a broken file is reported once.
     pub(super) last_seen_hash: Mutex<String>,
@@ -51,12 +55,20 @@ impl Shared {
         let config = &loaded.config;
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
         let initial = Snapshot::default().with_statics(&static_instances(&config.registry));
+        for reason in Reason::ALL {
+            // Every reason's series exists from the start, at 0.
+            metrics
+                .registry_metrics
+                .rejected
+                .with_label_values(&[reason.as_str()]);
+        }
         let table = RoutingTable::build(
             config,
             &initial,
             &RoutingTable::empty(config),
             &metrics,
             mesh_tls.as_deref(),
+            &Hygiene::default(),
         );
         let shared = Shared {
             table: Arc::new(ArcSwap::from_pointee(table)),
@@ -67,6 +79,7 @@ impl Shared {
             app_healthy: Arc::new(AtomicBool::new(config.service.health.is_none())),
             mesh_tls,
             instance_id,
+            own_listeners: OnceLock::new(),
             rebuild_lock: Mutex::new(()),
             last_seen_hash: Mutex::new(loaded.hash.clone()),
             config: ArcSwap::from_pointee(loaded),
@@ -93,8 +106,17 @@ impl Shared {
             &self.table.load(),
             &self.metrics,
             self.mesh_tls.as_deref(),
+            &self.hygiene(&config.config),
         );
         self.table.store(Arc::new(table));
+    }
+
+    /// What Redis instances are checked against under `config` (docs/registry.md).
+    fn hygiene(&self, config: &Config) -> Hygiene {
+        Hygiene {
+            allow_loopback: config.registry.allow_loopback(),
+            own: self.own_listeners.get().cloned().unwrap_or_default(),
+        }
     }
 
     /// Static entries of `config` merged with the latest Redis snapshot.

@@ -1,7 +1,7 @@
 //! The named steps of [`super::Sidecar::start`]: what each part is built from, in the order
 //! they start.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use crate::proxy::inbound::Inbound;
 use crate::proxy::server;
 use crate::realtime::Realtime;
 use crate::registry::health::HealthCheck;
+use crate::registry::hygiene::OwnListeners;
 use crate::registry::registration::Registration;
 use crate::registry::watch::Watcher;
 use crate::registry::{schema, Instance, Snapshot, Status};
@@ -49,18 +50,38 @@ pub(super) fn mesh_tls(config: &Config) -> Result<Option<Arc<MeshTls>>, StartErr
 }
 
 /// The Redis link of `registry.redis` (no I/O yet), made on the control-plane runtime.
+/// Refused before anything connects when this pod would register `127.0.0.1` into a Redis
+/// on another machine ([`own_address`]).
 pub(super) fn redis_link(config: &Config) -> Result<Option<Arc<Link>>, StartError> {
     let Some(url) = &config.registry.redis else {
         return Ok(None);
     };
+    if config.service.app.is_some() || config.realtime.is_some() {
+        // It will register: fail now rather than after the watcher has started.
+        own_address(config, 0)?;
+    }
     Ok(Some(Arc::new(Link::new(redis::client(url)?))))
 }
 
-/// This pod's instance id: its pod (or host) name and a random suffix.
+/// This pod's instance id: its pod (or host) name and a random suffix, in the registry's
+/// alphabet (`[A-Za-z0-9._-]`, at most 128 characters) so other meshlets accept it.
 pub(super) fn instance_id(service: &str) -> String {
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| service.to_owned());
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| service.to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(121)
+        .collect();
     format!("{host}-{:06x}", fastrand::u32(..0x00ff_ffff))
 }
 
@@ -131,6 +152,7 @@ pub(super) fn inbound_handler(
             .with_label_values(&["inbound"]),
         idle_timeout: config.limits.idle_timeout.get(),
         spans: spans.clone(),
+        boundary: crate::proxy::inbound::Boundary::from_config(config),
     }
 }
 
@@ -242,10 +264,19 @@ impl Registry {
         self,
         config: &Config,
         shared: &Arc<Shared>,
-        inbound: Option<SocketAddr>,
+        addresses: &Addresses,
         shutdown: &Shutdown,
         control: &mut Vec<JoinHandle<()>>,
     ) -> Result<Option<(Trigger, JoinHandle<()>)>, StartError> {
+        let inbound = addresses.inbound;
+        let instance = match inbound {
+            Some(inbound) => Some(own_instance(config, &shared.instance_id, inbound)?),
+            None => None,
+        };
+        // Before the first Redis snapshot: no instance may point callers at our listeners.
+        let _ = shared
+            .own_listeners
+            .set(own_listeners(config, addresses, instance.as_ref()));
         let keys = Keys::new(config.registry.prefix.as_str());
         let reconnected = Arc::new(Notify::new());
         let watcher = Watcher {
@@ -260,14 +291,14 @@ impl Registry {
         };
         control.push(tokio::spawn(watcher.run(shutdown.clone())));
         control.push(tokio::spawn(ready_by_deadline(shared.clone())));
-        let Some(inbound) = inbound else {
+        let Some(instance) = instance else {
             return Ok(None);
         };
         let registration = Registration {
             link: self.link,
             keys,
             service: config.service.name.to_string(),
-            instance: own_instance(config, &shared.instance_id, inbound)?,
+            instance,
             ttl: config.registry.ttl.get(),
             heartbeat: config.registry.heartbeat.get(),
             reconnected,
@@ -286,15 +317,57 @@ async fn ready_by_deadline(shared: Arc<Shared>) {
     }
 }
 
+/// This meshlet's listeners as registry hygiene sees them: the bound addresses, and the
+/// addresses besides loopback on which a wildcard-bound one also answers (`POD_IP`, the
+/// advertised IP).
+fn own_listeners(
+    config: &Config,
+    addresses: &Addresses,
+    instance: Option<&Instance>,
+) -> OwnListeners {
+    let mut bound = vec![addresses.outbound, addresses.api, addresses.telemetry];
+    bound.extend(addresses.inbound);
+    let mut local_ips: Vec<IpAddr> = std::env::var("POD_IP")
+        .ok()
+        .and_then(|ip| ip.trim().parse().ok())
+        .into_iter()
+        .collect();
+    if config.service.advertise.is_some() {
+        local_ips.extend(instance.and_then(|i| i.host.parse::<IpAddr>().ok()));
+    }
+    OwnListeners {
+        bound,
+        local_ips,
+        registration: instance.map(|i| (config.service.name.to_string(), i.id.clone())),
+    }
+}
+
+/// The `host:port` this pod registers: `service.advertise`, else `$POD_IP:<inbound port>`,
+/// else `127.0.0.1:<inbound port>`, which only a Redis on this machine may hold (a caller
+/// elsewhere would dial its own loopback): into any other Redis it is a start error.
+fn own_address(config: &Config, inbound_port: u16) -> Result<String, StartError> {
+    if let Some(a) = &config.service.advertise {
+        return Ok(a.as_str().to_owned());
+    }
+    match std::env::var("POD_IP") {
+        Ok(ip) if !ip.is_empty() => return Ok(format!("{ip}:{inbound_port}")),
+        _ => {}
+    }
+    match &config.registry.redis {
+        Some(url) if !url.is_loopback() => Err(StartError::Address(format!(
+            "neither service.advertise nor POD_IP is set, so this pod would register as \
+             127.0.0.1 into registry.redis `{}`, which is not on this machine: other pods \
+             would dial their own loopback; set service.advertise or POD_IP to an address \
+             they can reach",
+            url.redacted()
+        ))),
+        _ => Ok(format!("127.0.0.1:{inbound_port}")),
+    }
+}
+
 /// This pod's registry entry: advertised address, version, metadata.
 fn own_instance(config: &Config, id: &str, inbound: SocketAddr) -> Result<Instance, StartError> {
-    let advertise = match &config.service.advertise {
-        Some(a) => a.as_str().to_owned(),
-        None => match std::env::var("POD_IP") {
-            Ok(ip) if !ip.is_empty() => format!("{ip}:{}", inbound.port()),
-            _ => format!("127.0.0.1:{}", inbound.port()),
-        },
-    };
+    let advertise = own_address(config, inbound.port())?;
     let (host, port) = advertise
         .rsplit_once(':')
         .and_then(|(h, p)| {

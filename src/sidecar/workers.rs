@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use super::shared::Shared;
 use super::StartError;
 use crate::config::Config;
+use crate::control::admin::ConnectionCap;
 use crate::control::Shutdown;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::outbound::Outbound;
@@ -32,6 +33,8 @@ pub(super) struct Plan {
     pub inbound: Option<Inbound>,
     /// hyper's settings from `limits`.
     pub settings: HttpSettings,
+    /// `limits.max_connections`: per listener, over all its workers' copies.
+    pub max_connections: usize,
     /// Mutual TLS on the inbound listener.
     pub inbound_tls: Option<TlsAcceptor>,
     /// Stop accepting and drain.
@@ -66,7 +69,16 @@ pub(super) fn spawn(
     inbound: Option<Vec<std::net::TcpListener>>,
 ) -> Result<Vec<oneshot::Receiver<()>>, StartError> {
     let mut inbound = inbound.map(Vec::into_iter);
-    let gauges = |listener: &str| ListenerGauges {
+    // One cap per listener, shared by the workers' copies of it.
+    let cap = |listener: &str| {
+        let refused = shared
+            .metrics
+            .connections_refused
+            .with_label_values(&[listener]);
+        ConnectionCap::new(plan.max_connections, refused)
+    };
+    let (out_cap, in_cap) = (cap("outbound"), cap("inbound"));
+    let gauges = |listener: &str, cap: &ConnectionCap| ListenerGauges {
         open: shared
             .metrics
             .open_connections
@@ -75,6 +87,7 @@ pub(super) fn spawn(
             .metrics
             .parked_connections
             .with_label_values(&[listener]),
+        cap: cap.clone(),
     };
     let mut done = Vec::new();
     for (i, out_listener) in outbound.into_iter().enumerate() {
@@ -82,13 +95,13 @@ pub(super) fn spawn(
             outbound: (
                 out_listener,
                 Arc::new(plan.outbound.clone()),
-                gauges("outbound"),
+                gauges("outbound", &out_cap),
             ),
             inbound: inbound
                 .as_mut()
                 .and_then(Iterator::next)
                 .zip(plan.inbound.clone())
-                .map(|(l, h)| (l, Arc::new(h), gauges("inbound"))),
+                .map(|(l, h)| (l, Arc::new(h), gauges("inbound", &in_cap))),
             inbound_tls: plan.inbound_tls.clone(),
             release: plan.release.clone(),
             serving: Serving {

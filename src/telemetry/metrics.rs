@@ -61,6 +61,8 @@ pub struct Metrics {
     pub parked_connections: IntGaugeVec,
     /// Upgraded (WebSocket, CONNECT) connections being spliced, per listener.
     pub upgraded_connections: IntGaugeVec,
+    /// Connections closed at accept because the listener's connection limit was reached.
+    pub connections_refused: IntCounterVec,
     /// Config reloads.
     pub reload: ReloadMetrics,
 }
@@ -92,6 +94,8 @@ pub struct RegistryMetrics {
     pub watch_errors: IntCounter,
     /// Known services.
     pub services: IntGauge,
+    /// Registry instances ignored, by reason (each counted once while it stays registered).
+    pub rejected: IntCounterVec,
 }
 
 /// Builds a family from its definition. Every definition is a constant (name, help, label
@@ -180,11 +184,12 @@ impl RequestFamilies {
     }
 }
 
-/// The per-listener connection gauges: open, parked, upgraded.
+/// The per-listener connection families: open, parked, upgraded, refused.
 struct ConnectionGauges {
     open: IntGaugeVec,
     parked: IntGaugeVec,
     upgraded: IntGaugeVec,
+    refused: IntCounterVec,
 }
 
 impl ConnectionGauges {
@@ -208,6 +213,16 @@ impl ConnectionGauges {
                 "meshlet_upgraded_connections",
                 "Upgraded connections (WebSocket and other Upgrade protocols, CONNECT tunnels) being spliced.",
             ),
+            refused: register(
+                registry,
+                define(IntCounterVec::new(
+                    Opts::new(
+                        "meshlet_connections_refused_total",
+                        "Connections closed as soon as accepted because the listener already had its limit open.",
+                    ),
+                    &["listener"],
+                )),
+            ),
         }
     }
 }
@@ -230,9 +245,17 @@ impl RegistryMetrics {
             "meshlet_registry_services",
             "Destinations in the routing table (registry services, configured services and route targets).",
         ));
+        let rejected = define(IntCounterVec::new(
+            Opts::new(
+                "meshlet_registry_rejected_total",
+                "Registry instances ignored (bad name or host, an address class never dialled, loopback, this meshlet's own listener), by reason; each counted once.",
+            ),
+            &["reason"],
+        ));
         let metrics = RegistryMetrics {
             watch_errors: register(registry, watch_errors),
             services: register(registry, services),
+            rejected: register(registry, rejected),
         };
         (metrics, register(registry, endpoints))
     }
@@ -348,7 +371,15 @@ impl Metrics {
             open_connections: connections.open,
             parked_connections: connections.parked,
             upgraded_connections: connections.upgraded,
+            connections_refused: connections.refused,
         }
+    }
+
+    /// Sets `meshlet_endpoints{service}`: `service` is labelled as [`destination_label`] does.
+    pub fn set_endpoints(&self, service: &str, count: usize) {
+        self.endpoints
+            .with_label_values(&[destination_label(service)])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// The registry, for modules that register families of their own (events, realtime).
@@ -364,9 +395,11 @@ impl Metrics {
         out
     }
 
-    /// Handles for one destination, resolved once.
+    /// Handles for one destination, resolved once. A `name` that fails the registry name
+    /// check is labelled `-` ([`destination_label`]).
     pub fn destination(&self, direction: Direction, name: &str) -> Arc<DestinationMetrics> {
         static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+        let name = destination_label(name);
         let labels = [direction.as_str(), name];
         Arc::new(DestinationMetrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -383,6 +416,42 @@ impl Metrics {
             policy: self.policy.clone(),
         })
     }
+}
+
+/// The label value standing for a name that is not a valid service name (and for a request
+/// that matched no destination): it cannot grow the label set.
+pub const UNNAMED: &str = "-";
+
+/// The `destination` / `service` label of a destination name: the name itself when it passes
+/// the registry name check `[A-Za-z0-9._-]{1,128}`, else [`UNNAMED`]. Names reach labels from
+/// the config (checked at load), and from the registry snapshot, which anyone able to write
+/// the registry's Redis fills: this keeps a hostile name (a megabyte long, or one new name a
+/// second) out of every series.
+pub fn destination_label(name: &str) -> &str {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        name
+    } else {
+        UNNAMED
+    }
+}
+
+/// The `grpc_status` label values: the codes `0`–`16` gRPC defines, then `other` for any
+/// other number an upstream sends, so a hostile upstream cannot grow the label set.
+const GRPC_STATUS_LABELS: [&str; 18] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "other",
+];
+
+/// The index of `status`'s label in [`GRPC_STATUS_LABELS`].
+fn grpc_status_index(status: u32) -> usize {
+    usize::try_from(status).map_or(GRPC_STATUS_LABELS.len() - 1, |s| {
+        s.min(GRPC_STATUS_LABELS.len() - 1)
+    })
 }
 
 impl Default for Metrics {
@@ -416,7 +485,7 @@ thread_local! {
     // no allocation.
     static REQUEST_COUNTERS: RefCell<HashMap<(u32, u8, u16), IntCounter>> = RefCell::new(HashMap::new());
     static ERROR_COUNTERS: RefCell<HashMap<(u32, &'static str), IntCounter>> = RefCell::new(HashMap::new());
-    static GRPC_COUNTERS: RefCell<HashMap<(u32, u32), IntCounter>> = RefCell::new(HashMap::new());
+    static GRPC_COUNTERS: RefCell<HashMap<(u32, usize), IntCounter>> = RefCell::new(HashMap::new());
 }
 
 const METHODS: [&str; 10] = [
@@ -464,18 +533,18 @@ impl DestinationMetrics {
         });
     }
 
-    /// Counts one gRPC answer by its status code.
+    /// Counts one gRPC answer by its status code (`0`–`16`, anything else as `other`).
     pub fn count_grpc(&self, status: u32) {
+        let index = grpc_status_index(status);
         GRPC_COUNTERS.with(|cache| {
             cache
                 .borrow_mut()
-                .entry((self.id, status))
+                .entry((self.id, index))
                 .or_insert_with(|| {
-                    let mut code = itoa::Buffer::new();
                     self.grpc.with_label_values(&[
                         self.direction.as_str(),
                         &self.name,
-                        code.format(status),
+                        GRPC_STATUS_LABELS[index],
                     ])
                 })
                 .inc();
@@ -585,6 +654,37 @@ mod tests {
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(text.contains("meshlet_build_info{version="), "{text}");
         assert!(text.contains("meshlet_open_connections{listener=\"outbound\"} 1"));
+    }
+
+    #[test]
+    fn grpc_status_labels_are_0_to_16_or_other() {
+        let label = |status| GRPC_STATUS_LABELS[grpc_status_index(status)];
+        assert_eq!(label(0), "0");
+        assert_eq!(label(16), "16");
+        assert_eq!(label(17), "other");
+        assert_eq!(label(u32::MAX), "other");
+        let metrics = Metrics::new();
+        let dest = metrics.destination(Direction::Outbound, "greeter");
+        for status in [14, 999, 123_456, u32::MAX] {
+            dest.count_grpc(status);
+        }
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(text.contains(r#"grpc_status="other"} 3"#), "{text}");
+        assert!(!text.contains(r#"grpc_status="999""#), "{text}");
+    }
+
+    #[test]
+    fn destination_labels_only_for_valid_names() {
+        assert_eq!(destination_label("inventory.v2_a-b"), "inventory.v2_a-b");
+        for bad in ["", "a b", "x\"y", "caf\u{e9}", &"a".repeat(129)] {
+            assert_eq!(destination_label(bad), UNNAMED, "{bad:?}");
+        }
+        let metrics = Metrics::new();
+        let dest = metrics.destination(Direction::Outbound, "evil\"} 1\nfake_metric{a=\"");
+        assert_eq!(dest.name(), UNNAMED);
+        dest.count_request(&http::Method::GET, http::StatusCode::OK);
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(!text.contains("evil"), "{text}");
     }
 
     #[test]

@@ -66,7 +66,7 @@ async fn publish_stores_once_per_event_id() {
     assert_eq!(entries[2].1["version"], "3");
     // The dedupe key holds the first stream id, expiring with the window.
     let ttl: i64 = redis::cmd("PTTL")
-        .arg("mesh:evid:t-1")
+        .arg("mesh:evid:trade.executed:orders:t-1")
         .query(&mut redis.conn())
         .unwrap();
     assert!(ttl > 23 * 3600 * 1000, "ttl {ttl}");
@@ -228,7 +228,7 @@ async fn a_batch_cut_short_counts_what_it_stored() {
     // The dedupe key of line 1000 (the first of the second chunk of 1000) is not a string:
     // the publish script fails there (WRONGTYPE), after the first chunk was stored.
     let _: i64 = redis::cmd("HSET")
-        .arg("mesh:evid:cut:1000")
+        .arg("mesh:evid:cut:orders:cut:1000")
         .arg("x")
         .arg("y")
         .query(&mut redis.conn())

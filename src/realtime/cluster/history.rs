@@ -1,5 +1,5 @@
 //! Publishing an envelope to the meshlets that hold its target, and a room's history: a
-//! capped stream `{prefix}:rt:hist:{room}` whose entry ids are the offsets, appended and
+//! capped stream `{prefix}:rt:{svc}:hist:{room}` whose entry ids are the offsets, appended and
 //! published in one script, and read back for a join ([`Recovery`]).
 
 use std::time::Duration;

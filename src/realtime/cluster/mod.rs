@@ -1,12 +1,15 @@
-//! The hub across meshlets, over Redis (docs/realtime.md): pub/sub channels `{prefix}:rt:all`,
-//! `{prefix}:rt:room:{room}` and `{prefix}:rt:user:{user}` (the last two subscribed only
-//! while a local client holds them), per-room history in a capped stream
-//! `{prefix}:rt:hist:{room}` whose entry ids are the offsets, and presence in
-//! `{prefix}:rt:presence:{room}` (HASH client → user).
+//! The hub across meshlets, over Redis (docs/realtime.md). Every key and channel is scoped by
+//! the service (`{svc}` = `service.name`), so services sharing one Redis and prefix never
+//! share a hub: pub/sub channels `{prefix}:rt:{svc}:all`, `{prefix}:rt:{svc}:room:{room}` and
+//! `{prefix}:rt:{svc}:user:{user}` (the last two subscribed only while a local client holds
+//! them), per-room history in a capped stream `{prefix}:rt:{svc}:hist:{room}` whose entry
+//! ids are the offsets, and presence in `{prefix}:rt:{svc}:presence:{room}` (HASH client →
+//! user).
 //!
 //! Presence survives instance crashes by liveness keys: each meshlet refreshes
-//! `{prefix}:rt:alive:{instance}` (TTL = `registry.ttl`) every `registry.heartbeat`, lists
-//! itself in `{prefix}:rt:instances` and its rooms in `{prefix}:rt:rooms:{instance}`.
+//! `{prefix}:rt:{svc}:alive:{instance}` (TTL = `registry.ttl`) every `registry.heartbeat`,
+//! lists itself in `{prefix}:rt:{svc}:instances` and its rooms in
+//! `{prefix}:rt:{svc}:rooms:{instance}`.
 //! Client ids start with the instance id, so readers skip entries of dead instances and
 //! any live meshlet sweeps them away.
 //!
@@ -38,7 +41,7 @@ use crate::control::Shutdown;
 use tokio::time::timeout;
 
 use super::hub::Hub;
-use crate::control::keys::Keys;
+use crate::control::keys::{HubKeys, Keys};
 use crate::control::redis::Link;
 
 pub use envelope::{Envelope, Op};
@@ -49,9 +52,9 @@ use subscriber::Command;
 /// A channel the hub may hold.
 #[derive(Clone, Debug)]
 pub enum Channel {
-    /// `rt:room:{room}`.
+    /// `rt:{svc}:room:{room}`.
     Room(Arc<str>),
-    /// `rt:user:{user}`.
+    /// `rt:{svc}:user:{user}`.
     User(Arc<str>),
 }
 
@@ -72,7 +75,7 @@ pub enum ClusterError {
 /// The Redis side of one hub.
 pub struct Cluster {
     link: Arc<Link>,
-    keys: Keys,
+    keys: HubKeys,
     instance: String,
     hub: Arc<Hub>,
     history: HistoryLimits,
@@ -100,6 +103,8 @@ pub struct ClusterConfig {
     pub link: Arc<Link>,
     /// `registry.prefix`.
     pub prefix: String,
+    /// `service.name`: scopes every key and channel of the hub.
+    pub service: String,
     /// This meshlet's instance id.
     pub instance: String,
     /// `realtime.history`.
@@ -117,7 +122,7 @@ impl Cluster {
         let (presence, presence_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             link: config.link,
-            keys: Keys::new(&config.prefix),
+            keys: Keys::new(&config.prefix).hub(&config.service),
             instance: config.instance,
             hub,
             history: config.history,

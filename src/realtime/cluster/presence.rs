@@ -1,4 +1,5 @@
-//! Presence: who is in which room, as `{prefix}:rt:presence:{room}` (HASH client → user).
+//! Presence: who is in which room, as `{prefix}:rt:{svc}:presence:{room}` (HASH client →
+//! user).
 //! Each meshlet writes its own clients' entries in the background, refreshes its whole
 //! share every heartbeat with its liveness key, and removes it at shutdown; readers skip
 //! the entries of meshlets whose liveness key expired, and any live meshlet sweeps them.

@@ -1,4 +1,4 @@
-//! The pub/sub subscriber: one connection that holds `{prefix}:rt:all` and the room and
+//! The pub/sub subscriber: one connection that holds `{prefix}:rt:{svc}:all` and the room and
 //! user channels of local clients, hands every envelope received to the hub, and
 //! subscribes or unsubscribes as clients come and go. Redis restarted or unreachable: it
 //! reconnects with backoff and subscribes again to everything the hub holds.

@@ -17,6 +17,7 @@ mod exchange;
 pub mod forward;
 pub mod headers;
 pub mod inbound;
+pub mod listen;
 pub mod outbound;
 pub mod park;
 pub mod request_body;

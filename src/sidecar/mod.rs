@@ -28,7 +28,7 @@ use crate::control::shutdown::{self, Trigger};
 use crate::control::{admin, Context};
 use crate::events::Events;
 use crate::identity::tls::{install_crypto_provider, TlsError};
-use crate::proxy::server;
+use crate::proxy::listen;
 use crate::realtime::Realtime;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otlp::SpanExport;
@@ -135,7 +135,7 @@ impl Sidecar {
         let plan = workers::Plan {
             outbound: workers::outbound_handler(&config, &shared, &inbound),
             inbound: listeners.inbound.is_some().then_some(inbound),
-            settings: server::http_builder(&config.limits),
+            settings: listen::http_builder(&config.limits),
             max_connections: config.limits.max_connections,
             inbound_tls: shared.mesh_tls.as_ref().map(|m| m.acceptor.clone()),
             shutdown: shutdown.clone(),

@@ -23,7 +23,7 @@ use crate::identity::tls::MeshTls;
 use crate::policy::balance::Endpoint;
 use crate::proxy::destination::Destination;
 use crate::proxy::inbound::Inbound;
-use crate::proxy::server;
+use crate::proxy::listen;
 use crate::realtime::Realtime;
 use crate::registry::health::HealthCheck;
 use crate::registry::hygiene::OwnListeners;
@@ -199,7 +199,7 @@ fn bind_copies(
     addr: SocketAddr,
     copies: usize,
 ) -> Result<Vec<std::net::TcpListener>, StartError> {
-    server::bind(addr, copies).map_err(|source| StartError::Bind { what, addr, source })
+    listen::bind(addr, copies).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 async fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::control::admin::ConnectionCap;
 use crate::control::Shutdown;
 use crate::proxy::inbound::Inbound;
+use crate::proxy::listen::HttpSettings;
 use crate::proxy::outbound::Outbound;
-use crate::proxy::server::{self, HttpSettings, ListenerGauges};
+use crate::proxy::server::{self, ListenerGauges};
 use crate::proxy::upstream;
 use crate::telemetry::metrics::Direction;
 

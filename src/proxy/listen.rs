@@ -1,0 +1,92 @@
+//! A data-plane listener before it serves: its `SO_REUSEPORT` sockets, one per worker, and
+//! the HTTP settings (hyper's HTTP/1.1 and h2 builders, from `limits`) that
+//! [`super::server`] serves its connections with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Limits;
+use crate::control::admin::{H2_PING_INTERVAL, H2_PING_TIMEOUT};
+
+/// Binds `copies` listening sockets on `addr` sharing the port with `SO_REUSEPORT`.
+///
+/// A plain bind comes first so that a port another process holds is an error, not a
+/// silent share; it also resolves port 0 to the port every copy then binds.
+pub fn bind(addr: SocketAddr, copies: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let probe = std::net::TcpListener::bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..copies.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_tcp_nodelay(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(4096)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// The HTTP server settings of a data-plane listener, for each way a connection is served.
+#[derive(Clone)]
+pub struct HttpSettings {
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<TokioExecutor>,
+    /// Both of the above behind hyper-util's detection, for TLS connections.
+    pub(super) auto: auto::Builder<TokioExecutor>,
+    /// A client that sends no first byte for this long is disconnected.
+    pub(super) first_byte_timeout: Duration,
+    /// A parked connection with no new request for this long is closed.
+    pub(super) keepalive_timeout: Duration,
+}
+
+/// The HTTP server settings of a data-plane listener.
+pub fn http_builder(limits: &Limits) -> HttpSettings {
+    let header_bytes = limits.max_header_bytes.as_usize();
+    let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
+    // hyper's builders and hyper-util's wrappers of them are different types with the same
+    // setters (one cannot be made from the other): one list of settings applied to both.
+    macro_rules! http1_settings {
+        ($builder:expr) => {
+            $builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout.get())
+                .max_buf_size(header_bytes.max(8192))
+        };
+    }
+    macro_rules! http2_settings {
+        ($builder:expr) => {
+            $builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(header_list)
+                .max_concurrent_streams(256)
+                // A peer that is gone (or stuck) shows by a missed PING answer.
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                // RFC 8441: WebSocket (and other protocols) over an h2 stream.
+                .enable_connect_protocol()
+        };
+    }
+    let mut http1 = http1::Builder::new();
+    http1_settings!(http1);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2_settings!(http2);
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    http1_settings!(auto.http1());
+    http2_settings!(auto.http2());
+    HttpSettings {
+        http1,
+        http2,
+        auto,
+        first_byte_timeout: limits.header_read_timeout.get(),
+        keepalive_timeout: limits.keepalive_timeout.get(),
+    }
+}

@@ -91,6 +91,14 @@ impl Identity {
         }
     }
 
+    /// These settings with mutual TLS as the listener runs it: `tls:` applies only after a
+    /// restart, so a reloaded config must not switch the inbound check to (or away from)
+    /// the certificate while the listener still serves as it started.
+    pub fn with_mutual_tls(mut self, on: bool) -> Identity {
+        self.mtls = on;
+        self
+    }
+
     /// Whether `tls:` is set: the inbound check then wants the connection's
     /// [`PeerIdentity`].
     pub fn mutual_tls(&self) -> bool {

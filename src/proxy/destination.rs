@@ -179,7 +179,7 @@ impl RoutingTable {
         RoutingTable {
             services,
             routes,
-            identity: Identity::from_config(config),
+            identity: Identity::from_config(config).with_mutual_tls(mesh_tls.is_some()),
             rejected,
         }
     }

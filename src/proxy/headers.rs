@@ -140,6 +140,13 @@ fn remove_names(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
 /// the event delivery's `x-event-*`, the hub's `x-realtime-*`, and `Proxy` (httpoxy: a
 /// CGI-style app would take it for its outgoing proxy).
 fn forged_inbound(name: &str) -> bool {
+    if name.contains('_') {
+        // `x_mesh_caller` is `x-mesh-caller` to a CGI-style app (both become
+        // HTTP_X_MESH_CALLER); no name of meshlet's has an underscore, so the token's
+        // spelling with one is dropped too.
+        let dashed = name.replace('_', "-");
+        return forged_inbound(&dashed) || dashed == "x-mesh-token";
+    }
     (name.starts_with(MESH_PREFIX) && name != "x-mesh-token")
         || name.starts_with("x-event-")
         || name.starts_with("x-realtime-")

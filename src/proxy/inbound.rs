@@ -69,15 +69,45 @@ impl Boundary {
     pub fn from_config(config: &Config) -> Boundary {
         let subscriptions = config.events.subscriptions.iter().map(|s| s.path.as_str());
         let on_message = config.realtime.iter().map(|rt| rt.on_message.as_str());
+        // Event deliveries go to `service.app`'s own path + the subscription's path: the
+        // app serves both spellings' handler, so both are refused.
+        let base = config
+            .service
+            .app
+            .as_ref()
+            .map(|app| app.0.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
         let mut delivery_paths: Vec<Vec<u8>> = subscriptions
             .chain(on_message)
-            .map(canonical_path)
+            .flat_map(|path| {
+                [
+                    canonical_path(path),
+                    canonical_path(&format!("{base}{path}")),
+                ]
+            })
             .collect();
         delivery_paths.sort_unstable();
         delivery_paths.dedup();
         Boundary {
             delivery_paths,
             max_hops: config.limits.max_hops.get(),
+        }
+    }
+
+    /// Whether `canonical` is a delivery path, or one with a format suffix
+    /// (`/events/order-paid.json`): frameworks that route an optional format (Rails'
+    /// `(.:format)`, Spring MVC's suffix matching) run the same handler for it.
+    fn is_delivery_path(&self, canonical: &[u8]) -> bool {
+        if self.delivery_paths.iter().any(|p| p == canonical) {
+            return true;
+        }
+        let segment = canonical.iter().rposition(|&b| b == b'/').unwrap_or(0);
+        match canonical[segment..].iter().rposition(|&b| b == b'.') {
+            Some(dot) if dot > 1 => {
+                let stem = &canonical[..segment + dot];
+                self.delivery_paths.iter().any(|p| p == stem)
+            }
+            _ => false,
         }
     }
 
@@ -93,7 +123,7 @@ impl Boundary {
         }
         if !self.delivery_paths.is_empty() {
             let path = req.uri().path();
-            if self.delivery_paths.contains(&canonical_path(path)) {
+            if self.is_delivery_path(&canonical_path(path)) {
                 return Err(ProxyError::DeliveryPath(path.to_owned()));
             }
         }

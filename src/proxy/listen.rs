@@ -15,24 +15,32 @@ use crate::control::admin::{H2_PING_INTERVAL, H2_PING_TIMEOUT};
 
 /// Binds `copies` listening sockets on `addr` sharing the port with `SO_REUSEPORT`.
 ///
-/// A plain bind comes first so that a port another process holds is an error, not a
-/// silent share; it also resolves port 0 to the port every copy then binds.
+/// A fixed port is first bound plainly, so that a port another process holds is an error,
+/// not a silent share. Port 0 is left to the kernel by the first copy, whose port the
+/// others then join: a port picked by a throwaway bind could be taken by someone else
+/// before the copies bind it (seen as `AddrInUse` in parallel tests).
 pub fn bind(addr: SocketAddr, copies: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let probe = std::net::TcpListener::bind(addr)?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    (0..copies.max(1))
-        .map(|_| {
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.set_tcp_nodelay(true)?;
-            socket.set_nonblocking(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(4096)?;
-            Ok(socket.into())
-        })
-        .collect()
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let first = reuse_port_listener(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..copies.max(1) {
+        listeners.push(reuse_port_listener(addr)?);
+    }
+    Ok(listeners)
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// The HTTP server settings of a data-plane listener, for each way a connection is served.

@@ -147,11 +147,15 @@ impl Hygiene {
     }
 }
 
-/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`, or the old `::a.b.c.d`) as IPv4,
-/// since the kernel dials it as one.
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`, the old `::a.b.c.d`, or the NAT64
+/// prefix `64:ff9b::a.b.c.d`) as IPv4, since it reaches that IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => ip,
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let [.., a, b, c, d] = v6.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+        }
         IpAddr::V6(v6) => match v6.to_ipv4() {
             Some(v4) => IpAddr::V4(v4),
             None => ip,
@@ -160,8 +164,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Cloud metadata services outside the link-local ranges (Alibaba's 100.100.100.200, AWS's
+/// IPv6 `fd00:ec2::254`): counted as link-local, since they answer the same questions.
+fn is_metadata_service(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254],
+    }
+}
+
 /// The address classes never dialled, loopback aside (that depends on the config).
 fn check_ip(ip: IpAddr) -> Result<(), Reason> {
+    if is_metadata_service(canonical(ip)) {
+        return Err(Reason::LinkLocal);
+    }
     match canonical(ip) {
         IpAddr::V4(v4) => {
             let [a, b, ..] = v4.octets();
@@ -268,6 +284,10 @@ mod tests {
             ("::ffff:a9fe:a9fe", Reason::LinkLocal),
             ("fe80::1", Reason::LinkLocal),
             ("febf::1", Reason::LinkLocal),
+            ("100.100.100.200", Reason::LinkLocal),
+            ("fd00:ec2::254", Reason::LinkLocal),
+            ("64:ff9b::a9fe:a9fe", Reason::LinkLocal),
+            ("64:ff9b::e000:1", Reason::Multicast),
             ("224.0.0.1", Reason::Multicast),
             ("239.255.255.250", Reason::Multicast),
             ("ff02::1", Reason::Multicast),

@@ -56,13 +56,17 @@ async fn forged_delivery_and_identity_headers_through_inbound_never_reach_the_ap
         ("x-mesh-caller", "payments"),
         ("x-mesh-attempts", "1"),
         ("proxy", "http://evil.example:8080"),
+        // A CGI-style app (WSGI, Rack, PHP) reads `_` as `-`: HTTP_X_MESH_CALLER.
+        ("x_mesh_caller", "billing-admin"),
+        ("x_event_type", "order.paid"),
+        ("x_realtime_user", "admin"),
         ("x-custom", "kept"),
     ];
     let a = request(inbound, "POST", "/orders/42/paid", &forged).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let seen = app.recorded();
     assert_eq!(seen.len(), 1);
-    for (name, _) in &forged[..8] {
+    for (name, _) in &forged[..11] {
         assert_eq!(
             seen[0].header(name),
             "",
@@ -85,6 +89,8 @@ async fn a_request_through_inbound_to_a_path_meshlet_delivers_to_is_forbidden() 
         "/events/%6Frder-paid",
         "/realtime/messages",
         "/x/../realtime/messages;a=b",
+        // Frameworks that route an optional format suffix run the same handler.
+        "/events/order-paid.json",
     ] {
         for method in ["POST", "GET"] {
             let a = request(inbound, method, target, &[("x-event-type", "order.paid")]).await;
@@ -99,6 +105,29 @@ async fn a_request_through_inbound_to_a_path_meshlet_delivers_to_is_forbidden() 
     assert_eq!(app.count(), 0, "none of them reached the app");
     let a = request(inbound, "POST", "/events/order-paid-report", &[]).await;
     assert_eq!(a.status, 200, "a path beside them is the app's");
+}
+
+#[tokio::test]
+async fn delivery_paths_under_the_apps_base_path_are_forbidden_too() {
+    // Deliveries go to `service.app`'s path + the subscription's path.
+    let app = RecordingApp::ok().await;
+    let meshlet = MeshletSpec::new("orders")
+        .workers(1)
+        .service(&format!("app: \"http://{}/api\"", app.addr))
+        .with("events:\n  subscriptions:\n    - {type: order.paid, path: /events/order-paid}\n")
+        .start()
+        .await;
+    let inbound = meshlet.addresses.inbound.unwrap();
+    for target in ["/api/events/order-paid", "/events/order-paid"] {
+        let a = request(inbound, "POST", target, &[]).await;
+        assert_eq!(
+            a.status,
+            403,
+            "{target}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    assert_eq!(app.count(), 0);
 }
 
 #[tokio::test]

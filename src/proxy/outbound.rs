@@ -13,7 +13,7 @@ use super::destination::{Destination, RoutingTable};
 use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::response_body::ResponseBody;
-use super::server::Handler;
+use super::server::{ConnectionHold, Handler};
 use super::upgrade;
 use crate::config::Limits;
 use crate::identity::request_id;
@@ -137,10 +137,12 @@ impl Outbound {
                 return e.to_response(&dest.name, &request_id, false);
             }
         };
+        let hold = req.extensions_mut().remove::<ConnectionHold>();
         let client = hyper::upgrade::on(&mut req);
         let idle = self.limits.idle_timeout.get();
         let gauge = self.upgraded.clone();
         tokio::spawn(async move {
+            let _hold = hold;
             let Ok(client) = client.await else {
                 tracing::debug!(%target, "CONNECT tunnel: the client went away");
                 return;

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::UPGRADE;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
@@ -92,7 +93,7 @@ pub async fn serve<H: Handler>(
                     settings: settings.clone(),
                     shutdown: shutdown.clone(),
                     gauges: gauges.clone(),
-                    _slot: slot,
+                    slot: Arc::new(slot),
                     _alive: alive.clone(),
                 };
                 match &tls {
@@ -217,6 +218,17 @@ struct Service<H> {
     peer: PeerAddr,
     /// The state parking (plain HTTP/1.1) and the idle timer (h2c, TLS) read.
     parkable: Option<Arc<ConnState>>,
+    /// The connection's place under `limits.max_connections`.
+    slot: Arc<ConnectionSlot>,
+}
+
+/// A connection's place under `limits.max_connections`, given to a request that may switch
+/// protocols (`Upgrade`, `CONNECT`): the socket spliced or served by the hub after the
+/// switch keeps counting until it closes, though hyper's connection (and its [`Conn`])
+/// ends at the switch.
+#[derive(Clone)]
+pub struct ConnectionHold {
+    _slot: Arc<ConnectionSlot>,
 }
 
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
@@ -231,6 +243,11 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         if H::PEER_ADDR {
             req.extensions_mut().insert(self.peer);
+        }
+        if req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE) {
+            req.extensions_mut().insert(ConnectionHold {
+                _slot: self.slot.clone(),
+            });
         }
         let handler = self.handler.clone();
         let exchange = self
@@ -315,8 +332,9 @@ struct Conn<H> {
     settings: Arc<HttpSettings>,
     shutdown: Shutdown,
     gauges: ListenerGauges,
-    /// The connection's place under `limits.max_connections`.
-    _slot: ConnectionSlot,
+    /// The connection's place under `limits.max_connections` (shared with an upgraded
+    /// socket's task through [`ConnectionHold`]).
+    slot: Arc<ConnectionSlot>,
     /// Dropped with the connection: the listener's drain waits for all of them.
     _alive: mpsc::Sender<()>,
 }
@@ -327,6 +345,7 @@ impl<H: Handler> Conn<H> {
             handler: self.handler.clone(),
             peer: self.peer,
             parkable: parkable.cloned(),
+            slot: self.slot.clone(),
         }
     }
 

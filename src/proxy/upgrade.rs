@@ -21,6 +21,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::server::ConnectionHold;
 use crate::policy::clock;
 
 /// The protocol a request asks to upgrade to, when it is an upgrade meshlet carries:
@@ -51,12 +52,22 @@ pub fn extended_connect<B>(req: &http::Request<B>) -> Option<&hyper::ext::Protoc
         .flatten()
 }
 
+/// The client's half of an upgrade: its connection once switched, and the connection's
+/// place under `limits.max_connections`, kept until the spliced socket closes.
+pub struct ClientHalf {
+    upgrade: OnUpgrade,
+    hold: Option<ConnectionHold>,
+}
+
 /// The client's half of the connection to splice once the upstream agrees, when the
 /// request asks for an upgrade meshlet carries (HTTP/1.1 `Upgrade` or extended CONNECT).
-pub fn client_half<B>(req: &mut http::Request<B>) -> Option<OnUpgrade> {
+pub fn client_half<B>(req: &mut http::Request<B>) -> Option<ClientHalf> {
     let wants =
         requested(req.headers(), req.version()).is_some() || extended_connect(req).is_some();
-    wants.then(|| hyper::upgrade::on(req))
+    wants.then(|| ClientHalf {
+        hold: req.extensions_mut().remove::<ConnectionHold>(),
+        upgrade: hyper::upgrade::on(req),
+    })
 }
 
 /// Puts the upgrade headers back after hop-by-hop stripping removed them.
@@ -68,7 +79,7 @@ pub fn restore(headers: &mut HeaderMap, token: HeaderValue) {
 /// After a `101` (or a `2xx` to an extended CONNECT), splices the client's connection (when
 /// it asked for the upgrade) with the upstream's in a task of its own.
 pub fn splice_if_switched(
-    client: Option<OnUpgrade>,
+    client: Option<ClientHalf>,
     resp: &mut http::Response<super::response_body::ResponseBody>,
     idle: Duration,
     gauge: &prometheus::IntGauge,
@@ -86,11 +97,15 @@ pub fn splice_if_switched(
 
 /// Splices two upgraded connections until one side closes or both are idle for `idle`.
 pub async fn splice(
-    client: OnUpgrade,
+    client: ClientHalf,
     upstream: OnUpgrade,
     idle: Duration,
     gauge: prometheus::IntGauge,
 ) {
+    let ClientHalf {
+        upgrade: client,
+        hold: _hold,
+    } = client;
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => {

@@ -16,6 +16,7 @@ use super::hub::{self, Client};
 use super::Realtime;
 use crate::identity::request_id;
 use crate::proxy::inbound::InboundRoute;
+use crate::proxy::server::ConnectionHold;
 use crate::wire::AnswerBody;
 
 /// The hub's WebSocket path on the inbound listener.
@@ -39,14 +40,17 @@ impl Realtime {
 
     /// Answers a WebSocket connect: 101 and a socket task, or a docs/errors.md refusal. The
     /// token is checked and a connection slot taken before the upgrade.
-    fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<AnswerBody> {
+    fn accept(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<AnswerBody> {
         match self.admit(&req) {
             Ok((response, client, admission)) => {
                 self.metrics.connects.accepted.inc();
                 let hub = self.clone();
-                // Taken out of the request now, so the task does not keep the request.
+                // Taken out of the request now, so the task does not keep the request; the
+                // socket keeps its place under the listener's `limits.max_connections`.
+                let hold = req.extensions_mut().remove::<ConnectionHold>();
                 let upgrade = hyper::upgrade::on(req);
                 tokio::spawn(async move {
+                    let _hold = hold;
                     match upgrade.await {
                         Ok(upgraded) => connection::serve(hub, upgraded, client, admission).await,
                         Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -286,3 +286,62 @@ async fn an_idle_h2c_connection_gets_goaway_after_keepalive_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_upgraded_connection_still_counts_against_max_connections() {
+    // A TCP service behind `services.X.url` that holds each connection until its peer
+    // closes.
+    let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = partner.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = partner.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 64];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let yaml = format!(
+        "service: {{name: orders}}\nworkers: 1\nlimits: {{max_connections: 3}}\nservices: {{partner: {{url: \"http://{target}\"}}}}\n"
+    );
+    let s = sidecar(&yaml).await;
+    let outbound = s.addresses.outbound;
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let mut tunnel = TcpStream::connect(outbound).await.unwrap();
+        let connect = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+        tunnel.write_all(connect.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut buf))
+            .await
+            .expect("CONNECT answered")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tunnels.push(tunnel);
+    }
+    // hyper's connection ends at the switch; each tunnel still holds its place.
+    let mut fourth = TcpStream::connect(outbound).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET http://nowhere/ HTTP/1.1\r\nhost: nowhere\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), fourth.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a fourth connection was served while three tunnels were open: {read:?}"
+    );
+    let refused = "meshlet_connections_refused_total{listener=\"outbound\"}";
+    assert_eq!(metric(s.addresses.telemetry, refused).await, 1.0);
+    drop(tunnels);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(
+                send(outbound, request("GET", "http://nowhere/", &[], "")).await,
+                Ok(a) if a.status == 404
+            )
+        })
+        .await,
+        "no connection served after the tunnels closed"
+    );
+}

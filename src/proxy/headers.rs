@@ -69,6 +69,8 @@ pub struct ConnectionHints {
     pub close: bool,
     /// A `transfer-encoding` header.
     pub transfer_encoding: bool,
+    /// An `upgrade` header: the exchange may switch protocols.
+    pub upgrade: bool,
 }
 
 /// [`ConnectionHints`] of `headers`: the same one scan of the names as
@@ -85,6 +87,7 @@ pub fn connection_hints(headers: &HeaderMap) -> ConnectionHints {
     ConnectionHints {
         close,
         transfer_encoding: found & (1 << 5) != 0,
+        upgrade: found & (1 << 6) != 0,
     }
 }
 

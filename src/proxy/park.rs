@@ -28,7 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::headers::connection_hints;
+use super::headers::{connection_hints, ConnectionHints};
 use super::response_body::{BodyError, ResponseBody};
 
 /// How long a finished connection stays quiet before it is parked: long enough that a
@@ -108,10 +108,19 @@ impl ConnState {
 pub struct OpenExchange(Arc<ConnState>);
 
 impl OpenExchange {
-    /// Counts `request` in.
+    /// Counts `request` in (the tests' form; the server reads the hints once itself).
+    #[cfg(test)]
     pub fn start<B>(conn: &Arc<ConnState>, request: &Request<B>) -> Self {
+        OpenExchange::start_with(conn, request, connection_hints(request.headers()))
+    }
+
+    /// Counts `request`, whose [`ConnectionHints`] were read already, in.
+    pub fn start_with<B>(
+        conn: &Arc<ConnState>,
+        request: &Request<B>,
+        hints: ConnectionHints,
+    ) -> Self {
         conn.open_exchanges.fetch_add(1, Ordering::Relaxed);
-        let hints = connection_hints(request.headers());
         let keeps_alive = request.version() == Version::HTTP_11
             && request.method() != Method::CONNECT
             && !hints.close;

@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use super::headers::connection_hints;
 use super::listen::HttpSettings;
 use super::park::{ConnState, OpenExchange, ParkableStream, ServedBody, PARK_AFTER};
 use super::response_body::ResponseBody;
@@ -244,7 +245,14 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
         if H::PEER_ADDR {
             req.extensions_mut().insert(self.peer);
         }
-        if req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE) {
+        // One scan of the header names serves parking and this (no hashed lookup).
+        let hints = self
+            .parkable
+            .as_ref()
+            .map(|_| connection_hints(req.headers()));
+        let may_switch = req.method() == Method::CONNECT
+            || hints.map_or_else(|| req.headers().contains_key(UPGRADE), |h| h.upgrade);
+        if may_switch {
             req.extensions_mut().insert(ConnectionHold {
                 _slot: self.slot.clone(),
             });
@@ -253,7 +261,8 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
         let exchange = self
             .parkable
             .as_ref()
-            .map(|conn| OpenExchange::start(conn, &req));
+            .zip(hints)
+            .map(|(conn, hints)| OpenExchange::start_with(conn, &req, hints));
         // Allocated first, then written: the future is built in the box. `Box::pin(fut)`
         // builds it on the stack and copies all of it.
         let slot: Box<std::mem::MaybeUninit<_>> = Box::new_uninit();

@@ -23,43 +23,7 @@ const SENTINEL_HOST: &str = "192.0.2.1";
 
 /// Registers `service`/`id` at `host:port` the way docs/registry.md tells any writer to.
 fn register_at(conn: &mut redis::Connection, service: &str, id: &str, host: &str, port: u16) {
-    let now = now_ms();
-    let ttl_ms = 30_000u64;
-    let key = format!("mesh:inst:{service}:{id}");
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("HSET")
-        .arg(&key)
-        .arg("host")
-        .arg(host)
-        .arg("port")
-        .arg(port)
-        .arg("status")
-        .arg("up")
-        .arg("registered_at")
-        .arg(now)
-        .arg("last_heartbeat")
-        .arg(now)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(ttl_ms)
-        .ignore()
-        .cmd("ZADD")
-        .arg(format!("mesh:svc:{service}"))
-        .arg(now + ttl_ms)
-        .arg(id)
-        .ignore()
-        .cmd("SADD")
-        .arg("mesh:services")
-        .arg(service)
-        .ignore()
-        .cmd("PUBLISH")
-        .arg("mesh:changes")
-        .arg(service)
-        .ignore()
-        .query(conn)
-        .expect("register");
+    register_host_by_hand(conn, service, id, host, port, 30_000);
 }
 
 async fn endpoints(s: &Sidecar, service: &str) -> f64 {

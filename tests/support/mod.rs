@@ -14,6 +14,7 @@ mod mesh;
 pub mod realtime;
 mod redis_server;
 mod server;
+mod tls;
 mod upstream;
 
 use std::future::Future;
@@ -27,8 +28,9 @@ pub use {
     mesh::{
         callee_and_caller, sidecar, sidecar_from_file, until_status, MeshletSpec, Pair, FREE_PORTS,
     },
-    redis_server::{deregister_by_hand, register_by_hand, RedisServer},
+    redis_server::{deregister_by_hand, register_by_hand, register_host_by_hand, RedisServer},
     server::{serve, serve_connection, serve_on, Http, Server},
+    tls::MeshCerts,
     upstream::Upstream,
 };
 

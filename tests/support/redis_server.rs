@@ -165,6 +165,25 @@ pub fn register_by_hand(
     addr: SocketAddr,
     ttl_ms: u64,
 ) {
+    register_host_by_hand(
+        conn,
+        service,
+        id,
+        &addr.ip().to_string(),
+        addr.port(),
+        ttl_ms,
+    );
+}
+
+/// [`register_by_hand`] at any host text, as a writer of the registry may spell it.
+pub fn register_host_by_hand(
+    conn: &mut redis::Connection,
+    service: &str,
+    id: &str,
+    host: &str,
+    port: u16,
+    ttl_ms: u64,
+) {
     let now = now_ms();
     let key = format!("mesh:inst:{service}:{id}");
     let _: () = redis::pipe()
@@ -172,9 +191,9 @@ pub fn register_by_hand(
         .cmd("HSET")
         .arg(&key)
         .arg("host")
-        .arg(addr.ip().to_string())
+        .arg(host)
         .arg("port")
-        .arg(addr.port())
+        .arg(port)
         .arg("version")
         .arg("test")
         .arg("status")

@@ -60,7 +60,10 @@ pub struct Identity {
 
 impl Identity {
     /// Identity settings from `config`.
-    pub fn from_config(config: &Config) -> Identity {
+    /// `mutual_tls`: whether the inbound listener was started with `tls:` (a setting that
+    /// applies only after a restart, so a reloaded config never switches the inbound check
+    /// to or away from the certificate while the listener serves as it started).
+    pub fn from_config(config: &Config, mutual_tls: bool) -> Identity {
         let auth = config.auth.as_ref();
         let keys = auth
             .and_then(|a| a.token.as_ref())
@@ -72,7 +75,7 @@ impl Identity {
                 .unwrap_or(HeaderValue::from_static("unknown")),
             service,
             keys,
-            mtls: config.tls.is_some(),
+            mtls: mutual_tls,
             require: auth.is_some_and(|a| a.inbound.require),
             allow_from: auth
                 .map(|a| a.inbound.allow_from.iter().map(|s| s.to_string()).collect())
@@ -89,14 +92,6 @@ impl Identity {
                 headers.insert(X_MESH_TOKEN.clone(), token);
             }
         }
-    }
-
-    /// These settings with mutual TLS as the listener runs it: `tls:` applies only after a
-    /// restart, so a reloaded config must not switch the inbound check to (or away from)
-    /// the certificate while the listener still serves as it started.
-    pub fn with_mutual_tls(mut self, on: bool) -> Identity {
-        self.mtls = on;
-        self
     }
 
     /// Whether `tls:` is set: the inbound check then wants the connection's
@@ -191,7 +186,8 @@ mod tests {
     fn identity(yaml: &str) -> Identity {
         let text = format!("service: {{name: inventory}}\n{yaml}");
         let loaded = LoadedConfig::from_text(&text, "test.yaml").unwrap();
-        Identity::from_config(&loaded.config)
+        let tls = loaded.config.tls.is_some();
+        Identity::from_config(&loaded.config, tls)
     }
 
     fn peer(service: &str) -> PeerIdentity {

@@ -106,7 +106,7 @@ impl RoutingTable {
         RoutingTable {
             services: HashMap::new(),
             routes: Vec::new(),
-            identity: Identity::from_config(config),
+            identity: Identity::from_config(config, config.tls.is_some()),
             rejected: HashSet::new(),
         }
     }
@@ -179,7 +179,7 @@ impl RoutingTable {
         RoutingTable {
             services,
             routes,
-            identity: Identity::from_config(config).with_mutual_tls(mesh_tls.is_some()),
+            identity: Identity::from_config(config, mesh_tls.is_some()),
             rejected,
         }
     }

@@ -5,8 +5,10 @@
 //! dropped on the inbound side; meshlet's own `Via` entries are counted for loops; small
 //! numbers become header values without formatting.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, VIA,
 };
@@ -164,8 +166,8 @@ pub fn strip_inbound(headers: &mut HeaderMap, peer: Option<IpAddr>) {
     let Some(peer) = peer else {
         return;
     };
-    let peer = peer.to_canonical().to_string();
-    let mut joined: Vec<u8> = Vec::new();
+    // One buffer, handed to the header value without a copy.
+    let mut joined = BytesMut::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         let value = value.as_bytes().trim_ascii();
         if !value.is_empty() {
@@ -173,12 +175,13 @@ pub fn strip_inbound(headers: &mut HeaderMap, peer: Option<IpAddr>) {
             joined.extend_from_slice(b", ");
         }
     }
-    joined.extend_from_slice(peer.as_bytes());
-    // Visible text joined by ", ": always a valid value; the peer alone otherwise.
-    let value = HeaderValue::from_bytes(&joined)
-        .or_else(|_| HeaderValue::from_str(&peer))
-        .ok();
-    if let Some(value) = value {
+    let peer = peer.to_canonical();
+    // Writing an address into a growable buffer cannot fail.
+    let _ = write!(joined, "{peer}");
+    // Visible text joined by ", " is always a valid value; the peer alone otherwise.
+    let value = HeaderValue::from_maybe_shared(joined.freeze())
+        .or_else(|_| HeaderValue::from_str(&peer.to_string()));
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }

@@ -74,18 +74,18 @@ pub enum ResponseBody {
         /// `limits.idle_timeout`, once the handler set it.
         idle: IdleWatch,
     },
-    /// meshlet's own answer (errors, degrade answers).
-    Full(Option<Bytes>),
+    /// meshlet's own answer (errors, degrade answers): the shared [`AnswerBody`].
+    Answer(AnswerBody),
 }
 
 impl ResponseBody {
     /// A body of `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        ResponseBody::Full(Some(bytes.into()))
+        ResponseBody::Answer(AnswerBody::full(bytes))
     }
     /// No body.
     pub fn empty() -> Self {
-        ResponseBody::Full(None)
+        ResponseBody::Answer(AnswerBody::empty())
     }
 
     /// Cuts a streamed body after `limit` without a byte either way.
@@ -98,7 +98,7 @@ impl ResponseBody {
 
 impl From<AnswerBody> for ResponseBody {
     fn from(answer: AnswerBody) -> Self {
-        ResponseBody::Full(answer.into_bytes())
+        ResponseBody::Answer(answer)
     }
 }
 
@@ -211,21 +211,23 @@ impl Body for ResponseBody {
                 }
                 polled.map(|frame| frame.map(|r| r.map_err(BodyError::from)))
             }
-            ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Answer(answer) => Pin::new(answer)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream { body, .. } => body.is_end_stream(),
-            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Answer(answer) => answer.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream { body, .. } => body.size_hint(),
-            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+            ResponseBody::Answer(answer) => answer.size_hint(),
         }
     }
 }

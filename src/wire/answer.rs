@@ -28,11 +28,6 @@ impl AnswerBody {
     pub fn empty() -> Self {
         AnswerBody(None)
     }
-
-    /// The bytes not sent yet.
-    pub fn into_bytes(self) -> Option<Bytes> {
-        self.0
-    }
 }
 
 impl Body for AnswerBody {

@@ -26,6 +26,7 @@
 //! - [`telemetry`]: metrics, logs, the telemetry and local-API servers.
 //! - [`events`]: events over Redis Streams, published and delivered over localhost HTTP.
 //! - [`realtime`]: the WebSocket hub: rooms, users, broadcast across instances.
+//! - [`operator`]: `meshlet stat`, `tap` and `doctor`: asking a running meshlet.
 //! - [`sidecar`]: wiring: builds all of the above from a config and shuts it down.
 //! - [`demo`]: the embedded demo upstream behind `meshlet demo`.
 
@@ -37,6 +38,7 @@ pub mod control;
 pub mod demo;
 pub mod events;
 pub mod identity;
+pub mod operator;
 pub(crate) mod policy;
 pub(crate) mod proxy;
 pub(crate) mod realtime;

@@ -1,12 +1,14 @@
 //! The `meshlet` command line: parses arguments and calls the library (`Sidecar`, the
-//! registry and events CLIs). No logic of its own.
+//! registry and events CLIs, the operator commands). No logic of its own.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use meshlet::config::{Dur, LoadedConfig};
+use meshlet::operator;
 use meshlet::sidecar::Sidecar;
 use meshlet::telemetry::logging::{self, LogFormat};
 
@@ -48,6 +50,51 @@ enum Command {
         #[command(subcommand)]
         action: EventsAction,
     },
+    /// Per-destination traffic of the running meshlet (GET /v1/stats): rps, success, p50/p99,
+    /// breaker, endpoints. Redraws every second on a terminal; prints once when piped.
+    Stat(StatArgs),
+    /// Print each request the running meshlet answers, live (GET /v1/tap), until Ctrl-C.
+    Tap(TapArgs),
+    /// Check this pod's meshlet: config, listeners, Redis, registration, app health, clock.
+    /// Exit 0 when no check failed, 1 when one did.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct ApiArg {
+    /// The running meshlet's local API (listen.api), ip:port.
+    #[arg(long, default_value = meshlet::operator::DEFAULT_API)]
+    api: SocketAddr,
+}
+
+#[derive(Args)]
+struct StatArgs {
+    #[command(flatten)]
+    api: ApiArg,
+    /// Print once and exit, even on a terminal.
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Args)]
+struct TapArgs {
+    #[command(flatten)]
+    api: ApiArg,
+    /// Only requests to or from this destination.
+    #[arg(long)]
+    service: Option<String>,
+    /// At most this many lines per second (the meshlet's default: 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(meshlet::operator::tap::MAX_RATE)))]
+    rate: Option<u32>,
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The local API to ask (default: the config's listen.api), ip:port.
+    #[arg(long)]
+    api: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -208,6 +255,19 @@ fn main() -> ExitCode {
         Command::Demo => runtime.block_on(demo()),
         Command::Registry { target, action } => runtime.block_on(registry(target, action)),
         Command::Events { target, action } => runtime.block_on(events(target, action)),
+        Command::Stat(a) => {
+            let done = runtime.block_on(operator::stat::run(a.api.api, a.once));
+            return operator::exit_status(done);
+        }
+        Command::Tap(a) => {
+            let done =
+                runtime.block_on(operator::tap::run(a.api.api, a.service.as_deref(), a.rate));
+            return operator::exit_status(done);
+        }
+        Command::Doctor(a) => {
+            let done = runtime.block_on(operator::doctor::run(&a.config.config, a.api));
+            return operator::exit_status(done);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

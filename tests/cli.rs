@@ -1,4 +1,5 @@
-//! The `meshlet` binary: `check`, `run` with SIGTERM, and the `registry` operator commands.
+//! The `meshlet` binary: `check`, `run` with SIGTERM, the `registry` operator commands, and
+//! `doctor`, `stat` and `tap` against a real Redis and a running meshlet.
 
 mod support;
 
@@ -204,4 +205,253 @@ async fn registry_commands_register_list_and_deregister() {
     assert_eq!(protocol, "h2");
     run(&["deregister", "--service", "search", "--id", "s-1"]);
     assert!(!run(&["list"]).contains("s-1"));
+}
+
+/// Runs `meshlet ARGS` with piped output, without blocking the test's runtime (the
+/// in-process sidecar's API and telemetry servers live on it).
+async fn meshlet(args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(BIN)
+            .args(args)
+            .env_remove("MESHLET_CONFIG")
+            .env_remove("NO_COLOR")
+            .output(),
+    )
+    .await
+    .expect("meshlet finished within 30s")
+    .unwrap()
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn doctor_explains_a_stopped_redis_in_one_line() {
+    let closed = free_port();
+    let (outbound, api, telemetry) = (free_port(), free_port(), free_port());
+    let f = write_config(&format!(
+        "service: {{name: orders}}\nlisten: {{outbound: 127.0.0.1:{outbound}, api: 127.0.0.1:{api}, telemetry: 127.0.0.1:{telemetry}}}\nregistry: {{redis: \"redis://127.0.0.1:{closed}/0\"}}\n"
+    ));
+    let out = meshlet(&["doctor", "--config", f.path().to_str().unwrap()]).await;
+    let text = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains('\x1b'), "piped output is plain: {text:?}");
+    let about_redis: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("refused") && l.to_lowercase().contains("redis"))
+        .collect();
+    assert_eq!(
+        about_redis,
+        [format!(
+            "✗ redis        redis://127.0.0.1:{closed}/0 refused the connection (is redis-server running?)"
+        )],
+        "{text}"
+    );
+    // What needs Redis is skipped, not failed again for the same cause.
+    assert!(text.lines().any(|l| l.starts_with("- clock ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("✓ config ")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "✗ outbound     127.0.0.1:{outbound} refused the connection"
+        ))),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_passes_every_check_against_a_running_meshlet() {
+    let redis = RedisServer::start();
+    let app = RecordingApp::ok().await;
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let f = write_config(&format!(
+        "service: {{name: billing, app: \"http://{}\", health: /healthz, health_interval: 200ms}}\nworkers: 1\nlisten: {{outbound: 127.0.0.1:{}, inbound: 127.0.0.1:{}, api: 127.0.0.1:{}, telemetry: 127.0.0.1:{}}}\nregistry: {{redis: \"{}\"}}\n",
+        app.addr, ports[0], ports[1], ports[2], ports[3], redis.url()
+    ));
+    let sidecar = sidecar_from_file(f.path()).await;
+    until_ready(&sidecar).await;
+    let mut conn = redis.conn();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let n: u64 = redis::cmd("ZCARD")
+                .arg("mesh:svc:billing")
+                .query(&mut conn)
+                .unwrap_or(0);
+            async move { n == 1 }
+        })
+        .await,
+        "registered itself"
+    );
+    let out = meshlet(&["doctor", "-c", f.path().to_str().unwrap()]).await;
+    let text = stdout_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let names = [
+        "config",
+        "outbound",
+        "inbound",
+        "api",
+        "telemetry",
+        "redis",
+        "registration",
+        "app",
+        "clock",
+    ];
+    assert_eq!(lines.len(), names.len() + 1, "{text}");
+    for (line, name) in lines.iter().zip(names) {
+        assert!(
+            line.starts_with(&format!("✓ {name:<12} ")),
+            "{name}: {text}"
+        );
+    }
+    let id = &sidecar.shared.instance_id;
+    assert!(
+        lines[6].contains(&format!("billing/{id} at 127.0.0.1:{}, up", ports[1])),
+        "{text}"
+    );
+    assert!(lines[5].contains("(redis "), "{text}");
+    assert!(lines[7].contains("/healthz answered 200"), "{text}");
+    assert_eq!(lines[9], "9 passed", "{text}");
+    assert!(app.recording.all().iter().any(|r| r.path == "/healthz"));
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn doctor_fails_on_a_missing_config_and_rejects_bad_arguments() {
+    let out = meshlet(&["doctor", "--config", "/nonexistent/meshlet.yaml"]).await;
+    let text = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let first = text.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("✗ config       ") && first.contains("/nonexistent/meshlet.yaml"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().count(),
+        2,
+        "the config line and the summary: {text}"
+    );
+
+    let out = meshlet(&["doctor"]).await;
+    assert_eq!(out.status.code(), Some(2), "no --config is a usage error");
+    let out = meshlet(&["tap", "--rate", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "--rate 0 is a usage error");
+}
+
+/// A meshlet calling `inventory` (a static entry) whose API `stat` and `tap` ask.
+async fn caller_of_inventory(upstream: &Upstream) -> meshlet::sidecar::Sidecar {
+    sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 1\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        upstream.addr
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn stat_piped_prints_one_table_and_exits() {
+    let upstream = Upstream::start("inventory").await;
+    let caller = caller_of_inventory(&upstream).await;
+    let api = caller.addresses.api.to_string();
+    // The first look starts the meshlet's sampler (docs/metrics.md): no window figures yet.
+    let out = meshlet(&["stat", "--api", &api]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let before = stdout_of(&out);
+    let row = before.lines().find(|l| l.starts_with("inventory "));
+    let cells: Vec<&str> = row.unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        cells.get(3),
+        Some(&"-"),
+        "no success rate without requests: {before}"
+    );
+    for _ in 0..3 {
+        let answer = get_via(caller.addresses.outbound, "http://inventory/items").await;
+        assert_eq!(answer.status, 200);
+    }
+    let out = meshlet(&["stat", "--api", &api]).await;
+    let text = stdout_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains('\x1b'), "piped output is plain: {text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("orders  up "), "{text}");
+    assert!(
+        lines[1].starts_with("NAME")
+            && lines[1].contains("BREAKER")
+            && lines[1].ends_with("LIMITED"),
+        "{text}"
+    );
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("inventory "))
+        .unwrap_or_else(|| panic!("no inventory row: {text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "out", "{text}");
+    assert_eq!(cells[3], "100.00%", "three 200s: {text}");
+    assert_eq!(cells[6], "closed", "{text}");
+    assert_eq!(cells[7], "1/0/0", "one static endpoint, up: {text}");
+
+    // Nothing listens: one line on stderr, exit 1.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = meshlet(&["stat", "--api", &dead]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&dead) && err.contains("refused the connection"),
+        "{err}"
+    );
+    caller.shutdown().await;
+}
+
+#[tokio::test]
+async fn tap_piped_shows_each_request_as_a_line() {
+    use tokio::io::AsyncBufReadExt;
+    let upstream = Upstream::start("inventory").await;
+    let caller = caller_of_inventory(&upstream).await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["tap", "--api", &caller.addresses.api.to_string()])
+        .args(["--service", "inventory"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The tap only sees requests after it connected: send until one shows, at most 50.
+    let mut seen = None;
+    for _ in 0..50 {
+        let answer = get_via(caller.addresses.outbound, "http://inventory/items?secret=1").await;
+        assert_eq!(answer.status, 200);
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
+        {
+            seen = line.unwrap();
+            break;
+        }
+    }
+    let line = seen.expect("a tap line within 50 requests");
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..5],
+        ["out", "inventory", "GET", "/items"],
+        "{line}"
+    );
+    assert_eq!(cells[5], "200", "{line}");
+    assert!(
+        cells[6].ends_with("ms") || cells[6].ends_with('s'),
+        "{line}"
+    );
+    assert_eq!(cells[7..9], ["1", "attempt"], "{line}");
+    assert_eq!(cells[9], upstream.addr.to_string(), "{line}");
+    assert!(!line.contains("secret"), "the query is never shown: {line}");
+    child.kill().await.unwrap();
+    caller.shutdown().await;
 }

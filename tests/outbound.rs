@@ -615,3 +615,491 @@ async fn keep_alive_outlives_the_header_read_timeout_and_a_stalled_head_does_not
     );
     assert_eq!(up.hits(), 2);
 }
+
+// ---- The tap (`GET /v1/tap`) and the access line (docs/operations.md "Tap",
+// docs/metrics.md "Access log").
+
+/// A `GET /v1/tap` stream, read one NDJSON line at a time.
+struct TapReader {
+    body: hyper::body::Incoming,
+    pending: Vec<u8>,
+}
+
+/// Opens a tap on the local API at `api` with `query`: the answer's status and headers, and
+/// the stream (empty unless the status is 200). The tap is open once this returns.
+async fn open_tap(
+    api: std::net::SocketAddr,
+    query: &str,
+) -> (http::StatusCode, http::HeaderMap, TapReader) {
+    let stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("/v1/tap?{query}"))
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let reader = TapReader {
+        body,
+        pending: Vec::new(),
+    };
+    (parts.status, parts.headers, reader)
+}
+
+impl TapReader {
+    /// The next line within `within`; `None` when none came or the stream ended.
+    async fn next_line(&mut self, within: Duration) -> Option<serde_json::Value> {
+        use http_body_util::BodyExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).expect("each line is JSON"));
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await;
+            match frame {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.pending.extend_from_slice(data);
+                    }
+                }
+                Ok(Some(Err(_)) | None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the stream ends cleanly (its last chunk, not a cut connection) within
+    /// `within`, whatever lines come first.
+    async fn ends_cleanly(&mut self, within: Duration) -> bool {
+        use http_body_util::BodyExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(None) => return true,
+                Ok(Some(Err(_))) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Lines until none comes for `quiet` (at most `max`).
+    async fn lines_until_quiet(&mut self, quiet: Duration, max: usize) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        while lines.len() < max {
+            match self.next_line(quiet).await {
+                Some(line) => lines.push(line),
+                None => break,
+            }
+        }
+        lines
+    }
+}
+
+/// `orders` with `inventory` (an upstream), `catalog` (another) and `dead` (a closed port).
+async fn orders_for_tapping() -> (meshlet::sidecar::Sidecar, Upstream, Upstream, u16) {
+    let inventory = Upstream::start("inventory").await;
+    let catalog = Upstream::start("catalog").await;
+    let dead = free_port();
+    let s = sidecar(&format!(
+        "service: {{name: orders}}\nworkers: 2\nregistry:\n  static:\n    inventory: [\"{}\"]\n    catalog: [\"{}\"]\n    dead: [\"127.0.0.1:{dead}\"]\n",
+        inventory.addr, catalog.addr
+    ))
+    .await;
+    (s, inventory, catalog, dead)
+}
+
+#[tokio::test]
+async fn a_tap_sees_each_answered_request_once_with_its_path_status_attempts_and_upstream() {
+    let (s, inventory, _catalog, dead) = orders_for_tapping().await;
+    let out = s.addresses.outbound;
+    let (status, headers, mut tap) = open_tap(s.addresses.api, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+
+    const N: usize = 12;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let a = get_via(out, &format!("http://inventory/items/{i}?token=secret")).await;
+        assert_eq!(a.status, 200);
+        ids.push(a.header("x-request-id").to_owned());
+    }
+    let gone = get_via(out, "http://dead/gone?q=1").await;
+    assert_eq!(gone.status, 502);
+    let nowhere = get_via(out, "http://nowhere/x").await;
+    assert_eq!(nowhere.status, 404);
+
+    for (i, id) in ids.iter().enumerate() {
+        let line = tap.next_line(Duration::from_secs(5)).await.expect("a line");
+        assert_eq!(line["direction"], "outbound", "{line}");
+        assert_eq!(line["destination"], "inventory", "{line}");
+        assert_eq!(line["method"], "GET", "{line}");
+        assert_eq!(
+            line["path"],
+            format!("/items/{i}"),
+            "never the query: {line}"
+        );
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["attempts"], 1, "{line}");
+        assert_eq!(line["upstream"], inventory.addr.to_string(), "{line}");
+        assert_eq!(line["request_id"], id.as_str(), "{line}");
+        assert!(
+            line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
+        let time = line["time"].as_str().unwrap();
+        assert!(
+            time.len() == 24 && time.ends_with('Z'),
+            "RFC 3339 with ms: {time}"
+        );
+    }
+    let line = tap
+        .next_line(Duration::from_secs(5))
+        .await
+        .expect("the 502");
+    assert_eq!(line["destination"], "dead", "{line}");
+    assert_eq!(line["path"], "/gone", "{line}");
+    assert_eq!(line["status"], 502, "{line}");
+    assert_eq!(line["attempts"], 3, "connect failures are retried: {line}");
+    assert_eq!(line["upstream"], format!("127.0.0.1:{dead}"), "{line}");
+    assert_eq!(line["request_id"], gone.header("x-request-id"), "{line}");
+    let line = tap
+        .next_line(Duration::from_secs(5))
+        .await
+        .expect("the 404");
+    assert_eq!(line["status"], 404, "{line}");
+    assert_eq!(line["attempts"], 0, "{line}");
+    assert_eq!(
+        line["upstream"],
+        serde_json::Value::Null,
+        "no upstream tried: {line}"
+    );
+    assert!(
+        tap.next_line(Duration::from_millis(300)).await.is_none(),
+        "one line per request, no more"
+    );
+    assert_eq!(inventory.hits(), N);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tap_with_a_service_sees_only_that_destination_and_inbound_requests_are_tapped_too() {
+    let (s, _inventory, _catalog, _dead) = orders_for_tapping().await;
+    let out = s.addresses.outbound;
+    let (_, _, mut catalog_only) = open_tap(s.addresses.api, "service=catalog").await;
+    let (_, _, mut everything) = open_tap(s.addresses.api, "rate=1000").await;
+    for i in 0..4 {
+        let host = if i % 2 == 0 { "inventory" } else { "catalog" };
+        assert_eq!(
+            get_via(out, &format!("http://{host}/n/{i}")).await.status,
+            200
+        );
+    }
+    let seen = catalog_only
+        .lines_until_quiet(Duration::from_millis(500), 10)
+        .await;
+    let paths: Vec<&str> = seen.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/n/1", "/n/3"], "{seen:?}");
+    assert!(seen.iter().all(|l| l["destination"] == "catalog"));
+    let seen = everything
+        .lines_until_quiet(Duration::from_millis(500), 10)
+        .await;
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    // The inbound side: a meshlet in front of an app.
+    let app = RecordingApp::ok().await;
+    let billing = MeshletSpec::new("billing")
+        .app(app.addr)
+        .with("workers: 1\n")
+        .start()
+        .await;
+    let (_, _, mut tap) = open_tap(billing.addresses.api, "service=billing").await;
+    let inbound = billing.addresses.inbound.expect("an inbound listener");
+    let a = get_host(inbound, "billing", "/invoices/7?full=1").await;
+    assert_eq!(a.status, 200);
+    let line = tap
+        .next_line(Duration::from_secs(5))
+        .await
+        .expect("the inbound line");
+    assert_eq!(line["direction"], "inbound", "{line}");
+    assert_eq!(line["destination"], "billing", "{line}");
+    assert_eq!(line["path"], "/invoices/7", "{line}");
+    assert_eq!(line["attempts"], 1, "{line}");
+    assert_eq!(line["upstream"], app.addr.to_string(), "{line}");
+    billing.shutdown().await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tap_over_its_rate_drops_lines_and_says_how_many() {
+    let (s, _inventory, _catalog, _dead) = orders_for_tapping().await;
+    let out = s.addresses.outbound;
+    let (status, _, mut tap) = open_tap(s.addresses.api, "rate=5").await;
+    assert_eq!(status, 200);
+    const N: u64 = 50;
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        assert_eq!(
+            get_via(out, &format!("http://inventory/r/{i}"))
+                .await
+                .status,
+            200
+        );
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let (mut shown, mut dropped) = (0, 0);
+    // Every request is either shown or counted as dropped; a quiet tap reports its drops
+    // within a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shown + dropped < N && std::time::Instant::now() < deadline {
+        let Some(line) = tap.next_line(Duration::from_secs(3)).await else {
+            break;
+        };
+        match line["dropped"].as_u64() {
+            Some(n) => dropped += n,
+            None => shown += 1,
+        }
+    }
+    assert_eq!(shown + dropped, N, "shown {shown}, dropped {dropped}");
+    assert!(
+        (5..=5 * (seconds + 1)).contains(&shown),
+        "at most 5 a second over {seconds} s: {shown} shown"
+    );
+    assert!(dropped > 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn sixteen_taps_at_most_none_slows_requests_and_shutdown_ends_them() {
+    let (s, _inventory, _catalog, _dead) = orders_for_tapping().await;
+    let out = s.addresses.outbound;
+    let api = s.addresses.api;
+
+    const REQUESTS: u32 = 200;
+    let timed = || async {
+        let started = std::time::Instant::now();
+        for i in 0..REQUESTS {
+            assert_eq!(
+                get_via(out, &format!("http://inventory/t/{i}"))
+                    .await
+                    .status,
+                200
+            );
+        }
+        started.elapsed()
+    };
+    let untapped = timed().await;
+
+    // Sixteen taps that nobody reads: their queues fill, and lines are dropped, not waited for.
+    let mut taps = Vec::new();
+    for _ in 0..16 {
+        let (status, _, tap) = open_tap(api, "rate=1000").await;
+        assert_eq!(status, 200);
+        taps.push(tap);
+    }
+    let (status, headers, _) = open_tap(api, "").await;
+    assert_eq!(status, 503, "the seventeenth tap is refused");
+    assert_eq!(headers["x-mesh-error"], "overloaded");
+    let tapped = timed().await;
+    assert!(
+        tapped < untapped * 3 + Duration::from_millis(500),
+        "untapped {untapped:?}, tapped {tapped:?}"
+    );
+    let line = taps[0]
+        .next_line(Duration::from_secs(5))
+        .await
+        .expect("a line");
+    assert_eq!(line["destination"], "inventory");
+
+    // A tap whose client went away frees its place.
+    taps.pop();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open_tap(api, "").await.0 == 200
+        })
+        .await
+    );
+    let (bad, _, _) = open_tap(api, "rate=fast").await;
+    assert_eq!(bad, 400);
+
+    // Shutdown ends every stream cleanly, without waiting for shutdown_grace.
+    let started = std::time::Instant::now();
+    let mut first = taps.remove(0);
+    s.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(first.ends_cleanly(Duration::from_secs(2)).await);
+}
+
+/// A meshlet process (JSON logs at `info` on stderr) with `inventory` at `upstream`: the
+/// child, its outbound address, and its stderr lines as they come.
+fn meshlet_logging(
+    upstream: std::net::SocketAddr,
+    dir: &tempfile::TempDir,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let out = free_port();
+    let path = dir.path().join("meshlet.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "service: {{name: orders}}\nworkers: 1\nlisten: {{outbound: 127.0.0.1:{out}, api: 127.0.0.1:{}, telemetry: 127.0.0.1:{}}}\nregistry: {{static: {{inventory: [\"{upstream}\"]}}}}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshlet"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("meshlet starts");
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (
+        child,
+        std::net::SocketAddr::from(([127, 0, 0, 1], out)),
+        received,
+    )
+}
+
+/// The access line of request `id` among `lines`, within 5 s (awaited: the test's runtime
+/// serves the upstream and must go on running).
+async fn access_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    id: &str,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, lines.recv()).await {
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if json["target"] == "meshlet::access" && json["request_id"] == id {
+            return json;
+        }
+    }
+    panic!("no access line for {id}");
+}
+
+#[tokio::test]
+async fn the_access_line_is_written_when_the_body_ends_with_its_bytes_path_and_upstream() {
+    use http_body_util::BodyExt;
+    let inventory = Upstream::start("inventory").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, out, mut lines) = meshlet_logging(inventory.addr, &dir);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            send(
+                out,
+                Request::get("http://inventory/ready")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .is_ok_and(|a| a.status == 200)
+        })
+        .await,
+        "meshlet answers"
+    );
+
+    // A body streamed upstream in three chunks (64 KiB, 64 KiB, the rest).
+    const LEN: u64 = 150_000;
+    let a = get_via(out, &format!("http://inventory/bytes/{LEN}?x=1")).await;
+    assert_eq!(a.body.len() as u64, LEN);
+    let line = access_line(&mut lines, a.header("x-request-id")).await;
+    assert_eq!(line["direction"], "outbound", "{line}");
+    assert_eq!(line["destination"], "inventory", "{line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["path"], format!("/bytes/{LEN}"), "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["upstream"], inventory.addr.to_string(), "{line}");
+    assert_eq!(line["attempts"], 1, "{line}");
+    assert_eq!(line["bytes_in"], 0, "{line}");
+    assert_eq!(line["bytes_out"], LEN, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+    assert!(line["duration_us"].as_u64().is_some(), "{line}");
+    assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
+
+    // A request body of three chunks without a length, echoed back: counted both ways.
+    let chunks = ["a".repeat(1000), "b".repeat(2000), "c".repeat(3000)]
+        .map(|c| Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(c))));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+    let stream = tokio::net::TcpStream::connect(out).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://inventory/echo")
+        .header("host", "inventory")
+        .body(body)
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed.len(), 6000);
+    let line = access_line(&mut lines, &id).await;
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["bytes_in"], 6000, "counted as it streamed: {line}");
+    assert_eq!(line["bytes_out"], 6000, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+
+    // A client that goes away mid-body: the line says what was sent, and that it was cut.
+    let stream = tokio::net::TcpStream::connect(out).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://inventory/bytes/50000000")
+        .header("host", "inventory")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body);
+    drop(sender);
+    conn.abort();
+    let line = access_line(&mut lines, &id).await;
+    assert_eq!(line["complete"], false, "{line}");
+    let sent = line["bytes_out"].as_u64().unwrap();
+    assert!(sent > 0 && sent < 50_000_000, "{line}");
+
+    // meshlet's own answer: no upstream, no attempt, its JSON body counted.
+    let a = get_via(out, "http://nowhere/x?y").await;
+    assert_eq!(a.status, 404);
+    let line = access_line(&mut lines, a.header("x-request-id")).await;
+    assert_eq!(line["path"], "/x", "{line}");
+    assert_eq!(line["upstream"], "", "{line}");
+    assert_eq!(line["attempts"], 0, "{line}");
+    assert_eq!(line["bytes_out"], a.body.len() as u64, "{line}");
+
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -3,6 +3,9 @@
 
 mod support;
 
+#[path = "policy/faults_and_limits.rs"]
+mod faults_and_limits;
+
 use std::io::Write;
 use std::time::{Duration, Instant};
 

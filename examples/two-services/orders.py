@@ -6,8 +6,14 @@ listener, so urllib sends `GET http://inventory/items/widget` there, and meshlet
 inventory instances in the registry, retries, ejects and breaks circuits.
 
 GET /orders/<item>  ->  {"item", "ok", "inventory_status", "inventory": <its JSON>,
-                         "attempts": x-mesh-attempts, "mesh_error": x-mesh-error}
+                         "attempts": x-mesh-attempts, "mesh_error": x-mesh-error,
+                         "fault": x-mesh-fault, "app_retries": 0 or 1}
 Env: PORT, HTTP_PROXY.
+
+Like a well-behaved client, orders retries a 503 once itself, unless the answer asks it to
+wait (`Retry-After`, as an open breaker's does). meshlet's fault injection
+(docs/policy.md) exists to prove that such app-level handling works: an injected abort is
+never retried by meshlet, so it shows up in `app_retries`.
 """
 import json
 import os
@@ -39,6 +45,11 @@ class Handler(BaseHTTPRequestHandler):
         item = self.path[len("/orders/"):]
         status, headers, body = ask_inventory(item)
         headers = {k.lower(): v for k, v in headers.items()}
+        app_retries = 0
+        if status == 503 and "retry-after" not in headers:
+            app_retries = 1
+            status, headers, body = ask_inventory(item)
+            headers = {k.lower(): v for k, v in headers.items()}
         self.reply(200 if status == 200 else 502, {
             "item": item,
             "ok": status == 200,
@@ -47,6 +58,8 @@ class Handler(BaseHTTPRequestHandler):
             "attempts": headers.get("x-mesh-attempts"),
             "mesh_error": headers.get("x-mesh-error"),
             "retry_after": headers.get("retry-after"),
+            "fault": headers.get("x-mesh-fault"),
+            "app_retries": app_retries,
         })
 
     def reply(self, status, body):

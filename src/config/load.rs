@@ -182,10 +182,12 @@ fn validate_policies(c: &Config) -> Result<(), Violation> {
             "`url`, `auth` and `ca` belong under services.<name>, not defaults",
         );
     }
+    check_resolved_fault(&super::Policy::default().overlay(&c.defaults), "defaults")?;
     for (name, o) in &c.services {
         let at = format!("services.{name}");
         ServiceName::parse(name).map_err(|m| (at.clone(), m))?;
         check_policy(o, &at)?;
+        check_resolved_fault(&c.policy_for(name), &at)?;
         if let Some(url) = &o.url {
             check_egress_url(&url.0, &format!("{at}.url"))?;
         }
@@ -223,6 +225,10 @@ fn validate_routes_and_auth(c: &Config) -> Result<(), Violation> {
         }
         if let Some(token) = &auth.token {
             check_secret_lengths(&token.secret.0)?;
+        }
+        if let Some(r) = &auth.inbound.rate_limit {
+            check_rate(Some(r.per_second), r.burst)
+                .map_err(|(field, msg)| (format!("auth.inbound.rate_limit.{field}"), msg))?;
         }
     }
     Ok(())
@@ -402,6 +408,13 @@ fn check_policy(o: &PolicyOverride, at: &str) -> Result<(), Violation> {
             return fail("breaker.open_for", "must be greater than 0s");
         }
     }
+    if let Some(f) = &o.fault {
+        check_fault(f).map_err(|(field, msg)| (format!("{at}.fault.{field}"), msg))?;
+    }
+    if let Some(r) = &o.rate_limit {
+        check_rate(r.per_second, r.burst)
+            .map_err(|(field, msg)| (format!("{at}.rate_limit.{field}"), msg))?;
+    }
     if let Some(Degrade::Static(answer)) = &o.degrade {
         if !(100..=599).contains(&answer.status) {
             return fail("degrade.static.status", "must be an HTTP status (100-599)");
@@ -415,6 +428,50 @@ fn check_policy(o: &PolicyOverride, at: &str) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// `fault:` of one layer: shares are 0-100, an abort's status 200-599.
+fn check_fault(f: &super::policy::FaultOverride) -> Result<(), Violation> {
+    let percent = |p: Option<f64>| p.is_some_and(|p| !(0.0..=100.0).contains(&p));
+    if let Some(d) = &f.delay {
+        if percent(d.percent) {
+            return fail("delay.percent".into(), "must be between 0 and 100");
+        }
+    }
+    if let Some(a) = &f.abort {
+        if percent(a.percent) {
+            return fail("abort.percent".into(), "must be between 0 and 100");
+        }
+        if a.status.is_some_and(|s| !(200..=599).contains(&s)) {
+            return fail("abort.status".into(), "must be an HTTP status (200-599)");
+        }
+    }
+    Ok(())
+}
+
+/// A token bucket's settings: `per_second` 0 (no limit) to 1e9, `burst` at least 1.
+fn check_rate(per_second: Option<f64>, burst: Option<u32>) -> Result<(), Violation> {
+    if per_second.is_some_and(|r| !(0.0..=1e9).contains(&r)) {
+        return fail(
+            "per_second".into(),
+            "must be between 0 (no limit) and 1000000000",
+        );
+    }
+    if burst == Some(0) {
+        return fail("burst".into(), "must be at least 1");
+    }
+    Ok(())
+}
+
+/// The merged `fault` of a destination: a delay that is injected needs a duration.
+fn check_resolved_fault(policy: &super::Policy, at: &str) -> Result<(), Violation> {
+    match &policy.fault {
+        Some(f) if f.delay_percent > 0.0 && f.delay.get().is_zero() => Err((
+            format!("{at}.fault.delay.duration"),
+            "needed (greater than 0s) when fault.delay.percent is above 0".to_owned(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_http_origin(uri: &http::Uri, at: &str) -> Result<(), Violation> {
@@ -521,6 +578,39 @@ mod tests {
         assert!(e.starts_with("test.yaml:3: routes.0.prefix"), "{e}");
         let e = err("service: {name: orders}\nregistry:\n  ttl: 5s\n  heartbeat: 10s\n");
         assert!(e.starts_with("test.yaml:4: registry.heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn fault_and_rate_limit_values_are_checked_and_named() {
+        let e = err("service: {name: orders}\ndefaults:\n  fault: {abort: {percent: 150}}\n");
+        assert!(
+            e.starts_with("test.yaml:3: defaults.fault.abort.percent: must be between 0 and 100"),
+            "{e}"
+        );
+        let e = err("service: {name: orders}\nservices:\n  inventory:\n    fault:\n      abort: {percent: 5, status: 700}\n");
+        assert!(
+            e.starts_with("test.yaml:5: services.inventory.fault.abort.status"),
+            "{e}"
+        );
+        let e = err(
+            "service: {name: orders}\nservices:\n  inventory: {fault: {delay: {percent: 10}}}\n",
+        );
+        assert!(
+            e.contains("services.inventory.fault.delay.duration: needed"),
+            "{e}"
+        );
+        let e =
+            err("service: {name: orders}\ndefaults: {rate_limit: {per_second: 10, burst: 0}}\n");
+        assert!(
+            e.contains("defaults.rate_limit.burst: must be at least 1"),
+            "{e}"
+        );
+        let e = err("service: {name: orders}\nauth:\n  inbound: {rate_limit: {per_second: -1}}\n");
+        assert!(e.contains("auth.inbound.rate_limit.per_second"), "{e}");
+        let e = err("service: {name: orders}\ndefaults: {fault: {abort: {pct: 5}}}\n");
+        assert!(e.contains("unknown field `pct`"), "{e}");
+        let ok = "service: {name: orders}\ndefaults:\n  fault: {delay: {duration: 1s}}\nservices:\n  inventory: {fault: {delay: {percent: 0.5}, abort: {percent: 0.5, status: 200}}}\nauth: {inbound: {rate_limit: {per_second: 0.5, per_caller: true}}}\n";
+        LoadedConfig::from_text(ok, "t").unwrap();
     }
 
     #[test]

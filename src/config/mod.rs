@@ -20,8 +20,8 @@ pub use features::{
 };
 pub use load::{content_hash, ConfigError, ConfigWarning, LoadedConfig, MIN_SECRET_BYTES};
 pub use policy::{
-    BreakerPolicy, Degrade, GrpcCode, Policy, PolicyOverride, Protocol, RetryOn, RetryPolicy,
-    StaticAnswer, StaticAuth,
+    BreakerPolicy, Degrade, FaultPolicy, GrpcCode, Policy, PolicyOverride, Protocol, RateLimit,
+    RetryOn, RetryPolicy, StaticAnswer, StaticAuth,
 };
 pub use units::{expand_env, ByteSize, Dur, Parsed, Secret, Secrets, Text};
 
@@ -412,6 +412,34 @@ pub struct InboundAuth {
     /// Callers allowed; empty = any authenticated caller.
     #[serde(default)]
     pub allow_from: Vec<ServiceName>,
+    /// Token bucket before the app, after the identity check.
+    #[serde(default)]
+    pub rate_limit: Option<InboundRateLimit>,
+}
+
+/// `auth.inbound.rate_limit:` (docs/policy.md, "Rate limits").
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundRateLimit {
+    /// Requests per second refilled into the bucket; 0 = no limit.
+    pub per_second: f64,
+    /// Bucket size; default `per_second` rounded up (at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// One bucket per verified caller (unauthenticated callers share one) instead of one
+    /// for everyone.
+    #[serde(default)]
+    pub per_caller: bool,
+}
+
+impl InboundRateLimit {
+    /// The bucket's settings, as an outbound `rate_limit` resolves them.
+    pub fn limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.per_second,
+            burst: self.burst,
+        }
+    }
 }
 
 /// `tls:` mutual TLS between meshlets.

@@ -283,6 +283,91 @@ impl<'de> Deserialize<'de> for Degrade {
     }
 }
 
+/// `fault.delay:` as written; unset fields inherit.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelayOverride {
+    /// Share of calls delayed, 0-100 (a fraction such as `0.5` allowed).
+    pub percent: Option<f64>,
+    /// How long a delayed call waits before it goes on (outside its `timeout`).
+    pub duration: Option<Dur>,
+}
+
+/// `fault.abort:` as written; unset fields inherit.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbortOverride {
+    /// Share of calls answered at once with `status`, 0-100.
+    pub percent: Option<f64>,
+    /// The status of the injected answer, 200-599.
+    pub status: Option<u16>,
+}
+
+/// `fault:` as written in `defaults` or `services.X` (docs/policy.md, "Fault injection").
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultOverride {
+    /// Delay a share of calls.
+    pub delay: Option<FaultDelayOverride>,
+    /// Answer a share of calls with an error, without calling the upstream.
+    pub abort: Option<FaultAbortOverride>,
+}
+
+/// The resolved fault injection of one destination.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultPolicy {
+    /// Share of calls delayed, 0-100.
+    pub delay_percent: f64,
+    /// The delay.
+    pub delay: Dur,
+    /// Share of calls aborted, 0-100.
+    pub abort_percent: f64,
+    /// The aborted calls' status.
+    pub abort_status: u16,
+}
+
+impl Default for FaultPolicy {
+    fn default() -> Self {
+        FaultPolicy {
+            delay_percent: 0.0,
+            delay: Dur::secs(0),
+            abort_percent: 0.0,
+            abort_status: 503,
+        }
+    }
+}
+
+/// `rate_limit:` as written in `defaults` or `services.X`; unset fields inherit.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    /// Calls per second refilled into the bucket; 0 = no limit.
+    pub per_second: Option<f64>,
+    /// Bucket size: calls that may go at once; default `per_second` (rounded up).
+    pub burst: Option<u32>,
+}
+
+/// A resolved token bucket's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RateLimit {
+    /// Calls per second; 0 = no limit.
+    pub per_second: f64,
+    /// Bucket size; `None` = `per_second` rounded up (at least 1).
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// The limit in force: `(per_second, burst)`, or `None` when `per_second` is 0.
+    pub fn in_force(&self) -> Option<(f64, u32)> {
+        if self.per_second <= 0.0 || !self.per_second.is_finite() {
+            return None;
+        }
+        // per_second is validated to at most 1e9 at load: the cast cannot truncate.
+        let default_burst = self.per_second.ceil().max(1.0) as u32;
+        Some((self.per_second, self.burst.unwrap_or(default_burst)))
+    }
+}
+
 /// A static auth header set toward one destination.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +407,10 @@ pub struct PolicyOverride {
     pub auth: Option<StaticAuth>,
     /// PEM bundle trusted beside the webpki roots for an `https://` url (`services.X` only).
     pub ca: Option<Text>,
+    /// Fault injection, applied by this (the caller's) meshlet before forwarding.
+    pub fault: Option<FaultOverride>,
+    /// Token bucket per destination, in this meshlet.
+    pub rate_limit: Option<RateLimitOverride>,
 }
 
 /// The resolved retry policy of one destination.
@@ -377,6 +466,10 @@ pub struct Policy {
     pub stale_bytes: ByteSize,
     /// Default endpoint protocol.
     pub protocol: Protocol,
+    /// Fault injection; `None` when no layer set `fault`.
+    pub fault: Option<FaultPolicy>,
+    /// Rate limit; `None` when no layer set `rate_limit`.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Policy {
@@ -410,6 +503,8 @@ impl Default for Policy {
             stale_entries: 1000,
             stale_bytes: ByteSize::mib(16),
             protocol: Protocol::Http1,
+            fault: None,
+            rate_limit: None,
         }
     }
 }
@@ -447,6 +542,27 @@ impl Policy {
             set(&mut self.stale_bytes, c.bytes);
         }
         set(&mut self.protocol, layer.protocol);
+        if let Some(f) = &layer.fault {
+            let p = self.fault.get_or_insert_with(FaultPolicy::default);
+            if let Some(d) = &f.delay {
+                set(&mut p.delay_percent, d.percent);
+                set(&mut p.delay, d.duration);
+            }
+            if let Some(a) = &f.abort {
+                set(&mut p.abort_percent, a.percent);
+                set(&mut p.abort_status, a.status);
+            }
+        }
+        if let Some(r) = &layer.rate_limit {
+            let p = self.rate_limit.get_or_insert(RateLimit {
+                per_second: 0.0,
+                burst: None,
+            });
+            set(&mut p.per_second, r.per_second);
+            if r.burst.is_some() {
+                p.burst = r.burst;
+            }
+        }
         self
     }
 }
@@ -472,6 +588,38 @@ mod tests {
         assert_eq!(p.retry.backoff, Dur::millis(50));
         assert_eq!(p.retry.max_backoff, Dur::secs(1));
         assert_eq!(p.retry.on.len(), 5);
+    }
+
+    #[test]
+    fn fault_and_rate_limit_merge_field_by_field() {
+        let defaults: PolicyOverride = serde_yaml::from_str(
+            "{fault: {delay: {percent: 10, duration: 200ms}, abort: {percent: 5, status: 503}}, rate_limit: {per_second: 100}}",
+        )
+        .unwrap();
+        let service: PolicyOverride =
+            serde_yaml::from_str("{fault: {abort: {status: 500}}, rate_limit: {burst: 7}}")
+                .unwrap();
+        let p = Policy::default().overlay(&defaults).overlay(&service);
+        let f = p.fault.unwrap();
+        assert_eq!((f.delay_percent, f.delay), (10.0, Dur::millis(200)));
+        assert_eq!((f.abort_percent, f.abort_status), (5.0, 500));
+        assert_eq!(p.rate_limit.unwrap().in_force(), Some((100.0, 7)));
+
+        let only_defaults = Policy::default().overlay(&defaults);
+        assert_eq!(
+            only_defaults.rate_limit.unwrap().in_force(),
+            Some((100.0, 100)),
+            "burst defaults to per_second"
+        );
+        let off: PolicyOverride = serde_yaml::from_str("{rate_limit: {per_second: 0}}").unwrap();
+        let p = Policy::default().overlay(&defaults).overlay(&off);
+        assert_eq!(p.rate_limit.unwrap().in_force(), None, "0 = no limit");
+        assert!(Policy::default().fault.is_none() && Policy::default().rate_limit.is_none());
+        let half = RateLimit {
+            per_second: 0.5,
+            burst: None,
+        };
+        assert_eq!(half.in_force(), Some((0.5, 1)));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Resilience policy per destination (docs/architecture.md): the state that outlives config reloads
 //! ([`DestinationState`]: breaker, retry budget, stale cache, concurrency count) and the
-//! pieces the call path applies in order: degrade ▶ breaker ▶ concurrency ▶ total timeout ▶
-//! retry (budget, backoff) ▶ per-try timeout ▶ balance (outlier ejection).
+//! pieces the call path applies in order: fault injection ▶ rate limit ▶ degrade ▶ breaker
+//! ▶ concurrency ▶ total timeout ▶ retry (budget, backoff) ▶ per-try timeout ▶ balance
+//! (outlier ejection).
 
 pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod clock;
+pub mod fault;
+pub mod rate_limit;
 pub mod retry;
 pub mod stale;
 

@@ -1,5 +1,9 @@
-//! One outbound call through the policy stack of its destination, in the order of docs/architecture.md:
+//! One outbound call through the policy stack of its destination, in the order of docs/architecture.md
+//! and docs/policy.md ("The stack, in order"):
 //!
+//! 0. **fault ▶ rate limit**: an injected abort is answered at once and an injected delay
+//!    is waited outside the `timeout` (Envoy's fault filter sits before its router); then
+//!    the destination's token bucket (`rate_limited`). Neither is seen by the breaker.
 //! 1. **degrade ▶ breaker**: an open breaker answers at once (degrade answer or
 //!    `circuit_open`), before any work; `read_only` still lets reads through.
 //! 2. **concurrency**: `max_in_flight` caps the calls in flight (`overloaded`).
@@ -12,6 +16,7 @@
 //! to a `stale` or `static` answer when the destination has one.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -26,11 +31,12 @@ use super::forward::{self, Template, Upstreamed};
 use super::request_body::Payload;
 use super::response_body::{Guards, ResponseBody};
 use crate::config::{Degrade, StaticAnswer};
-use crate::policy::balance;
+use crate::policy::balance::{self, Endpoint};
 use crate::policy::breaker::{Admission, State, Transition};
 use crate::policy::retry::{self, Failure};
 use crate::policy::stale::{self, StaleRecorder};
 use crate::policy::Permit;
+use crate::policy::{clock, fault, rate_limit};
 use crate::wire::grpc;
 
 /// Response header naming how a degraded answer was made.
@@ -42,6 +48,10 @@ pub struct Outcome {
     pub result: Result<Response<ResponseBody>, ProxyError>,
     /// Attempts made (0 when answered before any).
     pub attempts: u32,
+    /// An injected delay held the call: its answer carries `x-mesh-fault: delay`.
+    pub fault_delayed: bool,
+    /// The endpoint of the last attempt (the access line's `upstream`).
+    pub upstream: Option<Arc<Endpoint>>,
 }
 
 /// Runs `req` through `dest`'s policy stack; `strip` bytes of the path are removed first.
@@ -64,6 +74,38 @@ pub async fn call(
         _ => None,
     };
 
+    // 0. fault ▶ rate limit. Unset, each costs one branch.
+    let mut fault_delayed = false;
+    if let Some(fault) = &policy.fault {
+        let injected = fault::roll(fault, fault::percent_draw);
+        if let Some(delay) = injected.delay {
+            dest.metrics.faults_delayed.inc();
+            // Boxed: a rare wait that would otherwise enlarge every call's future.
+            Box::pin(tokio::time::sleep(delay)).await;
+            fault_delayed = true;
+        }
+        if let Some(status) = injected.abort {
+            dest.metrics.faults_aborted.inc();
+            return Outcome {
+                result: Err(ProxyError::FaultInjected(status)),
+                attempts: 0,
+                fault_delayed,
+                upstream: None,
+            };
+        }
+    }
+    if let Some(limiter) = &dest.rate_limit {
+        if let Err(wait) = limiter.take(clock::now_ns()) {
+            dest.metrics.rate_limited.inc();
+            return Outcome {
+                result: Err(ProxyError::RateLimited(rate_limit::retry_after_secs(wait))),
+                attempts: 0,
+                fault_delayed,
+                upstream: None,
+            };
+        }
+    }
+
     // 1. degrade ▶ breaker
     let (admission, transition) = state.breaker.allow(&policy.breaker);
     record_breaker(dest, transition.map(|t| t.0));
@@ -74,6 +116,8 @@ pub async fn call(
             return Outcome {
                 result,
                 attempts: 0,
+                fault_delayed,
+                upstream: None,
             };
         }
     }
@@ -83,12 +127,15 @@ pub async fn call(
         return Outcome {
             result: Err(ProxyError::Overloaded),
             attempts: 0,
+            fault_delayed,
+            upstream: None,
         };
     };
     state.budget.deposit();
 
     // 3. total timeout ▶ 4. retries
     let mut attempts = 0;
+    let mut upstream = None;
     let sent_at = Instant::now();
     // A gRPC client's own deadline caps meshlet's budget.
     let budget = match grpc::timeout(req.headers()) {
@@ -99,7 +146,7 @@ pub async fn call(
         // The retries and their deadline are pinned where they are made: handing the
         // retries to `tokio::time::timeout` moved the whole future (measured: +1%
         // instructions per request when that call was not inlined).
-        let retrying = retries(dest, req, strip, replay_limit, &mut attempts);
+        let retrying = retries(dest, req, strip, replay_limit, &mut attempts, &mut upstream);
         let deadline = tokio::time::sleep(budget);
         tokio::pin!(retrying, deadline);
         std::future::poll_fn(|cx| {
@@ -119,11 +166,18 @@ pub async fn call(
             return Outcome {
                 result: Ok(answer),
                 attempts,
+                fault_delayed,
+                upstream,
             };
         }
     }
     let result = result.map(|up| answer(dest, up, permit, stale_key, grpc, sent_at));
-    Outcome { result, attempts }
+    Outcome {
+        result,
+        attempts,
+        fault_delayed,
+        upstream,
+    }
 }
 
 /// Tells the service breaker how the call went; whether it succeeded. No endpoint to try
@@ -193,13 +247,15 @@ fn answer(
 }
 
 /// The retry loop: attempts until success, a non-retryable failure, the attempt limit or
-/// an empty budget. Returns the last upstream response as is, or the last error.
+/// an empty budget. Returns the last upstream response as is, or the last error; `upstream`
+/// is left holding the endpoint of the last attempt.
 async fn retries(
     dest: &Destination,
     req: Request<Incoming>,
     strip: usize,
     replay_limit: usize,
     attempts: &mut u32,
+    upstream: &mut Option<Arc<Endpoint>>,
 ) -> Result<Upstreamed, ProxyError> {
     let policy = &dest.policy.retry;
     let (parts, body) = req.into_parts();
@@ -214,16 +270,19 @@ async fn retries(
     let per_try = Some(policy.per_try_timeout.get()).filter(|d| !d.is_zero());
     let mut avoid = None;
     loop {
-        let endpoint = balance::pick(&dest.endpoints, avoid)
-            .ok_or(ProxyError::NoEndpoints)?
-            .clone();
+        // Kept where the caller reads it: the picked endpoint moves there, nothing is copied.
+        let endpoint: &Arc<Endpoint> = upstream.insert(
+            balance::pick(&dest.endpoints, avoid)
+                .ok_or(ProxyError::NoEndpoints)?
+                .clone(),
+        );
         *attempts += 1;
         // Moves an ejected endpoint whose time is up to half open, so its outcome counts.
         let _ = endpoint.breaker.allow(&dest.policy.breaker);
         let more_possible = *attempts < policy.attempts && payload.is_replayable();
         let result = forward::attempt(
             dest,
-            &endpoint,
+            endpoint,
             &mut template,
             &mut payload,
             more_possible,

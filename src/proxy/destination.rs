@@ -14,6 +14,7 @@ use crate::identity::tls::{MeshTls, TlsTarget};
 use crate::identity::token::TokenCache;
 use crate::identity::{Identity, X_MESH_CALLER, X_MESH_TOKEN};
 use crate::policy::balance::Endpoint;
+use crate::policy::rate_limit::{InboundLimiter, RateLimiter};
 use crate::policy::DestinationState;
 use crate::registry::hygiene::{valid_name, Hygiene, Reason};
 use crate::registry::{Instance, Snapshot, Status};
@@ -37,6 +38,8 @@ pub struct Destination {
     pub token: TokenCache,
     /// `services.X.auth`: header set toward this destination (value marked sensitive).
     pub static_auth: Option<(HeaderName, HeaderValue)>,
+    /// `rate_limit`'s token bucket: kept across rebuilds while its settings stay the same.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Destination {
@@ -85,6 +88,8 @@ pub struct RoutingTable {
     routes: Vec<Route>,
     /// Token signing and inbound checks.
     pub identity: Identity,
+    /// `auth.inbound.rate_limit`: kept across rebuilds while its settings stay the same.
+    pub inbound_limit: Option<Arc<InboundLimiter>>,
     /// Registry instances this build ignored, so the next build logs and counts only new
     /// ones (the request path never reads it).
     rejected: HashSet<Rejected>,
@@ -107,6 +112,7 @@ impl RoutingTable {
             services: HashMap::new(),
             routes: Vec::new(),
             identity: Identity::from_config(config, config.tls.is_some()),
+            inbound_limit: inbound_limiter(config, None),
             rejected: HashSet::new(),
         }
     }
@@ -180,8 +186,37 @@ impl RoutingTable {
             services,
             routes,
             identity: Identity::from_config(config, mesh_tls.is_some()),
+            inbound_limit: inbound_limiter(config, previous.inbound_limit.as_ref()),
             rejected,
         }
+    }
+}
+
+/// The inbound limiter for `config`: `previous` when its settings did not change (a reload
+/// must not refill a bucket), else a fresh one.
+fn inbound_limiter(
+    config: &Config,
+    previous: Option<&Arc<InboundLimiter>>,
+) -> Option<Arc<InboundLimiter>> {
+    let wanted = config.auth.as_ref()?.inbound.rate_limit.as_ref()?;
+    let (per_second, burst) = wanted.limit().in_force()?;
+    match previous {
+        Some(same) if same.is(per_second, burst, wanted.per_caller) => Some(same.clone()),
+        _ => Some(Arc::new(InboundLimiter::new(
+            per_second,
+            burst,
+            wanted.per_caller,
+        ))),
+    }
+}
+
+/// A destination's token bucket for `policy`: the old destination's when its settings did
+/// not change (a reload must not refill it), else a fresh one.
+fn rate_limiter(policy: &Policy, old: Option<&Arc<Destination>>) -> Option<Arc<RateLimiter>> {
+    let (per_second, burst) = policy.rate_limit.as_ref()?.in_force()?;
+    match old.and_then(|d| d.rate_limit.as_ref()) {
+        Some(same) if same.rate().is(per_second, burst) => Some(same.clone()),
+        _ => Some(Arc::new(RateLimiter::new(per_second, burst))),
     }
 }
 
@@ -293,6 +328,7 @@ fn build_destination(
     };
     Destination {
         name: Arc::from(name),
+        rate_limit: rate_limiter(&policy, old),
         policy,
         endpoints,
         metrics: metrics_handle,

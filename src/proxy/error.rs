@@ -9,6 +9,10 @@ use super::response_body::ResponseBody;
 use crate::identity::Rejection;
 use crate::wire;
 
+/// Response header on an answer a fault shaped: `abort` on an injected abort, `delay` on
+/// the real answer to a call an injected delay held (docs/policy.md, "Fault injection").
+pub static X_MESH_FAULT: http::HeaderName = http::HeaderName::from_static("x-mesh-fault");
+
 /// Why meshlet answered instead of the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -38,6 +42,12 @@ pub enum ProxyError {
     /// Concurrency cap reached.
     #[error("too many requests in flight")]
     Overloaded,
+    /// `fault.abort` answered this call instead of the upstream (docs/policy.md).
+    #[error("fault injected: aborted with {}", .0.as_u16())]
+    FaultInjected(StatusCode),
+    /// A `rate_limit` token bucket is empty; holds `Retry-After` in seconds.
+    #[error("rate limit reached; retry after {0}s")]
+    RateLimited(u64),
     /// Inbound identity missing or invalid.
     #[error("{0}")]
     Unauthenticated(String),
@@ -74,6 +84,8 @@ impl ProxyError {
             ProxyError::CircuitOpen(_) => "circuit_open",
             ProxyError::ReadOnly(_) => "read_only",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::FaultInjected(_) => "fault_injected",
+            ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::Unauthenticated(_) => "unauthenticated",
             ProxyError::Forbidden(_) | ProxyError::DeliveryPath(_) => "forbidden",
             ProxyError::UriTooLong(_) => "uri_too_long",
@@ -95,6 +107,8 @@ impl ProxyError {
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) | ProxyError::DeliveryPath(_) => StatusCode::FORBIDDEN,
             ProxyError::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
+            ProxyError::FaultInjected(status) => *status,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -105,7 +119,8 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => 12, // UNIMPLEMENTED
             ProxyError::Unauthenticated(_) => 16,
             ProxyError::Forbidden(_) | ProxyError::DeliveryPath(_) => 7, // PERMISSION_DENIED
-            ProxyError::UriTooLong(_) => 8,                              // RESOURCE_EXHAUSTED
+            ProxyError::UriTooLong(_) | ProxyError::RateLimited(_) => 8, // RESOURCE_EXHAUSTED
+            ProxyError::FaultInjected(status) => crate::policy::fault::grpc_status(*status),
             _ => 14, // UNAVAILABLE (`loop_detected` included: no route ends it)
         }
     }
@@ -119,7 +134,12 @@ impl ProxyError {
         grpc: bool,
     ) -> Response<ResponseBody> {
         if grpc {
-            return wire::grpc::trailers_only(self.grpc_status(), self.code()).map(Into::into);
+            let mut resp = wire::grpc::trailers_only(self.grpc_status(), self.code());
+            if let ProxyError::FaultInjected(_) = self {
+                resp.headers_mut()
+                    .insert(X_MESH_FAULT.clone(), HeaderValue::from_static("abort"));
+            }
+            return resp.map(Into::into);
         }
         let request_id = request_id.to_str().unwrap_or("");
         let message = self.to_string();
@@ -132,6 +152,12 @@ impl ProxyError {
             }
             ProxyError::ReadOnly(_) => {
                 h.insert("x-mesh-degraded", HeaderValue::from_static("read_only"));
+            }
+            ProxyError::FaultInjected(_) => {
+                h.insert(X_MESH_FAULT.clone(), HeaderValue::from_static("abort"));
+            }
+            ProxyError::RateLimited(secs) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*secs));
             }
             _ => {}
         }

@@ -13,13 +13,16 @@ use arc_swap::ArcSwap;
 
 use super::destination::{Destination, RoutingTable};
 use super::error::ProxyError;
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Tried};
 use super::forward;
 use super::headers::{meshlet_hops, strip_inbound};
 use super::response_body::ResponseBody;
 use super::server::{Handler, PeerAddr};
 use crate::config::Config;
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, X_MESH_CALLER};
+use crate::policy::clock;
+use crate::policy::rate_limit::{self, InboundLimiter};
+use crate::telemetry::access::tap::Taps;
 use crate::telemetry::otlp::{Side, SpanExport};
 use crate::wire::AnswerBody;
 
@@ -51,6 +54,8 @@ pub struct Inbound {
     pub spans: Option<Arc<SpanExport>>,
     /// What is refused or dropped before the app.
     pub boundary: Boundary,
+    /// The sidecar's taps (`GET /v1/tap`).
+    pub taps: Taps,
 }
 
 /// What the inbound side refuses before the app, read from the config at start: `events`,
@@ -179,6 +184,15 @@ fn canonical_path(path: &str) -> Vec<u8> {
     canonical
 }
 
+/// `auth.inbound.rate_limit`: takes a token from the verified caller's bucket (the identity
+/// check sets `x-mesh-caller` only to a verified caller: the token's `iss`, or under mutual
+/// TLS the certificate's service), else from the one the unauthenticated share.
+fn rate_limited(limiter: &InboundLimiter, headers: &http::HeaderMap) -> Option<ProxyError> {
+    let caller = headers.get(&X_MESH_CALLER).and_then(|v| v.to_str().ok());
+    let wait = limiter.take(caller, clock::now_ns()).err()?;
+    Some(ProxyError::RateLimited(rate_limit::retry_after_secs(wait)))
+}
+
 impl Handler for Inbound {
     /// The peer address goes to `x-forwarded-for`.
     const PEER_ADDR: bool = true;
@@ -189,13 +203,14 @@ impl Handler for Inbound {
                 return route.answer(req).map(Into::into);
             }
         }
-        let exchange = Exchange::begin(&mut req, self.spans.as_deref(), Side::Server);
+        let mut exchange =
+            Exchange::begin(&mut req, self.spans.as_deref(), Side::Server, &self.taps);
         let Some(app) = &self.app else {
             let e = ProxyError::UpstreamUnavailable("no service.app is configured".to_owned());
             return exchange.error_response("", &e);
         };
         if let Err(e) = self.boundary.admit(&req) {
-            app.metrics.count_error(e.code());
+            exchange.count_error(&app.metrics, &e);
             let resp = exchange.error_response(&app.name, &e);
             return exchange.finish(&app.metrics, resp);
         }
@@ -213,10 +228,21 @@ impl Handler for Inbound {
         let checked = table
             .identity
             .check_inbound(req.headers_mut(), peer.as_ref());
+        // After the identity check, which named the verified caller; unset, one branch.
+        let limited = match (&checked, &table.inbound_limit) {
+            (Ok(()), Some(limiter)) => rate_limited(limiter, req.headers()),
+            _ => None,
+        };
         drop(table); // not held across the forward below
         if let Err(rejected) = checked {
             let e = ProxyError::from(rejected);
-            app.metrics.count_error(e.code());
+            exchange.count_error(&app.metrics, &e);
+            let resp = exchange.error_response(&app.name, &e);
+            return exchange.finish(&app.metrics, resp);
+        }
+        if let Some(e) = limited {
+            app.metrics.rate_limited.inc();
+            exchange.count_error(&app.metrics, &e);
             let resp = exchange.error_response(&app.name, &e);
             return exchange.finish(&app.metrics, resp);
         }
@@ -224,7 +250,7 @@ impl Handler for Inbound {
         let mut resp = match forward::once(app, req).await {
             Ok(resp) => resp,
             Err(e) => {
-                app.metrics.count_error(e.code());
+                exchange.count_error(&app.metrics, &e);
                 exchange.error_response(&app.name, &e)
             }
         };
@@ -235,7 +261,13 @@ impl Handler for Inbound {
             self.idle_timeout,
             &self.upgraded,
         );
-        exchange.finish(&app.metrics, resp)
+        // One attempt on the app, when it has its endpoint.
+        let upstream = app.endpoints.first().map(|e| &e.authority);
+        let tried = Tried {
+            attempts: u32::from(upstream.is_some()),
+            upstream,
+        };
+        exchange.finish_tried(&app.metrics, resp, tried)
     }
 }
 

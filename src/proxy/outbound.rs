@@ -10,13 +10,14 @@ use hyper::body::Incoming;
 
 use super::call::{call, Outcome};
 use super::destination::{Destination, RoutingTable};
-use super::error::ProxyError;
-use super::exchange::Exchange;
+use super::error::{ProxyError, X_MESH_FAULT};
+use super::exchange::{Exchange, Tried};
 use super::response_body::ResponseBody;
 use super::server::{ConnectionHold, Handler};
 use super::upgrade;
 use crate::config::Limits;
 use crate::identity::request_id;
+use crate::telemetry::access::tap::Taps;
 use crate::telemetry::metrics::DestinationMetrics;
 use crate::telemetry::otlp::{Side, SpanExport};
 
@@ -36,11 +37,14 @@ pub struct Outbound {
     pub upgraded: prometheus::IntGauge,
     /// OTLP span export, when configured.
     pub spans: Option<Arc<SpanExport>>,
+    /// The sidecar's taps (`GET /v1/tap`).
+    pub taps: Taps,
 }
 
 impl Handler for Outbound {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        let exchange = Exchange::begin(&mut req, self.spans.as_deref(), Side::Client);
+        let mut exchange =
+            Exchange::begin(&mut req, self.spans.as_deref(), Side::Client, &self.taps);
         if exchange.method == http::Method::CONNECT && upgrade::extended_connect(&req).is_none() {
             // Boxed: a rare path whose dial would otherwise enlarge every request's future.
             let resp = Box::pin(self.tunnel(req)).await;
@@ -57,7 +61,7 @@ impl Handler for Outbound {
         let (dest, strip) = match routed {
             Ok(found) => found,
             Err(e) => {
-                self.unrouted.count_error(e.code());
+                exchange.count_error(&self.unrouted, &e);
                 let resp = exchange.error_response("", &e);
                 return exchange.finish(&self.unrouted, resp);
             }
@@ -66,7 +70,12 @@ impl Handler for Outbound {
         // meshlets) ends at `limits.max_hops`; counted under the destination it loops on.
         let hops = super::headers::meshlet_hops(req.headers());
         let max_hops = self.limits.max_hops.get();
-        let Outcome { result, attempts } = if hops >= max_hops {
+        let Outcome {
+            result,
+            attempts,
+            fault_delayed,
+            upstream,
+        } = if hops >= max_hops {
             let looped = ProxyError::LoopDetected {
                 hops,
                 max: max_hops,
@@ -74,6 +83,8 @@ impl Handler for Outbound {
             Outcome {
                 result: Err(looped),
                 attempts: 0,
+                fault_delayed: false,
+                upstream: None,
             }
         } else {
             let replay_limit = self.limits.replay_buffer.as_usize();
@@ -82,7 +93,7 @@ impl Handler for Outbound {
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                dest.metrics.count_error(e.code());
+                exchange.count_error(&dest.metrics, &e);
                 if exchange.grpc {
                     dest.metrics.count_grpc(u32::from(e.grpc_status()));
                 }
@@ -93,10 +104,20 @@ impl Handler for Outbound {
             X_MESH_ATTEMPTS.clone(),
             super::headers::number(u64::from(attempts)),
         );
+        if fault_delayed {
+            // An abort after the delay keeps its `abort`.
+            resp.headers_mut()
+                .entry(&X_MESH_FAULT)
+                .or_insert(http::HeaderValue::from_static("delay"));
+        }
         let idle = self.limits.idle_timeout.get();
         resp.body_mut().set_idle_timeout(idle);
         upgrade::splice_if_switched(client_upgrade, &mut resp, idle, &self.upgraded);
-        exchange.finish(&dest.metrics, resp)
+        let tried = Tried {
+            attempts,
+            upstream: upstream.as_deref().map(|e| &e.authority),
+        };
+        exchange.finish_tried(&dest.metrics, resp, tried)
     }
 }
 

@@ -24,6 +24,8 @@ pub enum RequestBody {
         body: Incoming,
         /// Noted on every chunk when the body has no declared length (it may stream on).
         activity: Option<Arc<Activity>>,
+        /// Bytes this attempt sent, counted only with an `activity` to note them in.
+        sent: u64,
     },
     /// Held whole: small enough to be sent again on a retry.
     Replay {
@@ -38,28 +40,48 @@ pub enum RequestBody {
         reader: TeeReader,
         /// As for `Stream`.
         activity: Option<Arc<Activity>>,
+        /// As for `Stream`: this attempt's bytes, replayed ones included.
+        sent: u64,
     },
 }
 
-/// When bytes last moved on a streamed request body, read by the response's idle timer.
+/// A request body with no declared length, as it streams: when bytes last moved (read by
+/// the response's idle timer) and how many were read from the client (the access line's
+/// `bytes_in`; a body with a length is counted by its `content-length`).
 #[derive(Debug, Default)]
-pub struct Activity(AtomicU64);
+pub struct Activity {
+    last_ms: AtomicU64,
+    read: AtomicU64,
+}
 
 impl Activity {
     /// One for a body that may go on streaming after the response headers: no declared
     /// length and not already ended (a request with a length completes on its own).
     pub fn for_body(body: &Incoming) -> Option<Arc<Activity>> {
-        (!body.is_end_stream() && body.size_hint().exact().is_none())
-            .then(|| Arc::new(Activity(AtomicU64::new(clock::now_ms()))))
+        (!body.is_end_stream() && body.size_hint().exact().is_none()).then(|| {
+            Arc::new(Activity {
+                last_ms: AtomicU64::new(clock::now_ms()),
+                read: AtomicU64::new(0),
+            })
+        })
     }
 
-    fn touch(&self) {
-        self.0.store(clock::now_ms(), Ordering::Relaxed);
+    /// A chunk moved; the attempt sending it has sent `sent` bytes so far. Each attempt
+    /// sends the client's bytes from the start (a retry replays them first), so the most
+    /// any attempt sent is what was read from the client.
+    fn touch(&self, sent: u64) {
+        self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
+        self.read.fetch_max(sent, Ordering::Relaxed);
     }
 
     /// Unix ms of the last chunk (or of the body's start).
     pub fn last_ms(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 }
 
@@ -71,8 +93,12 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let (polled, activity) = match self.get_mut() {
-            RequestBody::Stream { body, activity } => (Pin::new(body).poll_frame(cx), activity),
+        let (polled, activity, sent) = match self.get_mut() {
+            RequestBody::Stream {
+                body,
+                activity,
+                sent,
+            } => (Pin::new(body).poll_frame(cx), activity, sent),
             RequestBody::Replay { data, trailers } => {
                 return Poll::Ready(
                     data.take()
@@ -80,10 +106,15 @@ impl Body for RequestBody {
                         .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
                 )
             }
-            RequestBody::Teed { reader, activity } => (reader.poll_frame(cx), activity),
+            RequestBody::Teed {
+                reader,
+                activity,
+                sent,
+            } => (reader.poll_frame(cx), activity, sent),
         };
-        if let (Poll::Ready(Some(Ok(_))), Some(activity)) = (&polled, activity) {
-            activity.touch();
+        if let (Poll::Ready(Some(Ok(frame))), Some(activity)) = (&polled, activity) {
+            *sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+            activity.touch(*sent);
         }
         polled
     }
@@ -172,12 +203,16 @@ impl Payload {
                 data: None,
                 trailers: None,
             }),
-            PayloadKind::Once(body) => body
-                .take()
-                .map(|body| RequestBody::Stream { body, activity }),
-            PayloadKind::Teed(tee) => {
-                Tee::attempt(tee).map(|reader| RequestBody::Teed { reader, activity })
-            }
+            PayloadKind::Once(body) => body.take().map(|body| RequestBody::Stream {
+                body,
+                activity,
+                sent: 0,
+            }),
+            PayloadKind::Teed(tee) => Tee::attempt(tee).map(|reader| RequestBody::Teed {
+                reader,
+                activity,
+                sent: 0,
+            }),
         }
     }
 }

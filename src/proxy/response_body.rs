@@ -3,6 +3,10 @@
 //! copy) until it ends; meshlet's own answers are held whole. Plain enums rather than boxed
 //! trait objects: no allocation per request.
 //!
+//! The access line waits in the guards too ([`Guards::answered`]): it counts the bytes as
+//! they pass and is written when the body ends, fails or is dropped, saying whether the
+//! body went out whole.
+//!
 //! A streamed response is cut after `limits.idle_timeout` without a byte in either
 //! direction (docs/config.md: the call's timeout ends at the response headers). The timer is
 //! armed only when the upstream makes the body wait, so a response that arrives whole costs
@@ -24,6 +28,7 @@ use crate::policy::balance::InFlight;
 use crate::policy::clock;
 use crate::policy::stale::StaleRecorder;
 use crate::policy::Permit;
+use crate::telemetry::access::Answered;
 use crate::telemetry::metrics::DestinationMetrics;
 use crate::wire::{grpc, AnswerBody};
 
@@ -43,10 +48,19 @@ pub struct Guards {
     pub grpc: Option<Arc<DestinationMetrics>>,
     /// The request body's activity, when it may still be streaming.
     pub activity: Option<Arc<Activity>>,
+    /// The access line (and the taps' line), when someone watches: written at the end.
+    pub answered: Option<Box<Answered>>,
 }
 
 impl Guards {
     fn finish(&mut self, complete: bool) {
+        if let Some(mut answered) = self.answered.take() {
+            answered.complete = complete;
+            if let Some(activity) = &self.activity {
+                answered.bytes_in = activity.bytes_read();
+            }
+            answered.write();
+        }
         self.in_flight.take();
         self.permit.take();
         if let Some(lease) = self.lease.take() {
@@ -86,6 +100,18 @@ impl ResponseBody {
     /// No body.
     pub fn empty() -> Self {
         ResponseBody::Answer(AnswerBody::empty())
+    }
+
+    /// Hands over the access line: written when a streamed body is done, at once for
+    /// meshlet's own answer (held whole: its length is what will be sent).
+    pub fn written_when_done(&mut self, mut answered: Box<Answered>) {
+        match self {
+            ResponseBody::Upstream { guards, .. } => guards.answered = Some(answered),
+            ResponseBody::Answer(answer) => {
+                answered.bytes_out = answer.size_hint().exact().unwrap_or(0);
+                answered.write();
+            }
+        }
     }
 
     /// Cuts a streamed body after `limit` without a byte either way.
@@ -182,11 +208,14 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Err(_))) => guards.finish(false),
                     Poll::Ready(Some(Ok(frame))) => {
                         idle.moved = true;
-                        if let (Some(data), Some(record)) =
-                            (frame.data_ref(), guards.record.as_mut())
-                        {
-                            if !record.push(data) {
-                                guards.record = None;
+                        if let Some(data) = frame.data_ref() {
+                            if let Some(answered) = guards.answered.as_mut() {
+                                answered.bytes_out += data.len() as u64;
+                            }
+                            if let Some(record) = guards.record.as_mut() {
+                                if !record.push(data) {
+                                    guards.record = None;
+                                }
                             }
                         }
                         if let Some(trailers) = frame.trailers_ref() {

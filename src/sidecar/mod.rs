@@ -13,6 +13,7 @@ mod reload;
 mod routes;
 mod shared;
 mod start;
+mod stats;
 mod workers;
 
 use std::net::SocketAddr;
@@ -114,6 +115,7 @@ impl Sidecar {
         );
         let (trigger, shutdown) = shutdown::channel();
         let app = start::app_destination(&config, &shared.metrics)?;
+        stats::EndpointStates::register(&shared, app.clone());
         let listeners = start::Listeners::bind(&config, app.is_some()).await?;
         let addresses = listeners.addresses();
         let spans = start::span_export(&config)?;
@@ -147,7 +149,7 @@ impl Sidecar {
         let mut control = vec![
             tokio::spawn(admin::serve(
                 listeners.api,
-                routes::api(&shared, events, realtime.clone()),
+                routes::api(&shared, events, realtime.clone(), shutdown.clone()),
                 control_listener(&config, &shared, "api"),
                 shutdown.clone(),
             )),

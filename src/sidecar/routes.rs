@@ -1,6 +1,7 @@
 //! The routes of the two control-plane listeners: telemetry (`/metrics`, `/healthz/*`) and
-//! the local API (`/v1/config`, `/v1/registry`, and the `/v1/events` and hub paths handed
-//! to those features, or a `not_configured` answer when they are off).
+//! the local API (the admin page at `/`, `/v1/stats`, `/v1/tap`, `/v1/config`, `/v1/registry`, and the
+//! `/v1/events` and hub paths handed to those features, or a `not_configured` answer when
+//! they are off).
 //!
 //! Every local API request passes one check first ([`foreign`]): its `Host` must name a
 //! loopback address or `localhost`, and its `Origin`, when present, a loopback origin.
@@ -17,10 +18,13 @@ use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::shared::Shared;
+use super::stats::{admin_page, StatsView};
 use crate::control::admin::{ResponseFuture, Router};
+use crate::control::Shutdown;
 use crate::events::Events;
 use crate::identity::request_id;
 use crate::realtime::{self, Realtime};
+use crate::telemetry::access::tap::{self, TapError};
 use crate::wire::answer::{self, is_get, AnswerBody};
 use crate::wire::error_response;
 
@@ -72,8 +76,10 @@ pub(super) fn api(
     shared: &Arc<Shared>,
     events: Option<Arc<Events>>,
     realtime: Option<Arc<Realtime>>,
+    shutdown: Shutdown,
 ) -> Router {
     let shared = shared.clone();
+    let stats = StatsView::new(shared.clone(), events.is_some(), realtime.is_some());
     Arc::new(move |req: Request<Incoming>| -> ResponseFuture {
         if let Some(why) = foreign(&req) {
             let service = shared.config.load().config.service.name.to_string();
@@ -84,6 +90,10 @@ pub(super) fn api(
                 &service,
                 &request_id::of(req.headers()),
             );
+            return Box::pin(async move { resp });
+        }
+        if is_get(&req, "/v1/tap") {
+            let resp = open_tap(&shared, &req, &shutdown);
             return Box::pin(async move { resp });
         }
         let path = req.uri().path();
@@ -99,7 +109,7 @@ pub(super) fn api(
                 None => unconfigured(&req, "realtime"),
             };
         }
-        let resp = api_answer(&shared, &req);
+        let resp = api_answer(&shared, &stats, &req);
         Box::pin(async move { resp })
     })
 }
@@ -167,6 +177,75 @@ fn loopback_host(host: &[u8]) -> bool {
     port_ok && name_ok
 }
 
+/// `GET /v1/tap?service=S&rate=N`: an endless NDJSON stream of answered requests
+/// (docs/operations.md, "Tap"), ended by the client going away or by shutdown.
+fn open_tap(shared: &Shared, req: &Request<Incoming>, shutdown: &Shutdown) -> Response<AnswerBody> {
+    let refuse = |status: StatusCode, code: &'static str, message: &str| {
+        let service = shared.config.load().config.service.name.to_string();
+        error_response(
+            status,
+            code,
+            message,
+            &service,
+            &request_id::of(req.headers()),
+        )
+    };
+    let (service, rate) = match tap_query(req.uri().query().unwrap_or("")) {
+        Ok(asked) => asked,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_request", &why),
+    };
+    match shared.taps.open(service, rate, shutdown.wait()) {
+        Ok(stream) => {
+            let mut resp = Response::new(AnswerBody::streamed(stream));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-ndjson"),
+            );
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            resp
+        }
+        Err(e @ TapError::Overloaded) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// `service` (a destination name) and `rate` (lines a second: default
+/// [`tap::DEFAULT_RATE`], above [`tap::MAX_RATE`] read as the most) from a tap's query.
+fn tap_query(query: &str) -> Result<(Option<String>, u32), String> {
+    let mut service = None;
+    let mut rate = tap::DEFAULT_RATE;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "service" if !value.is_empty() => service = Some(value.to_owned()),
+            "service" => {}
+            "rate" => {
+                rate = match value.parse::<u32>() {
+                    Ok(0) | Err(_) => {
+                        return Err(format!(
+                            "rate must be a whole number of lines a second, 1 to {}",
+                            tap::MAX_RATE
+                        ))
+                    }
+                    Ok(n) => n.min(tap::MAX_RATE),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`: the tap takes service and rate"
+                ))
+            }
+        }
+    }
+    Ok((service, rate))
+}
+
 fn unconfigured(req: &Request<Incoming>, section: &str) -> ResponseFuture {
     let resp = answer::json(
         StatusCode::NOT_FOUND,
@@ -178,8 +257,16 @@ fn unconfigured(req: &Request<Incoming>, section: &str) -> ResponseFuture {
     Box::pin(async move { resp })
 }
 
-fn api_answer(shared: &Shared, req: &Request<Incoming>) -> Response<AnswerBody> {
-    if is_get(req, "/v1/config") {
+fn api_answer(
+    shared: &Shared,
+    stats: &Arc<StatsView>,
+    req: &Request<Incoming>,
+) -> Response<AnswerBody> {
+    if is_get(req, "/") {
+        admin_page()
+    } else if is_get(req, "/v1/stats") {
+        stats.answer()
+    } else if is_get(req, "/v1/config") {
         let loaded = shared.config.load();
         let loaded_at = loaded
             .loaded_at
@@ -211,7 +298,20 @@ fn api_answer(shared: &Shared, req: &Request<Incoming>) -> Response<AnswerBody> 
 
 #[cfg(test)]
 mod tests {
-    use super::{foreign, loopback_host, loopback_origin};
+    use super::{foreign, loopback_host, loopback_origin, tap_query};
+
+    #[test]
+    fn a_tap_query_names_a_service_and_a_rate_within_bounds() {
+        assert_eq!(tap_query(""), Ok((None, 100)));
+        assert_eq!(
+            tap_query("service=inventory&rate=5"),
+            Ok((Some("inventory".to_owned()), 5))
+        );
+        assert_eq!(tap_query("rate=5000&service="), Ok((None, 1000)));
+        for bad in ["rate=0", "rate=fast", "rate=-1", "verbose=1"] {
+            assert!(tap_query(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn loopback_hosts_with_or_without_a_port() {

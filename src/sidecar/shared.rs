@@ -12,6 +12,7 @@ use crate::identity::tls::MeshTls;
 use crate::proxy::destination::RoutingTable;
 use crate::registry::hygiene::{Hygiene, OwnListeners, Reason};
 use crate::registry::{static_instances, Snapshot};
+use crate::telemetry::access::tap::Taps;
 use crate::telemetry::metrics::Metrics;
 
 /// State shared by the control-plane tasks and the admin views.
@@ -24,6 +25,8 @@ pub struct Shared {
     pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Metric families.
     pub(crate) metrics: Metrics,
+    /// The taps of `GET /v1/tap`, offered every answered request while someone taps.
+    pub(crate) taps: Taps,
     /// Listeners bound.
     pub(crate) listening: AtomicBool,
     /// First registry snapshot in (or Redis still unreachable after 10 s).
@@ -74,6 +77,7 @@ impl Shared {
             table: Arc::new(ArcSwap::from_pointee(table)),
             snapshot,
             metrics,
+            taps: Taps::default(),
             listening: AtomicBool::new(false),
             registry_ready: Arc::new(AtomicBool::new(!waits_for_redis)),
             app_healthy: Arc::new(AtomicBool::new(config.service.health.is_none())),

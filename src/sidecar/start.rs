@@ -131,6 +131,8 @@ pub(super) fn app_destination(
         state: Default::default(),
         token: Default::default(),
         static_auth: None,
+        // The inbound limit is `auth.inbound.rate_limit`, kept in the routing table.
+        rate_limit: None,
     })))
 }
 
@@ -152,6 +154,7 @@ pub(super) fn inbound_handler(
             .with_label_values(&["inbound"]),
         idle_timeout: config.limits.idle_timeout.get(),
         spans: spans.clone(),
+        taps: shared.taps.clone(),
         boundary: crate::proxy::inbound::Boundary::from_config(config),
     }
 }

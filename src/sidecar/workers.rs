@@ -58,6 +58,7 @@ pub(super) fn outbound_handler(config: &Config, shared: &Shared, inbound: &Inbou
             .upgraded_connections
             .with_label_values(&["outbound"]),
         spans: inbound.spans.clone(),
+        taps: inbound.taps.clone(),
     }
 }
 

@@ -14,19 +14,50 @@ use http_body::{Body, Frame, SizeHint};
 /// Header naming the error code on every response meshlet makes itself.
 pub const X_MESH_ERROR: &str = "x-mesh-error";
 
-/// A body meshlet wrote itself: held whole, sent in one frame.
-#[derive(Debug, Default)]
-pub struct AnswerBody(Option<Bytes>);
+/// A body meshlet wrote itself: held whole and sent in one frame, or, for the local API's
+/// endless answers (`GET /v1/tap`), streamed by the feature that writes it.
+#[derive(Default)]
+pub struct AnswerBody(Content);
+
+/// A stream meshlet writes itself, frame by frame, until it ends.
+pub type AnswerStream = Pin<Box<dyn Body<Data = Bytes, Error = Infallible> + Send>>;
+
+enum Content {
+    /// Held whole (`None` once sent, or when there is no body).
+    Whole(Option<Bytes>),
+    /// Written as it goes.
+    Streamed(AnswerStream),
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content::Whole(None)
+    }
+}
+
+impl std::fmt::Debug for AnswerBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Content::Whole(bytes) => f.debug_tuple("AnswerBody").field(bytes).finish(),
+            Content::Streamed(_) => f.write_str("AnswerBody(streamed)"),
+        }
+    }
+}
 
 impl AnswerBody {
     /// A body of `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        AnswerBody(Some(bytes.into()))
+        AnswerBody(Content::Whole(Some(bytes.into())))
     }
 
     /// No body.
     pub fn empty() -> Self {
-        AnswerBody(None)
+        AnswerBody(Content::Whole(None))
+    }
+
+    /// A body written by `stream` as it goes (the local API's streams; never the proxy's).
+    pub fn streamed(stream: impl Body<Data = Bytes, Error = Infallible> + Send + 'static) -> Self {
+        AnswerBody(Content::Streamed(Box::pin(stream)))
     }
 }
 
@@ -36,17 +67,28 @@ impl Body for AnswerBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.take().map(|d| Ok(Frame::data(d))))
+        match &mut self.get_mut().0 {
+            Content::Whole(bytes) => Poll::Ready(bytes.take().map(|d| Ok(Frame::data(d)))),
+            Content::Streamed(stream) => stream.as_mut().poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_none()
+        match &self.0 {
+            Content::Whole(bytes) => bytes.is_none(),
+            Content::Streamed(stream) => stream.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.as_ref().map_or(0, |d| d.len() as u64))
+        match &self.0 {
+            Content::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Content::Streamed(stream) => stream.size_hint(),
+        }
     }
 }
 

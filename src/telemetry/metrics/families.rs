@@ -12,6 +12,8 @@ pub(super) struct PolicyFamilies {
     pub(super) breaker_transitions: IntCounterVec,
     pub(super) endpoint_ejections: IntCounterVec,
     pub(super) degraded: IntCounterVec,
+    pub(super) faults: IntCounterVec,
+    pub(super) rate_limited: IntCounterVec,
 }
 
 /// `meshlet_requests_total` and the other per-request families.
@@ -191,6 +193,16 @@ impl PolicyFamilies {
                 "meshlet_degraded_total",
                 "Degraded answers, by mode (stale, static, read_only).",
                 &["destination", "mode"],
+            ),
+            faults: counter(
+                "meshlet_faults_total",
+                "Faults injected into outbound calls (docs/policy.md), by kind (abort, delay).",
+                &["destination", "kind"],
+            ),
+            rate_limited: counter(
+                "meshlet_rate_limited_total",
+                "Calls refused with 429 rate_limited by a token bucket, by direction.",
+                &["destination", "direction"],
             ),
         }
     }

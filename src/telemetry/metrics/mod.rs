@@ -1,12 +1,14 @@
 //! Prometheus metrics: the families, and per-destination handles resolved once when a
 //! destination is built, so the request path only increments (no label hashing, no
-//! `format!`, no lock). docs/metrics.md lists every family.
+//! `format!`, no lock). docs/metrics.md lists every family. Beside them, the ring of
+//! meshlet's last error answers ([`recent_errors`]), fed on error branches only.
 //!
 //! One rule for every module's families (this one's, events', the hub's): each is built
 //! with [`define`] and registered with [`register`], which logs a failed registration and
 //! goes on; no feature is ever turned off by a metric.
 
 mod families;
+pub(crate) mod recent_errors;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use recent_errors::RecentErrors;
 
 /// Which listener a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +71,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Config reloads.
     pub reload: ReloadMetrics,
+    /// The last error answers meshlet gave itself (`GET /v1/stats`).
+    pub recent_errors: Arc<RecentErrors>,
 }
 
 /// Config reload counters.
@@ -150,6 +155,7 @@ impl Metrics {
             parked_connections: connections.parked,
             upgraded_connections: connections.upgraded,
             connections_refused: connections.refused,
+            recent_errors: Arc::default(),
         }
     }
 
@@ -179,6 +185,7 @@ impl Metrics {
         static NEXT_ID: AtomicU32 = AtomicU32::new(1);
         let name = destination_label(name);
         let labels = [direction.as_str(), name];
+        self.seed_zero_series(direction, name);
         Arc::new(DestinationMetrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             direction,
@@ -188,10 +195,17 @@ impl Metrics {
             budget_exhausted: self.policy.budget_exhausted.with_label_values(&[name]),
             breaker_state: self.policy.breaker_state.with_label_values(&[name]),
             endpoint_ejections: self.policy.endpoint_ejections.with_label_values(&[name]),
+            faults_aborted: self.policy.faults.with_label_values(&[name, "abort"]),
+            faults_delayed: self.policy.faults.with_label_values(&[name, "delay"]),
+            rate_limited: self
+                .policy
+                .rate_limited
+                .with_label_values(&[name, direction.as_str()]),
             requests: self.requests.clone(),
             errors: self.errors.clone(),
             grpc: self.grpc.clone(),
             policy: self.policy.clone(),
+            recent_errors: self.recent_errors.clone(),
         })
     }
 }
@@ -232,6 +246,36 @@ fn grpc_status_index(status: u32) -> usize {
     })
 }
 
+impl Metrics {
+    /// Resolves the zero-valued series of a new destination's families whose labels are
+    /// more than the destination (docs/metrics.md, "Series present from the start"), so
+    /// that every family a dashboard or alert names is in `/metrics` before the first
+    /// request, and `rate()` sees the first increment. Each label set is resolved once
+    /// here; the request path resolves the same child later and is unchanged.
+    fn seed_zero_series(&self, direction: Direction, name: &str) {
+        let label = direction.as_str();
+        self.requests
+            .with_label_values(&[label, name, "GET", "200"]);
+        self.errors
+            .with_label_values(&[label, name, "upstream_unavailable"]);
+        // The policy families count outbound calls of a routed destination only.
+        if direction != Direction::Outbound || name == UNNAMED {
+            return;
+        }
+        self.policy
+            .retries
+            .with_label_values(&[name, "connect-failure"]);
+        for mode in ["stale", "static", "read_only"] {
+            self.policy.degraded.with_label_values(&[name, mode]);
+        }
+        for to in ["open", "half_open", "closed"] {
+            self.policy
+                .breaker_transitions
+                .with_label_values(&[name, to]);
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -251,10 +295,17 @@ pub struct DestinationMetrics {
     pub budget_exhausted: IntCounter,
     breaker_state: IntGauge,
     endpoint_ejections: IntCounter,
+    /// `meshlet_faults_total{kind="abort"}`: calls answered by an injected abort.
+    pub faults_aborted: IntCounter,
+    /// `meshlet_faults_total{kind="delay"}`: calls held by an injected delay.
+    pub faults_delayed: IntCounter,
+    /// `meshlet_rate_limited_total`: calls refused by a token bucket.
+    pub rate_limited: IntCounter,
     requests: IntCounterVec,
     errors: IntCounterVec,
     grpc: IntCounterVec,
     policy: PolicyFamilies,
+    recent_errors: Arc<RecentErrors>,
 }
 
 thread_local! {
@@ -289,6 +340,11 @@ impl DestinationMetrics {
     /// The destination's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Which listener the destination's requests come through.
+    pub fn direction(&self) -> Direction {
+        self.direction
     }
 
     /// Counts one answered request.
@@ -373,6 +429,12 @@ impl DestinationMetrics {
         tracing::warn!(destination = %self.name, state, "service breaker changed state");
     }
 
+    /// Keeps an error answer of this destination among the recent errors of `/v1/stats`.
+    pub fn recent_error(&self, code: &'static str, status: u16, message: &str, request_id: &str) {
+        self.recent_errors
+            .record(&self.name, code, status, message, request_id);
+    }
+
     /// Counts an endpoint ejected by its breaker.
     pub fn endpoint_ejected(&self) {
         self.endpoint_ejections.inc();
@@ -449,6 +511,39 @@ mod tests {
         let text = String::from_utf8(metrics.encode()).unwrap();
         assert!(text.contains(r#"grpc_status="other"} 3"#), "{text}");
         assert!(!text.contains(r#"grpc_status="999""#), "{text}");
+    }
+
+    #[test]
+    fn a_new_destination_exports_its_zero_series_and_counts_on_them() {
+        let metrics = Metrics::new();
+        let dest = metrics.destination(Direction::Outbound, "inventory");
+        metrics.destination(Direction::Inbound, "orders");
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        for series in [
+            r#"meshlet_requests_total{destination="inventory",direction="outbound",method="GET",status="200"} 0"#,
+            r#"meshlet_requests_total{destination="orders",direction="inbound",method="GET",status="200"} 0"#,
+            r#"meshlet_errors_total{code="upstream_unavailable",destination="inventory",direction="outbound"} 0"#,
+            r#"meshlet_retries_total{destination="inventory",reason="connect-failure"} 0"#,
+            r#"meshlet_degraded_total{destination="inventory",mode="read_only"} 0"#,
+            r#"meshlet_breaker_transitions_total{destination="inventory",to="half_open"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series}\n{text}");
+        }
+        // The policy families are outbound only.
+        assert!(
+            !text.contains(r#"meshlet_retries_total{destination="orders""#),
+            "{text}"
+        );
+        // The request path counts on the seeded series, not on a second one.
+        dest.count_request(&http::Method::GET, http::StatusCode::OK);
+        dest.count_error("upstream_unavailable");
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        let get_200 = r#"meshlet_requests_total{destination="inventory",direction="outbound",method="GET",status="200"}"#;
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(get_200)).collect();
+        assert_eq!(lines, [format!("{get_200} 1")]);
+        assert!(text.contains(
+            r#"meshlet_errors_total{code="upstream_unavailable",destination="inventory",direction="outbound"} 1"#
+        ));
     }
 
     #[test]

@@ -31,6 +31,28 @@ fn destination<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::
 }
 
 #[tokio::test]
+async fn a_first_look_shows_the_traffic_since_start() {
+    let up = Upstream::start("inventory").await;
+    let s = sidecar(&yaml(&format!(
+        "registry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        up.addr
+    )))
+    .await;
+    let mut client = Client::connect(s.addresses.outbound).await;
+    for _ in 0..7 {
+        assert_eq!(client.get("http://inventory/items").await.status, 200);
+    }
+    // Nobody looked while the requests went: the first answer still shows them.
+    let first = stats(s.addresses.api).await;
+    let inventory = destination(&first, "inventory");
+    assert_eq!(inventory["requests_total"], 7);
+    assert_eq!(inventory["success_rate"], 1.0, "{inventory}");
+    assert!(inventory["rps"].as_f64().unwrap() > 0.0, "{inventory}");
+    assert!(inventory["p99_ms"].as_f64().is_some(), "{inventory}");
+    assert!(first["window_seconds"].as_f64().unwrap() > 0.0, "{first}");
+}
+
+#[tokio::test]
 async fn stats_count_the_requests_sent_and_show_a_breaker_opening() {
     let up = Upstream::start("inventory").await;
     let dead = free_port();
@@ -42,10 +64,12 @@ async fn stats_count_the_requests_sent_and_show_a_breaker_opening() {
     .await;
     let api = s.addresses.api;
 
-    // The first look starts the sampler: nothing answered yet, so no window figures.
+    // The first look starts the sampler; its window reaches back to the start, and
+    // nothing answered yet, so no window figures.
     let first = stats(api).await;
     assert_eq!(first["service"], "orders");
-    assert_eq!(first["window_seconds"], 10);
+    let window = first["window_seconds"].as_f64().expect("a window");
+    assert!((0.0..10.0).contains(&window), "{first}");
     assert!(
         first["events"].is_null() && first["hub"].is_null(),
         "{first}"

@@ -1,8 +1,7 @@
 //! `meshlet stat`: the running meshlet's `GET /v1/stats` as a table, one row per
 //! destination (like `linkerd viz stat`), plus an events line, a hub line and the newest
 //! errors when there are any. On a terminal it redraws every second until Ctrl-C; piped,
-//! or with `--once`, it prints once and exits (looking twice, a second apart, when the
-//! meshlet was not sampling yet: its window starts at the first look).
+//! or with `--once`, it prints once and exits.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -163,13 +162,7 @@ pub struct RecentError {
 pub async fn run(api: SocketAddr, once: bool) -> Result<(), OperatorError> {
     let term = Term::stdout();
     if once || !term.interactive {
-        let mut stats = fetch(api).await?;
-        if sampler_just_started(&stats) {
-            // The window fills from the meshlet's first sample on: one more look a tick
-            // later shows the traffic of that second rather than nothing.
-            tokio::time::sleep(REFRESH).await;
-            stats = fetch(api).await?;
-        }
+        let stats = fetch(api).await?;
         print(&render(&stats, term))?;
         return Ok(());
     }
@@ -202,14 +195,6 @@ pub async fn fetch(api: SocketAddr) -> Result<Stats, OperatorError> {
         path: "/v1/stats",
         why: e.to_string(),
     })
-}
-
-/// Whether the answer looks like the meshlet's first sample: traffic since start, but no
-/// destination with an answer in the window (nobody was looking, so nothing was sampled:
-/// docs/operations.md, "Admin page and stats").
-fn sampler_just_started(stats: &Stats) -> bool {
-    stats.destinations.iter().any(|d| d.requests_total > 0)
-        && stats.destinations.iter().all(|d| d.success_rate.is_none())
 }
 
 /// Writes `text` to stdout; `false` when its reader has gone (then there is no one to
@@ -453,20 +438,6 @@ mod tests {
             "  17:00:00.123  inventory  503 circuit_open  breaker open"
         );
         assert!(!text.contains('\x1b'), "plain text has no escapes");
-    }
-
-    #[test]
-    fn a_first_sample_with_past_traffic_is_asked_again() {
-        let mut stats: Stats = serde_json::from_str(SAMPLE).unwrap();
-        assert!(!sampler_just_started(&stats), "window figures are there");
-        for d in &mut stats.destinations {
-            d.success_rate = None;
-        }
-        assert!(sampler_just_started(&stats), "traffic, but an empty window");
-        for d in &mut stats.destinations {
-            d.requests_total = 0;
-        }
-        assert!(!sampler_just_started(&stats), "no traffic at all");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Stats cost nothing while nobody looks: the first `/v1/stats` starts a sampler that keeps
 //! one gathered [`Sample`] of the registry per second for the last [`WINDOW`], and it stops
-//! (dropping its samples) when no one has asked for [`KEEP_SAMPLING`]. Every answer gathers
+//! (dropping its samples) when no one has asked for [`KEEP_SAMPLING`]. That first answer's
+//! window reaches back to the start, so a one-off look (`meshlet stat` piped) shows figures. Every answer gathers
 //! one more sample, so its figures run up to the moment it was asked. The request path
 //! feeds nothing here but the counters `/metrics` serves anyway.
 
@@ -77,14 +78,21 @@ impl StatsView {
         let baseline = {
             let mut history = lock(&self.history);
             if history.is_empty() {
-                // The first look: this sample is the window's start.
+                // The first look: nothing was sampled before it, so its window reaches back
+                // to the start (every counter was 0 then) and it still says something; the
+                // samples from now on make the sliding window.
                 history.push_back(now.clone());
+                Some(Sample::new(self.started, &[]))
+            } else {
+                history
+                    .iter()
+                    .find(|s| now.at.saturating_duration_since(s.at) <= WINDOW)
+                    .cloned()
             }
-            history
-                .iter()
-                .find(|s| now.at.saturating_duration_since(s.at) <= WINDOW)
-                .cloned()
         };
+        let window_seconds = baseline
+            .as_ref()
+            .map_or(0.0, |b| now.at.saturating_duration_since(b.at).as_secs_f64());
         let config = self.shared.config.load();
         let events = self.events_on.then(|| {
             let subscriptions: Vec<serde_json::Value> = config
@@ -110,7 +118,7 @@ impl StatsView {
             &serde_json::json!({
                 "service": config.config.service.name.as_str(),
                 "uptime_seconds": self.started.elapsed().as_secs(),
-                "window_seconds": WINDOW.as_secs(),
+                "window_seconds": (window_seconds * 1000.0).round() / 1000.0,
                 "destinations": stats::destinations(baseline.as_ref(), &now),
                 "events": events,
                 "hub": self.hub_on.then(|| now.hub()),

@@ -90,9 +90,9 @@ impl StatsView {
                     .cloned()
             }
         };
-        let window_seconds = baseline
-            .as_ref()
-            .map_or(0.0, |b| now.at.saturating_duration_since(b.at).as_secs_f64());
+        let window_seconds = baseline.as_ref().map_or(0.0, |b| {
+            now.at.saturating_duration_since(b.at).as_secs_f64()
+        });
         let config = self.shared.config.load();
         let events = self.events_on.then(|| {
             let subscriptions: Vec<serde_json::Value> = config

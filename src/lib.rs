@@ -29,6 +29,7 @@
 //! - [`operator`]: `meshlet stat`, `tap` and `doctor`: asking a running meshlet.
 //! - [`sidecar`]: wiring: builds all of the above from a config and shuts it down.
 //! - [`demo`]: the embedded demo upstream behind `meshlet demo`.
+//! - `fuzzing` (feature `fuzzing` only): the entry points of the cargo-fuzz targets in `fuzz/`.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,6 +38,9 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod operator;
 pub(crate) mod policy;

@@ -308,7 +308,7 @@ async fn run(path: &Path) -> Result<(), String> {
         tracing::warn!(field = %warning.field, "config: {}", warning.message);
     }
     let sidecar = Sidecar::start(loaded).await.map_err(|e| e.to_string())?;
-    wait_for_signal().await;
+    meshlet::control::signalled().await;
     sidecar.shutdown().await;
     Ok(())
 }
@@ -327,7 +327,7 @@ async fn demo() -> Result<(), String> {
         a.outbound, a.telemetry, a.api
     );
     tokio::select! {
-        () = wait_for_signal() => {}
+        () = meshlet::control::signalled() => {}
         r = upstream => {
             let reason = match r {
                 Ok(Err(e)) => e.to_string(),
@@ -339,18 +339,6 @@ async fn demo() -> Result<(), String> {
     }
     sidecar.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), String> {

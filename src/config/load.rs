@@ -449,16 +449,19 @@ fn check_fault(f: &super::policy::FaultOverride) -> Result<(), Violation> {
     Ok(())
 }
 
-/// A token bucket's settings: `per_second` 0 (no limit) to 1e9, `burst` at least 1.
+/// A token bucket's settings: `per_second` 0 (no limit) or 0.001 to 1e9, `burst` 1 to 1e6.
+/// The bounds keep the bucket's span (`burst / per_second`, at most 1e9 s) inside its
+/// nanosecond clock: a rate of 1e-12 would overflow it and let every call through.
 fn check_rate(per_second: Option<f64>, burst: Option<u32>) -> Result<(), Violation> {
-    if per_second.is_some_and(|r| !(0.0..=1e9).contains(&r)) {
+    let valid = |r: f64| r == 0.0 || (0.001..=1e9).contains(&r);
+    if per_second.is_some_and(|r| !valid(r)) {
         return fail(
             "per_second".into(),
-            "must be between 0 (no limit) and 1000000000",
+            "must be 0 (no limit) or between 0.001 and 1000000000",
         );
     }
-    if burst == Some(0) {
-        return fail("burst".into(), "must be at least 1");
+    if burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
+        return fail("burst".into(), "must be between 1 and 1000000");
     }
     Ok(())
 }
@@ -602,7 +605,13 @@ mod tests {
         let e =
             err("service: {name: orders}\ndefaults: {rate_limit: {per_second: 10, burst: 0}}\n");
         assert!(
-            e.contains("defaults.rate_limit.burst: must be at least 1"),
+            e.contains("defaults.rate_limit.burst: must be between 1 and 1000000"),
+            "{e}"
+        );
+        // So small a rate would overflow the bucket's clock and let every call through.
+        let e = err("service: {name: orders}\ndefaults: {rate_limit: {per_second: 1e-12}}\n");
+        assert!(
+            e.contains("defaults.rate_limit.per_second: must be 0"),
             "{e}"
         );
         let e = err("service: {name: orders}\nauth:\n  inbound: {rate_limit: {per_second: -1}}\n");

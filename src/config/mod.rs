@@ -23,6 +23,8 @@ pub use policy::{
     BreakerPolicy, Degrade, FaultPolicy, GrpcCode, Policy, PolicyOverride, Protocol, RateLimit,
     RetryOn, RetryPolicy, StaticAnswer, StaticAuth,
 };
+#[cfg(feature = "fuzzing")]
+pub(crate) use units::expand_with;
 pub use units::{expand_env, ByteSize, Dur, Parsed, Secret, Secrets, Text};
 
 /// The whole configuration file.

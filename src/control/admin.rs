@@ -3,8 +3,9 @@
 //! router; the routes live with what they show (the sidecar, events, the hub). It never
 //! touches the request path.
 //!
-//! Each listener holds at most [`MAX_CONNECTIONS`] connections and times them out as the
-//! data plane does (docs/config.md, `limits`): a client that sends nothing for
+//! Each listener holds at most [`MAX_CONNECTIONS`] connections, bounds a request head by
+//! `limits.max_header_bytes` and times connections out as the data plane does
+//! (docs/config.md, `limits`): a client that sends nothing for
 //! `header_read_timeout` is disconnected, an HTTP/1.1 connection waiting for its next
 //! request head longer than that is closed by hyper, and any connection (h2 included) with
 //! no request in flight for `keepalive_timeout` is told to stop (h2: GOAWAY). The
@@ -110,14 +111,19 @@ impl Listener {
     /// The data plane's timeouts from `limits`, at most [`MAX_CONNECTIONS`] connections;
     /// `open` and `refused` are the listener's series of the connection families.
     pub fn new(limits: &Limits, open: IntGauge, refused: IntCounter) -> Self {
+        // `limits.max_header_bytes` bounds a request head here as on the data plane (hyper's
+        // own default read buffer is 400 KiB).
+        let header_bytes = limits.max_header_bytes.as_usize();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout.get());
+            .header_read_timeout(limits.header_read_timeout.get())
+            .max_buf_size(header_bytes.max(8192));
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Listener {

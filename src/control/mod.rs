@@ -12,6 +12,7 @@ pub(crate) mod context;
 pub mod keys;
 pub(crate) mod redis;
 pub(crate) mod shutdown;
+pub use shutdown::signalled;
 
 pub(crate) use context::Context;
 pub(crate) use shutdown::Shutdown;

@@ -16,6 +16,20 @@ pub struct Trigger(watch::Sender<bool>);
 #[derive(Clone, Debug)]
 pub struct Shutdown(watch::Receiver<bool>);
 
+/// Waits for SIGTERM or Ctrl-C (SIGINT): how `meshlet run` begins its shutdown and how the
+/// live CLI views (`stat` on a terminal, `tap`) end.
+pub async fn signalled() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 /// A new trigger and its first handle.
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = watch::channel(false);

@@ -129,8 +129,12 @@ impl Entry {
         push_json_string(&mut out, self.get("source"));
         out.push_str(",\"version\":");
         let version = self.get("version");
-        if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && version.len() < 10
-        {
+        // A number only as JSON spells one: `001` is not (found by fuzzing), so it stays text.
+        let number = !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && version.len() < 10
+            && (version == "0" || !version.starts_with('0'));
+        if number {
             out.push_str(version);
         } else {
             push_json_string(&mut out, version);
@@ -168,18 +172,21 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 /// A child of the publisher's trace context: same trace id and flags, a new span id. An
-/// absent or malformed parent starts a new sampled trace.
+/// absent or malformed parent starts a new sampled trace. Well-formed means what W3C trace
+/// context says and what the next meshlet's `identity::trace` accepts: lower-case hex, and
+/// not version `ff` (an upper-case parent used to be copied, and the next hop then started
+/// a new trace; found by fuzzing).
 pub fn child_traceparent(parent: &str) -> String {
     let span = format!("{:016x}", fastrand::u64(1..));
     let parts: Vec<&str> = parent.trim().split('-').collect();
+    let lower_hex = |p: &&str| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let valid = parts.len() == 4
         && parts[0].len() == 2
+        && parts[0] != "ff"
         && parts[1].len() == 32
         && parts[2].len() == 16
         && parts[3].len() == 2
-        && parts
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && parts.iter().all(lower_hex)
         && parts[1].bytes().any(|b| b != b'0');
     if valid {
         format!("00-{}-{span}-{}", parts[1], parts[3])
@@ -310,6 +317,40 @@ mod tests {
         assert!(child.ends_with("-01"));
         assert_ne!(child, parent);
         assert_eq!(child_traceparent("garbage").len(), 55);
+    }
+
+    #[test]
+    fn a_version_with_leading_zeros_is_sent_as_text() {
+        // Found by fuzzing (fuzz target event_envelope): `"version":001` is not JSON.
+        for (version, want) in [
+            ("001", serde_json::json!("001")),
+            ("0", serde_json::json!(0)),
+            ("12", serde_json::json!(12)),
+        ] {
+            let e = Entry {
+                id: "1-0".into(),
+                fields: vec![("version".into(), version.into())],
+            };
+            let parsed: serde_json::Value =
+                serde_json::from_str(&e.envelope()).expect("envelope is JSON");
+            assert_eq!(parsed["version"], want, "{version}");
+        }
+    }
+
+    #[test]
+    fn a_parent_the_next_hop_would_refuse_starts_a_new_trace() {
+        // Found by fuzzing (fuzz target event_envelope): upper-case hex was copied.
+        for parent in [
+            "00-4bf92f3577b34dA6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let child = child_traceparent(parent);
+            assert!(!child.contains("4bf92f3577b34"), "{parent} -> {child}");
+            assert!(child
+                .bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || b.is_ascii_lowercase()));
+        }
     }
 
     #[test]

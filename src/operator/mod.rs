@@ -71,19 +71,6 @@ pub fn exit_status(result: Result<(), OperatorError>) -> ExitCode {
     }
 }
 
-/// Waits for Ctrl-C (or SIGTERM): how the live views (`stat` on a terminal, `tap`) end.
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 /// Whether a write failed because the reader went away (`meshlet tap | head`): the command
 /// then ends quietly with success, like other Unix filters.
 fn reader_gone(e: &std::io::Error) -> bool {

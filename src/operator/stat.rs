@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::http;
 use super::term::{Align, Cell, Paint, Table, Term, CLEAR_SCREEN};
-use super::{interrupted, reader_gone, OperatorError};
+use super::{reader_gone, OperatorError};
+use crate::control::shutdown::signalled;
 
 /// How often the terminal view redraws.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -181,7 +182,7 @@ pub async fn run(api: SocketAddr, once: bool) -> Result<(), OperatorError> {
     };
     tokio::select! {
         result = live => result,
-        () = interrupted() => Ok(()),
+        () = signalled() => Ok(()),
     }
 }
 

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use super::http::{self, Lines, WAIT};
 use super::stat::{clock_time, latency};
 use super::term::{Paint, Term};
-use super::{interrupted, reader_gone, OperatorError};
+use super::{reader_gone, OperatorError};
+use crate::control::shutdown::signalled;
 
 /// The most lines per second `--rate` may ask for (the server's cap).
 pub const MAX_RATE: u32 = 1000;
@@ -113,7 +114,7 @@ pub async fn run(
     };
     tokio::select! {
         result = stream => result,
-        () = interrupted() => Ok(()),
+        () = signalled() => Ok(()),
     }
 }
 

@@ -98,7 +98,7 @@ impl<'a> Exchange<'a> {
         metrics.count_error(error.code());
         let request_id = self.request_id.to_str().unwrap_or("");
         let status = error.status().as_u16();
-        metrics.recent_error(error.code(), status, &error.to_string(), request_id);
+        metrics.recent_error(error.code(), status, error, request_id);
     }
 
     /// Counts, logs and traces an answer meshlet made before any upstream was tried.

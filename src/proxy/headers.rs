@@ -225,10 +225,28 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, found: u16) {
         headers.remove(UPGRADE);
     }
     if found & (1 << 7) != 0 {
-        let trailers = headers
-            .get(TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        if !trailers {
+        strip_te(headers);
+    }
+}
+
+/// Keeps `te: trailers` alone: every other `TE` value goes, including one beside
+/// `trailers` in a second `TE` line (found by fuzzing: the first value used to decide
+/// for all of them).
+fn strip_te(headers: &mut HeaderMap) {
+    let is_trailers = |v: &HeaderValue| v.as_bytes().eq_ignore_ascii_case(b"trailers");
+    let mut values = headers.get_all(TE).iter();
+    let first_is_trailers = values.next().is_some_and(is_trailers);
+    let rest: Option<bool> = values.map(is_trailers).reduce(|a, b| a && b);
+    match (first_is_trailers, rest) {
+        // The common case, gRPC's one `te: trailers`: nothing to do.
+        (true, None | Some(true)) => {}
+        (false, None) => {
+            headers.remove(TE);
+        }
+        _ if headers.get_all(TE).iter().any(is_trailers) => {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        _ => {
             headers.remove(TE);
         }
     }
@@ -237,20 +255,22 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, found: u16) {
 /// Removes `Connection` (every instance) and the names it lists (`te` excepted, see above).
 fn strip_connection(headers: &mut HeaderMap) {
     // The common tokens name no header, or one removed anyway: nothing to parse or collect.
-    let names_a_header = |token: &&str| {
+    let names_a_header = |token: &&[u8]| {
         !(token.is_empty()
-            || token.eq_ignore_ascii_case("keep-alive")
-            || token.eq_ignore_ascii_case("close")
-            || token.eq_ignore_ascii_case("upgrade")
-            || token.eq_ignore_ascii_case("te"))
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"upgrade")
+            || token.eq_ignore_ascii_case(b"te"))
     };
+    // Split as bytes: a value with one non-ASCII byte used to be read as empty, and the
+    // headers it named were passed on (found by fuzzing).
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(names_a_header)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     headers.remove(CONNECTION);
     for name in listed {
@@ -400,5 +420,37 @@ mod tests {
         h.insert("te", HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn a_connection_value_with_a_non_ascii_byte_still_names_its_headers() {
+        // Found by fuzzing (fuzz target hop_by_hop): `x-foo` was passed on.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_bytes(b"\xffclose, x-foo").unwrap(),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn only_trailers_is_left_of_several_te_lines() {
+        // Fuzzing found `te: gzip` kept behind a first `te: trailers` (fuzz target hop_by_hop).
+        let mut h = HeaderMap::new();
+        h.append("te", HeaderValue::from_static("trailers"));
+        h.append("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.get_all("te").iter().collect();
+        assert_eq!(left, ["trailers"]);
+
+        let mut h = HeaderMap::new();
+        h.append("te", HeaderValue::from_static("gzip"));
+        h.append("te", HeaderValue::from_static("deflate"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"), "{h:?}");
     }
 }

@@ -85,6 +85,11 @@ pub fn http_builder(limits: &Limits) -> HttpSettings {
     }
     let mut http1 = http1::Builder::new();
     http1_settings!(http1);
+    // The read buffer's limit alone let a 100 KiB head through a 64 KiB limit (a read may
+    // fill the buffer's whole spare room; tests/hostile/h1.rs): the head's own size is
+    // checked too. hyper-util's auto builder (TLS) has no such setter: there the bound is
+    // the read buffer's.
+    http1.max_header_size(header_bytes.max(8192));
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2_settings!(http2);
     let mut auto = auto::Builder::new(TokioExecutor::new());

@@ -202,7 +202,7 @@ impl Outbound {
 
 /// The host a request names, without port: the URI's (absolute form, h2 `:authority`),
 /// else the `Host` header's.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     if let Some(host) = req.uri().host() {
         return Some(host.trim_start_matches('[').trim_end_matches(']'));
     }

@@ -127,10 +127,23 @@ fn foreign<B>(req: &Request<B>) -> Option<&'static str> {
             );
         }
     }
-    for origin in req.headers().get_all(header::ORIGIN) {
+    let mut origins = req.headers().get_all(header::ORIGIN).iter().peekable();
+    let has_origin = origins.peek().is_some();
+    for origin in origins {
         if !loopback_origin(origin.as_bytes()) {
             return Some("the local API answers no request from a web page that is not on localhost (Origin)");
         }
+    }
+    // A page's plain GET (`<img src>`, a no-cors fetch) carries no Origin; browsers mark it
+    // `Sec-Fetch-Site: cross-site`. Without this a page could hold taps open.
+    let cross_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site && !has_origin {
+        return Some(
+            "the local API answers no request a web page on another site made (Sec-Fetch-Site)",
+        );
     }
     None
 }
@@ -363,6 +376,28 @@ mod tests {
         ] {
             assert!(!loopback_origin(origin.as_bytes()), "{origin}");
         }
+    }
+
+    #[test]
+    fn a_cross_site_page_request_without_origin_is_foreign() {
+        let req = |site: &str| {
+            http::Request::get("/v1/tap")
+                .header("host", "127.0.0.1:15000")
+                .header("sec-fetch-site", site)
+                .body(())
+                .unwrap()
+        };
+        assert!(foreign(&req("cross-site")).is_some());
+        for fine in ["same-origin", "same-site", "none"] {
+            assert!(foreign(&req(fine)).is_none(), "{fine}");
+        }
+        let from_loopback_page = http::Request::get("/v1/stats")
+            .header("host", "127.0.0.1:15000")
+            .header("origin", "http://localhost:3000")
+            .header("sec-fetch-site", "cross-site")
+            .body(())
+            .unwrap();
+        assert!(foreign(&from_loopback_page).is_none());
     }
 
     #[test]

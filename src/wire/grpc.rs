@@ -35,6 +35,11 @@ pub fn status(headers: &HeaderMap) -> Option<u32> {
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     let raw = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (value, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    // Digits only: `u64::from_str` would also take a leading `+`, which the spec's
+    // TimeoutValue does not have (found by fuzzing).
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = value.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -78,7 +83,8 @@ mod tests {
             h.insert(&GRPC_TIMEOUT, HeaderValue::from_static(raw));
             assert_eq!(timeout(&h), Some(want), "{raw}");
         }
-        for bad in ["", "5", "5x", "m", "-1S"] {
+        // `+5999000n`: found by fuzzing (fuzz target grpc_values).
+        for bad in ["", "5", "5x", "m", "-1S", "+5S", "+5999000n", " 5S"] {
             h.insert(&GRPC_TIMEOUT, HeaderValue::from_static(bad));
             assert_eq!(timeout(&h), None, "{bad:?}");
         }

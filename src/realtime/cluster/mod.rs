@@ -27,6 +27,7 @@
 mod envelope;
 mod history;
 mod presence;
+mod resume;
 mod subscriber;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,8 @@
 //! The pub/sub subscriber: one connection that holds `{prefix}:rt:{svc}:all` and the room and
 //! user channels of local clients, hands every envelope received to the hub, and
 //! subscribes or unsubscribes as clients come and go. Redis restarted or unreachable: it
-//! reconnects with backoff and subscribes again to everything the hub holds.
+//! reconnects with backoff, subscribes again to everything the hub holds, and delivers the
+//! room messages the gap let through from history first ([`super::resume`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -14,12 +15,21 @@ use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout};
 
+use super::resume::Resume;
 use super::{Channel, Cluster, ClusterError, Dispatch, Envelope};
 use crate::control::redis::{Backoff, Outage, REDIS_IO_TIMEOUT};
 use crate::control::Shutdown;
 
 /// How often the subscriber connection is pinged to find a half-open socket.
 const PUBSUB_PING: Duration = Duration::from_secs(5);
+
+/// What one session hands the next: joins waiting for a subscription, and where each
+/// room's next gap starts.
+#[derive(Default)]
+struct Carry {
+    waiting: Vec<oneshot::Sender<()>>,
+    resume: Resume,
+}
 
 /// What the rest of the hub asks of the subscriber task.
 pub(super) enum Command {
@@ -38,13 +48,13 @@ impl Cluster {
     ) {
         let mut outage = Outage::new("realtime pub/sub");
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut carry = Carry::default();
         loop {
             let result = self
                 .session(
                     &mut commands,
                     &dispatch,
-                    &mut waiting,
+                    &mut carry,
                     &mut outage,
                     &mut backoff,
                     &mut shutdown,
@@ -63,7 +73,7 @@ impl Cluster {
                 tokio::select! {
                     () = &mut pause => break,
                     cmd = commands.recv() => match cmd {
-                        Some(Command::Ensure(_, ack)) => waiting.push(ack),
+                        Some(Command::Ensure(_, ack)) => carry.waiting.push(ack),
                         Some(Command::Release(_)) => {}
                         None => return,
                     },
@@ -78,17 +88,19 @@ impl Cluster {
         &self,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         dispatch: &Dispatch,
-        waiting: &mut Vec<oneshot::Sender<()>>,
+        carry: &mut Carry,
         outage: &mut Outage,
         backoff: &mut Backoff,
         shutdown: &mut Shutdown,
     ) -> Result<(), ClusterError> {
         let (mut sink, mut stream, mut subscribed) = self.connect().await?;
+        // Before any live message of this session: what the last one's loss let through.
+        self.fill_gaps(&mut carry.resume, dispatch).await?;
         outage.recovered();
         backoff.reset();
         self.subscribed.store(true, Ordering::Release);
         // Their channels were held before this session began, so they are subscribed now.
-        for ack in waiting.drain(..) {
+        for ack in carry.waiting.drain(..) {
             let _ = ack.send(());
         }
         let mut ping = tokio::time::interval(PUBSUB_PING);
@@ -103,13 +115,14 @@ impl Cluster {
                         ))));
                     };
                     match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
-                        Ok(envelope) => dispatch(envelope),
+                        Ok(envelope) if carry.resume.admit(&envelope) => dispatch(envelope),
+                        Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, channel = msg.get_channel_name(), "unreadable realtime message ignored"),
                     }
                 }
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
-                    self.apply(cmd, commands, &mut sink, &mut subscribed, waiting).await?;
+                    self.apply(cmd, commands, &mut sink, &mut subscribed, &mut carry.waiting, &mut carry.resume).await?;
                 }
                 _ = ping.tick() => {
                     timeout(REDIS_IO_TIMEOUT, sink.ping::<redis::Value>())
@@ -150,12 +163,14 @@ impl Cluster {
         sink: &mut PubSubSink,
         subscribed: &mut HashSet<String>,
         waiting: &mut Vec<oneshot::Sender<()>>,
+        resume: &mut Resume,
     ) -> Result<(), ClusterError> {
         let mut batch = vec![first];
         while let Ok(more) = commands.try_recv() {
             batch.push(more);
         }
         let mut subscribe = Vec::new();
+        let mut new_rooms = Vec::new();
         let mut release = Vec::new();
         for cmd in batch {
             match cmd {
@@ -163,6 +178,9 @@ impl Cluster {
                     let name = self.channel_name(&channel);
                     if !subscribed.contains(&name) && !subscribe.contains(&name) {
                         subscribe.push(name);
+                        if let Channel::Room(room) = &channel {
+                            new_rooms.push(room.clone());
+                        }
                     }
                     waiting.push(ack);
                 }
@@ -177,6 +195,16 @@ impl Cluster {
         }
         for ack in waiting.drain(..) {
             let _ = ack.send(());
+        }
+        // After the subscription: a message stored between the two is delivered live, and
+        // the start only says where a later gap would begin.
+        self.mark_starts(&new_rooms, resume).await?;
+        for channel in &release {
+            if let Channel::Room(room) = channel {
+                if !self.hub.has_room(room) {
+                    resume.forget(room);
+                }
+            }
         }
         let unused: Vec<String> = release
             .iter()

@@ -58,7 +58,9 @@ struct Tap {
     window: AtomicU64,
     /// Lines skipped since the stream last said so.
     dropped: AtomicU64,
-    lines: mpsc::Sender<Arc<Answered>>,
+    /// Lines already encoded: a queued line owns its few bytes, never the request's
+    /// buffers (a URI or header value held here would pin its connection's read buffer).
+    lines: mpsc::Sender<Bytes>,
 }
 
 /// Why a tap cannot open.
@@ -118,16 +120,21 @@ impl Taps {
 
     /// Offers an answered request to every tap; never waits.
     pub fn offer(&self, answered: Answered) {
-        let line = Arc::new(answered);
+        // Encoded once, when the first tap takes it, and stamped now (the body's end).
+        let mut line: Option<Bytes> = None;
         for tap in self.0.taps.load().iter() {
             if tap
                 .service
                 .as_deref()
-                .is_some_and(|s| s != line.destination())
+                .is_some_and(|s| s != answered.destination())
             {
                 continue;
             }
-            let queued = tap.admit() && tap.lines.try_send(line.clone()).is_ok();
+            let queued = tap.admit()
+                && tap
+                    .lines
+                    .try_send(line.get_or_insert_with(|| encode_line(&answered)).clone())
+                    .is_ok();
             if !queued {
                 tap.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -176,7 +183,7 @@ impl Tap {
 /// The NDJSON body of one tap; the tap closes when it is dropped (the client went away,
 /// or the stream ended at shutdown).
 pub struct TapStream {
-    queue: mpsc::Receiver<Arc<Answered>>,
+    queue: mpsc::Receiver<Bytes>,
     tap: Arc<Tap>,
     hub: Taps,
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -218,9 +225,9 @@ impl Body for TapStream {
         let mut out = Vec::new();
         while out.len() < FRAME_BYTES {
             match this.queue.poll_recv(cx) {
-                Poll::Ready(Some(answered)) => {
+                Poll::Ready(Some(line)) => {
                     this.report_dropped(&mut out);
-                    write_line(&answered, &mut out);
+                    out.extend_from_slice(&line);
                 }
                 // The hub holds the sender while the tap is open: not before this drops.
                 Poll::Ready(None) | Poll::Pending => break,
@@ -260,8 +267,9 @@ struct Line<'a> {
     request_id: &'a str,
 }
 
-/// Appends `answered` as one JSON line.
-fn write_line(answered: &Answered, out: &mut Vec<u8>) {
+/// `answered` as one JSON line, stamped with the time it is made (the body's end).
+fn encode_line(answered: &Answered) -> Bytes {
+    let mut out = Vec::with_capacity(256);
     let line = Line {
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         direction: answered.direction(),
@@ -276,9 +284,10 @@ fn write_line(answered: &Answered, out: &mut Vec<u8>) {
         request_id: answered.request_id.to_str().unwrap_or(""),
     };
     // Serializing plain strings and numbers into a Vec cannot fail.
-    if serde_json::to_writer(&mut *out, &line).is_ok() {
+    if serde_json::to_writer(&mut out, &line).is_ok() {
         out.push(b'\n');
     }
+    Bytes::from(out)
 }
 
 #[cfg(test)]

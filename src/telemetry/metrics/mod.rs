@@ -430,7 +430,13 @@ impl DestinationMetrics {
     }
 
     /// Keeps an error answer of this destination among the recent errors of `/v1/stats`.
-    pub fn recent_error(&self, code: &'static str, status: u16, message: &str, request_id: &str) {
+    pub fn recent_error(
+        &self,
+        code: &'static str,
+        status: u16,
+        message: &dyn std::fmt::Display,
+        request_id: &str,
+    ) {
         self.recent_errors
             .record(&self.name, code, status, message, request_id);
     }

@@ -1,6 +1,8 @@
 //! The last [`RecentErrors::CAPACITY`] error answers meshlet gave itself (docs/errors.md
 //! codes), newest first, for `GET /v1/stats` and the admin page. Recorded on the error
-//! branches only: a short lock there, nothing on a request that succeeds.
+//! branches only, and only when the ring's lock is free: under a flood of refusals (429s
+//! of a rate limit) the workers never wait on each other for it, and an error that finds
+//! it taken is left out (the ring is a sample for people; the counters count them all).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -37,30 +39,37 @@ impl RecentErrors {
     /// A message longer than this is cut: an upstream's error text can be long.
     pub const MESSAGE_CHARS: usize = 300;
 
-    /// Keeps one error answer.
+    /// Keeps one error answer, unless another worker is recording one at this moment.
     pub fn record(
         &self,
         destination: &str,
         code: &'static str,
         status: u16,
-        message: &str,
+        message: &dyn std::fmt::Display,
         request_id: &str,
     ) {
+        let mut ring = match self.ring.try_lock() {
+            Ok(ring) => ring,
+            // A poisoned lock only means a panic elsewhere mid-push; the ring is still whole.
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         let entry = RecentError {
             time: String::new(),
             destination: destination.to_owned(),
             code,
             status,
-            message: message.chars().take(Self::MESSAGE_CHARS).collect(),
+            message: message
+                .to_string()
+                .chars()
+                .take(Self::MESSAGE_CHARS)
+                .collect(),
             request_id: request_id.to_owned(),
         };
-        let at = SystemTime::now();
-        // A poisoned lock only means a panic elsewhere mid-push; the ring is still whole.
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         if ring.len() == Self::CAPACITY {
             ring.pop_back();
         }
-        ring.push_front((at, entry));
+        ring.push_front((SystemTime::now(), entry));
     }
 
     /// The errors kept, newest first, with their times written out.

@@ -44,6 +44,35 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// free again the listener accepts again, without spinning meanwhile.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
+/// How often a listener that keeps failing to accept says so.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// A listener's accept failures (out of descriptors and the like): each pauses the accept
+/// loop for [`ACCEPT_PAUSE`] instead of spinning, and they are logged at most once per
+/// [`ACCEPT_WARN_EVERY`] with the count since the last line (without this, descriptors
+/// used up for 4 s wrote 191 identical warnings).
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
+    warned_at: Option<std::time::Instant>,
+    unreported: u64,
+}
+
+impl AcceptFailures {
+    /// Notes `error`, logs when due, and waits out the pause.
+    pub async fn pause(&mut self, error: &std::io::Error) {
+        self.unreported += 1;
+        let due = self
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY);
+        if due {
+            tracing::warn!(%error, failures = self.unreported, "accept failed; pausing the listener's accepts");
+            self.warned_at = Some(std::time::Instant::now());
+            self.unreported = 0;
+        }
+        tokio::time::sleep(ACCEPT_PAUSE).await;
+    }
+}
+
 /// An h2 connection with no frame from the client for this long is sent a PING.
 pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// An h2 connection whose PING is not answered within this long is closed.
@@ -144,15 +173,14 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let settings = Arc::new(settings);
+    let mut failures = AcceptFailures::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        failures.pause(&e).await;
                         continue;
                     }
                 };

@@ -37,7 +37,7 @@ use super::headers::connection_hints;
 use super::listen::HttpSettings;
 use super::park::{ConnState, OpenExchange, ParkableStream, ServedBody, PARK_AFTER};
 use super::response_body::ResponseBody;
-use crate::control::admin::{ConnectionCap, ConnectionSlot, ACCEPT_PAUSE};
+use crate::control::admin::{AcceptFailures, ConnectionCap, ConnectionSlot};
 use crate::control::Shutdown;
 use crate::identity::PeerIdentity;
 
@@ -73,15 +73,14 @@ pub async fn serve<H: Handler>(
     let settings = Arc::new(settings);
     // Every connection holds a sender; once they are all gone, `drained` yields None.
     let (alive, mut drained) = mpsc::channel::<()>(1);
+    let mut failures = AcceptFailures::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        failures.pause(&e).await;
                         continue;
                     }
                 };

@@ -42,6 +42,13 @@ impl FromStr for Dur {
         if s == "0" {
             return Ok(Dur(Duration::ZERO));
         }
+        // humantime panics (`Duration::new` overflowing) on a sum of spans that reaches
+        // u64::MAX seconds (found by fuzzing): anything far over the bound is refused first.
+        if upper_bound_secs(s).is_some_and(|secs| secs > 2.0 * Dur::MAX.0.as_secs_f64()) {
+            return Err(format!(
+                "duration `{s}` is longer than 365 days, the most any key accepts"
+            ));
+        }
         let d = humantime::parse_duration(s).map_err(|e| {
             format!("invalid duration `{s}` ({e}); expected e.g. `250ms`, `5s`, `1m`")
         })?;
@@ -52,6 +59,47 @@ impl FromStr for Dur {
         }
         Ok(Dur(d))
     }
+}
+
+/// An upper bound of what a humantime duration (`1h 30m`, `0.5s`, `2days`) adds up to,
+/// in seconds, from its numbers and unit words alone: each span's number rounded up times
+/// its unit (humantime's unit words; it stops with an error at any other, so that span adds
+/// nothing). `None` when the text is not spans (humantime then reports it); nothing here
+/// can overflow.
+fn upper_bound_secs(s: &str) -> Option<f64> {
+    let mut total = 0.0_f64;
+    let mut rest = s.trim_start();
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let whole = rest[..number_len].split('.').next().unwrap_or("");
+        let number = whole.parse::<f64>().unwrap_or(0.0) + 1.0;
+        rest = rest[number_len..].trim_start();
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "nanos" | "nsec" | "ns" => 1e-9,
+            "usec" | "us" | "µs" => 1e-6,
+            "millis" | "msec" | "ms" => 1e-3,
+            "seconds" | "second" | "secs" | "sec" | "s" => 1.0,
+            "minutes" | "minute" | "min" | "mins" | "m" => 60.0,
+            "hours" | "hour" | "hr" | "hrs" | "h" => 3600.0,
+            "days" | "day" | "d" => 86_400.0,
+            "weeks" | "week" | "wk" | "wks" | "w" => 604_800.0,
+            "months" | "month" | "M" => 2_630_016.0,
+            "years" | "year" | "yr" | "yrs" | "y" => 31_557_600.0,
+            // humantime stops at this span with its own error: it adds nothing.
+            _ => 0.0,
+        };
+        total += number * unit;
+        rest = rest[unit_len..].trim_start();
+    }
+    Some(total)
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -347,6 +395,25 @@ mod tests {
         assert!(e.contains("longer than 365 days"), "{e}");
         assert!("1000d".parse::<Dur>().is_err());
         assert!("100years".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn spans_that_add_up_to_u64_seconds_are_refused_not_a_panic() {
+        // Found by fuzzing (target `units`): humantime's `Duration::new` overflowed.
+        let e = "0.1s018446744073709551615.4s0.5s5114s5ss"
+            .parse::<Dur>()
+            .unwrap_err();
+        assert!(e.contains("longer than 365 days"), "{e}");
+        let e = "584542046090y 8051615s 999999999ns 1ns"
+            .parse::<Dur>()
+            .unwrap_err();
+        assert!(e.contains("longer than 365 days"), "{e}");
+        // The bound never stands in for humantime's own errors.
+        let e = "5".parse::<Dur>().unwrap_err();
+        assert!(e.contains("invalid duration"), "{e}");
+        assert_eq!("1h 30m".parse::<Dur>().unwrap(), Dur::secs(5400));
+        assert_eq!("0.5s".parse::<Dur>().unwrap(), Dur::millis(500));
+        assert!("2months".parse::<Dur>().is_ok());
     }
 
     #[test]

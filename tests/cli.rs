@@ -11,6 +11,19 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlet");
 
+/// Whether one `billing` instance shows up in the registry within 10 s.
+async fn billing_registers(redis: &RedisServer) -> bool {
+    let mut conn = redis.conn();
+    eventually(Duration::from_secs(10), || {
+        let n: u64 = redis::cmd("ZCARD")
+            .arg("mesh:svc:billing")
+            .query(&mut conn)
+            .unwrap_or(0);
+        async move { n == 1 }
+    })
+    .await
+}
+
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     f.write_all(text.as_bytes()).unwrap();
@@ -104,18 +117,7 @@ async fn sigterm_deregisters_drains_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut conn = redis.conn();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let n: u64 = redis::cmd("ZCARD")
-                .arg("mesh:svc:billing")
-                .query(&mut conn)
-                .unwrap_or(0);
-            async move { n == 1 }
-        })
-        .await,
-        "registered itself"
-    );
+    assert!(billing_registers(&redis).await, "registered itself");
     let in_flight = tokio::spawn(async move {
         let addr = format!("127.0.0.1:{inbound}").parse().unwrap();
         get_host(addr, "billing", "/slow/700").await
@@ -271,18 +273,7 @@ async fn doctor_passes_every_check_against_a_running_meshlet() {
     ));
     let sidecar = sidecar_from_file(f.path()).await;
     until_ready(&sidecar).await;
-    let mut conn = redis.conn();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let n: u64 = redis::cmd("ZCARD")
-                .arg("mesh:svc:billing")
-                .query(&mut conn)
-                .unwrap_or(0);
-            async move { n == 1 }
-        })
-        .await,
-        "registered itself"
-    );
+    assert!(billing_registers(&redis).await, "registered itself");
     let out = meshlet(&["doctor", "-c", f.path().to_str().unwrap()]).await;
     let text = stdout_of(&out);
     assert_eq!(

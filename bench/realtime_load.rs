@@ -9,6 +9,11 @@
 //!   fd and port limits), joins them to the bench room, and records each broadcast's
 //!   latency (receive time minus the timestamp in the payload) in an HDR histogram.
 //!
+//! - `peer`: the same latency phases against a peer hub (Socket.IO 4 with
+//!   `@socket.io/redis-adapter`, bench/peers/socketio), whose workers speak Engine.IO v4 /
+//!   Socket.IO v5 framing over the same WebSocket client, so the client side costs the
+//!   same for both; it prints the side-by-side table against the meshlet run's results.
+//!
 //! Workers talk to the coordinator in lines: commands on stdin (`reset`, `report`,
 //! `quit`), answers as JSON on stdout. Every phase is bounded in count and in time.
 //!
@@ -25,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -47,6 +52,9 @@ const ROOM: &str = "bench";
 const CONNECT_CONCURRENCY: usize = 64;
 /// How long any one step (a connect, a join, a worker's answer) may take.
 const STEP: Duration = Duration::from_secs(30);
+/// Engine.IO v4 ping (server → client) and its answer.
+const EIO_PING: &str = "2";
+const EIO_PONG: &str = "3";
 /// Histogram range: 1 µs .. 60 s, 3 significant digits.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -90,6 +98,18 @@ enum Role {
     Run(RunArgs),
     /// Hold a share of the clients (spawned by `run`).
     Worker(WorkerArgs),
+    /// The latency phases against a peer hub (Socket.IO), then the side-by-side table.
+    Peer(PeerArgs),
+}
+
+/// The protocol a worker's clients speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    /// meshlet's hub (docs/realtime.md): a token in the URL, `welcome`, `join` → `joined`.
+    Meshlet,
+    /// Socket.IO v5 over Engine.IO v4, WebSocket transport: `0{..}` open, `40` connect,
+    /// `420["join","bench"]` acked by `430[..]`; pings `2` answered with `3`.
+    Socketio,
 }
 
 #[derive(Args, Clone)]
@@ -136,7 +156,48 @@ struct RunArgs {
     /// Seconds of the slow-client phase.
     #[arg(long, default_value_t = 4)]
     slow_seconds: u64,
+    /// Clients of the middle fan-out over every meshlet (0 skips it).
+    #[arg(long, default_value_t = 5000)]
+    mid: usize,
     /// Where results.json and report.md go.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct PeerArgs {
+    /// Socket.IO WebSocket URL of each peer server
+    /// (`ws://127.0.0.1:P/socket.io/?EIO=4&transport=websocket`), in the order of --api/--pid.
+    #[arg(long, required = true)]
+    ws: Vec<String>,
+    /// HTTP address (`127.0.0.1:P`) of each peer server (`POST /broadcast`, `GET /stats`).
+    #[arg(long, required = true)]
+    api: Vec<SocketAddr>,
+    /// Process id of each peer server (for CPU).
+    #[arg(long, required = true)]
+    pid: Vec<u32>,
+    /// Client counts, each spread over every server.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    sizes: Vec<usize>,
+    /// Clients per worker process.
+    #[arg(long, default_value_t = 2500)]
+    per_worker: usize,
+    /// Broadcasts per latency phase.
+    #[arg(long, default_value_t = 40)]
+    broadcasts: u64,
+    /// Pause between the broadcasts of a latency phase.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    /// Padding bytes in each payload (besides the timestamp).
+    #[arg(long, default_value_t = 100)]
+    pad: usize,
+    /// The peer's name in the table.
+    #[arg(long, default_value = "Socket.IO")]
+    name: String,
+    /// The meshlet run's results.json, for the side-by-side table.
+    #[arg(long)]
+    meshlet: Option<PathBuf>,
+    /// Where peer.json and compare.md go.
     #[arg(long)]
     out: PathBuf,
 }
@@ -154,6 +215,9 @@ struct WorkerArgs {
     /// First user number (users are `u{n}`).
     #[arg(long, default_value_t = 0)]
     first: usize,
+    /// The protocol the clients speak.
+    #[arg(long, value_enum, default_value_t = Proto::Meshlet)]
+    proto: Proto,
     /// One client that joins, then stops reading (with a small receive buffer) until
     /// `report`, which reads what is left and reports its close code.
     #[arg(long)]
@@ -169,7 +233,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     };
     let rt = match role {
-        Role::Run(_) => tokio::runtime::Builder::new_multi_thread()
+        Role::Run(_) | Role::Peer(_) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build(),
@@ -188,6 +252,7 @@ fn main() -> std::process::ExitCode {
         match role {
             Role::Run(args) => coordinate(args).await,
             Role::Worker(args) => work(args).await,
+            Role::Peer(args) => peer(args).await,
         }
     });
     match result {
@@ -251,9 +316,10 @@ async fn work(args: WorkerArgs) -> Result<()> {
         let user = format!("u{}", args.first + i);
         let secret = args.secret.clone();
         let gate = gate.clone();
+        let proto = args.proto;
         connecting.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
-            timeout(STEP, connect_and_join(&url, &secret, &user, None))
+            timeout(STEP, connect_and_join(proto, &url, &secret, &user, None))
                 .await
                 .map_err(|_| LoadError::Timeout("connect and join"))?
         }));
@@ -338,14 +404,20 @@ fn answer(out: &mut std::io::Stdout, v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Connects one client, reads the welcome, joins [`ROOM`] and reads `joined`.
+/// Connects one client and joins [`ROOM`]: on meshlet it reads the welcome, joins and
+/// reads `joined`; on Socket.IO it connects to the main namespace and joins with an ack.
 async fn connect_and_join(
+    proto: Proto,
     url: &str,
     secret: &str,
     user: &str,
     recv_buffer: Option<u32>,
 ) -> Result<Ws> {
-    let req = format!("{url}?token={}", token(secret, user)?).into_client_request()?;
+    let url = match proto {
+        Proto::Meshlet => format!("{url}?token={}", token(secret, user)?),
+        Proto::Socketio => url.to_owned(),
+    };
+    let req = url.as_str().into_client_request()?;
     let host = req
         .uri()
         .authority()
@@ -365,6 +437,10 @@ async fn connect_and_join(
         .write_buffer_size(0);
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+    if proto == Proto::Socketio {
+        join_socketio(&mut ws).await?;
+        return Ok(ws);
+    }
     expect_frame(&mut ws, "welcome").await?;
     ws.send(Message::text(
         json!({"type": "join", "room": ROOM}).to_string(),
@@ -391,10 +467,52 @@ async fn expect_frame(ws: &mut Ws, kind: &str) -> Result<()> {
     }
 }
 
-/// Reads broadcasts until the socket closes, recording each one's latency.
+/// Engine.IO v4 open (`0{..}`), Socket.IO connect to the main namespace (`40` → `40{..}`),
+/// then `join` with ack id 0 (`420["join","bench"]` → `430[..]`).
+async fn join_socketio(ws: &mut Ws) -> Result<()> {
+    expect_packet(ws, "0{").await?;
+    ws.send(Message::text("40")).await?;
+    expect_packet(ws, "40").await?;
+    ws.send(Message::text(format!("420[\"join\",\"{ROOM}\"]")))
+        .await?;
+    expect_packet(ws, "430").await
+}
+
+/// Reads up to the next Socket.IO packet, which must start with `prefix`; answers pings.
+async fn expect_packet(ws: &mut Ws, prefix: &str) -> Result<()> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == EIO_PING => {
+                ws.send(Message::text(EIO_PONG)).await?;
+            }
+            Some(Ok(Message::Text(t))) if t.as_str().starts_with(prefix) => return Ok(()),
+            Some(Ok(Message::Text(t))) => {
+                return Err(LoadError::Protocol(format!(
+                    "expected a packet {prefix}.., got {}",
+                    t.as_str()
+                )))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                return Err(LoadError::Protocol(format!(
+                    "closed before the packet {prefix}.."
+                )))
+            }
+        }
+    }
+}
+
+/// Reads broadcasts until the socket closes, recording each one's latency. A text frame
+/// that is exactly [`EIO_PING`] is an Engine.IO ping (meshlet never sends one): answered.
 async fn read_forever(mut ws: Ws, seen: Arc<Seen>) {
     let code = loop {
         match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == EIO_PING => {
+                if ws.send(Message::text(EIO_PONG)).await.is_err() {
+                    break 0;
+                }
+            }
             Some(Ok(Message::Text(t))) => {
                 let now = now_us();
                 if let Some(sent) = sent_at(t.as_str()) {
@@ -426,7 +544,7 @@ async fn work_slow(
 ) -> Result<()> {
     let mut out = std::io::stdout();
     let url = &args.ws[0];
-    let mut ws = connect_and_join(url, &args.secret, "slow", Some(4096)).await?;
+    let mut ws = connect_and_join(args.proto, url, &args.secret, "slow", Some(4096)).await?;
     answer(&mut out, &json!({"ready": 1, "failed": 0}))?;
     while let Some(line) = commands.recv().await {
         match line.trim() {
@@ -462,6 +580,23 @@ async fn work_slow(
 
 // ------------------------------------------------------------------------------- coordinator
 
+/// What every worker of a run is started with.
+struct Spawn {
+    secret: String,
+    per_worker: usize,
+    proto: Proto,
+}
+
+impl Spawn {
+    fn meshlet(args: &RunArgs) -> Spawn {
+        Spawn {
+            secret: args.secret.clone(),
+            per_worker: args.per_worker,
+            proto: Proto::Meshlet,
+        }
+    }
+}
+
 /// A worker process and its line channel.
 struct Worker {
     child: Child,
@@ -471,7 +606,7 @@ struct Worker {
 
 impl Worker {
     fn spawn(
-        args: &RunArgs,
+        args: &Spawn,
         ws: &[String],
         clients: usize,
         first: usize,
@@ -485,7 +620,12 @@ impl Worker {
             .arg("--clients")
             .arg(clients.to_string())
             .arg("--first")
-            .arg(first.to_string());
+            .arg(first.to_string())
+            .arg("--proto")
+            .arg(match args.proto {
+                Proto::Meshlet => "meshlet",
+                Proto::Socketio => "socketio",
+            });
         for url in ws {
             cmd.arg("--ws").arg(url);
         }
@@ -543,7 +683,7 @@ struct Fleet {
 
 impl Fleet {
     /// Starts workers for `clients` clients spread over `ws`, waits until all joined.
-    async fn start(args: &RunArgs, ws: &[String], clients: usize, first: usize) -> Result<Fleet> {
+    async fn start(args: &Spawn, ws: &[String], clients: usize, first: usize) -> Result<Fleet> {
         let mut workers = Vec::new();
         let mut left = clients;
         let mut next = first;
@@ -608,20 +748,26 @@ impl Fleet {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection to a meshlet's local API.
+/// A keep-alive HTTP/1.1 connection to a meshlet's local API (or to a peer server's
+/// `POST /broadcast` and `GET /stats`, which take and give the same shapes).
 struct Api {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    proto: Proto,
 }
 
 impl Api {
     async fn connect(addr: SocketAddr) -> Result<Api> {
+        Api::connect_to(addr, Proto::Meshlet).await
+    }
+
+    async fn connect_to(addr: SocketAddr, proto: Proto) -> Result<Api> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Api { sender })
+        Ok(Api { sender, proto })
     }
 
     async fn call(
@@ -651,7 +797,10 @@ impl Api {
         let (status, v) = self
             .call(
                 http::Method::POST,
-                "/v1/broadcast",
+                match self.proto {
+                    Proto::Meshlet => "/v1/broadcast",
+                    Proto::Socketio => "/broadcast",
+                },
                 Bytes::from(body.to_string()),
             )
             .await?;
@@ -664,10 +813,11 @@ impl Api {
     }
 
     async fn stats(&mut self) -> Result<Value> {
-        Ok(self
-            .call(http::Method::GET, "/v1/realtime", Bytes::new())
-            .await?
-            .1)
+        let path = match self.proto {
+            Proto::Meshlet => "/v1/realtime",
+            Proto::Socketio => "/stats",
+        };
+        Ok(self.call(http::Method::GET, path, Bytes::new()).await?.1)
     }
 }
 
@@ -758,6 +908,7 @@ async fn coordinate(args: RunArgs) -> Result<()> {
         ));
     }
     let pad = "x".repeat(args.pad);
+    let spawn = Spawn::meshlet(&args);
     let mut apis = Vec::new();
     for a in &args.api {
         apis.push(Api::connect(*a).await?);
@@ -767,7 +918,8 @@ async fn coordinate(args: RunArgs) -> Result<()> {
         "small": args.small, "large": args.large, "per_worker": args.per_worker,
         "broadcasts": args.broadcasts, "interval_ms": args.interval_ms, "pad": args.pad,
         "rates": args.rates, "rate_seconds": args.rate_seconds,
-        "slow_rate": args.slow_rate, "slow_seconds": args.slow_seconds, "meshlets": n_meshlets}});
+        "slow_rate": args.slow_rate, "slow_seconds": args.slow_seconds, "mid": args.mid,
+        "meshlets": n_meshlets}});
     let log = |m: &str| eprintln!("[realtime_load] {m}");
     let every = Duration::from_millis(args.interval_ms);
     let zero = vec![0u64; n_meshlets];
@@ -778,7 +930,7 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     log(&format!("meshlet 1 idle: VmRSS {idle} KiB"));
     let one = &args.ws[..1];
     let t = Instant::now();
-    let mut fleet = Fleet::start(&args, one, args.small, 0).await?;
+    let mut fleet = Fleet::start(&spawn, one, args.small, 0).await?;
     let connect_small_s = t.elapsed().as_secs_f64();
     let mut want = zero.clone();
     want[0] = args.small as u64;
@@ -790,7 +942,7 @@ async fn coordinate(args: RunArgs) -> Result<()> {
         args.small
     ));
     let t = Instant::now();
-    let more = Fleet::start(&args, one, args.large - args.small, args.small).await?;
+    let more = Fleet::start(&spawn, one, args.large - args.small, args.small).await?;
     let connect_more_s = t.elapsed().as_secs_f64();
     fleet.clients += more.clients;
     fleet.workers.extend(more.workers);
@@ -819,10 +971,18 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     settle(&mut apis, &zero).await?;
 
     // 2. Small fan-out over every meshlet; broadcasts enter at the last one.
-    let mut fleet = Fleet::start(&args, &args.ws, args.small, 100_000).await?;
+    let mut fleet = Fleet::start(&spawn, &args.ws, args.small, 100_000).await?;
     settle(&mut apis, &split(args.small, n_meshlets)).await?;
     let last = apis.len() - 1;
-    let small = latency_phase(&mut fleet, &mut apis[last], args.broadcasts, every, &pad).await?;
+    let small = measured_phase(
+        &mut fleet,
+        &mut apis[last],
+        &args.pid,
+        args.broadcasts,
+        every,
+        &pad,
+    )
+    .await?;
     log(&format!(
         "{} clients over {n_meshlets} meshlets: {small}",
         args.small
@@ -835,7 +995,7 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     let slow_count = args.slow_rate * args.slow_seconds;
     let baseline = latency_phase(&mut fleet, &mut apis[last], slow_count, slow_every, &pad).await?;
     log(&format!("baseline at {}/s: {baseline}", args.slow_rate));
-    let mut slow = Worker::spawn(&args, &args.ws[..1], 1, 0, true)?;
+    let mut slow = Worker::spawn(&spawn, &args.ws[..1], 1, 0, true)?;
     slow.read(STEP).await?;
     let dropped_before = apis[0].stats().await?["slow_clients_dropped"]
         .as_u64()
@@ -885,18 +1045,40 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     fleet.stop().await;
     settle(&mut apis, &zero).await?;
 
+    // 3b. The middle fan-out over every meshlet (the side-by-side table's middle row).
+    if args.mid > 0 {
+        let mut fleet = Fleet::start(&spawn, &args.ws, args.mid, 300_000).await?;
+        settle(&mut apis, &split(args.mid, n_meshlets)).await?;
+        let mid = measured_phase(
+            &mut fleet,
+            &mut apis[last],
+            &args.pid,
+            args.broadcasts,
+            every,
+            &pad,
+        )
+        .await?;
+        log(&format!(
+            "{} clients over {n_meshlets} meshlets: {mid}",
+            args.mid
+        ));
+        results["mid"] = mid;
+        fleet.stop().await;
+        settle(&mut apis, &zero).await?;
+    }
+
     // 4. Large fan-out over every meshlet, then the throughput ladder.
-    let mut fleet = Fleet::start(&args, &args.ws, args.large, 200_000).await?;
+    let mut fleet = Fleet::start(&spawn, &args.ws, args.large, 200_000).await?;
     settle(&mut apis, &split(args.large, n_meshlets)).await?;
-    let (cpu0, busy0) = (cpu_ticks(&args.pid), machine_ticks());
-    let mut large =
-        latency_phase(&mut fleet, &mut apis[last], args.broadcasts, every, &pad).await?;
-    let (cpu1, busy1) = (cpu_ticks(&args.pid), machine_ticks());
-    // Where the time goes: meshlets' CPU per frame delivered, and how busy the machine
-    // (both cores: meshlets, load processes, redis, anything else) was meanwhile.
-    let frames = large["received"].as_u64().unwrap_or(0).max(1) as f64;
-    large["meshlet_cpu_us_per_frame"] = json!((cpu1 - cpu0) as f64 * 1e6 / ticks_per_s() / frames);
-    large["machine_busy_pct"] = json!(busy_pct(busy0, busy1));
+    let large = measured_phase(
+        &mut fleet,
+        &mut apis[last],
+        &args.pid,
+        args.broadcasts,
+        every,
+        &pad,
+    )
+    .await?;
     log(&format!(
         "{} clients over {n_meshlets} meshlets: {large}",
         args.large
@@ -937,6 +1119,28 @@ async fn coordinate(args: RunArgs) -> Result<()> {
     std::fs::write(args.out.join("report.md"), &report)?;
     print!("{report}");
     Ok(())
+}
+
+/// [`latency_phase`] with the servers' CPU per frame delivered (utime + stime of every
+/// server process over the phase, ÷ frames the clients received) and how busy the whole
+/// machine (both cores: servers, load processes, redis, anything else) was meanwhile.
+/// Measured the same way for meshlet and for the peer.
+async fn measured_phase(
+    fleet: &mut Fleet,
+    api: &mut Api,
+    pids: &[u32],
+    count: u64,
+    every: Duration,
+    pad: &str,
+) -> Result<Value> {
+    let (cpu0, busy0) = (cpu_ticks(pids), machine_ticks());
+    let mut phase = latency_phase(fleet, api, count, every, pad).await?;
+    let (cpu1, busy1) = (cpu_ticks(pids), machine_ticks());
+    let frames = phase["received"].as_u64().unwrap_or(0).max(1) as f64;
+    phase["server_cpu_us_per_frame"] =
+        json!(cpu1.saturating_sub(cpu0) as f64 * 1e6 / ticks_per_s() / frames);
+    phase["machine_busy_pct"] = json!(busy_pct(busy0, busy1));
+    Ok(phase)
 }
 
 /// utime + stime of `pids`, in clock ticks.
@@ -1080,7 +1284,7 @@ fn render(r: &Value) -> String {
     s.push_str(&format!(
         "| meshlets' CPU per frame delivered, machine busy (broadcast to {} clients) | {} µs, {} % | | |\n",
         a["large"],
-        f(&large["meshlet_cpu_us_per_frame"]),
+        f(&large["server_cpu_us_per_frame"]),
         f(&large["machine_busy_pct"])
     ));
     let large_ok = large["p99_ms"].as_f64().is_some_and(|p| p <= 20.0);
@@ -1145,5 +1349,124 @@ fn render(r: &Value) -> String {
         change * 100.0,
         mark(change <= 0.10)
     ));
+    s
+}
+
+// ------------------------------------------------------------------------------- peer
+
+/// The peer's latency phases: for each size, that many clients spread over every server,
+/// `broadcasts` broadcasts entering at the last server (as the meshlet run's do), CPU
+/// measured as for meshlet; then peer.json, and the side-by-side table when the meshlet
+/// run's results are given.
+async fn peer(args: PeerArgs) -> Result<()> {
+    if args.ws.len() != args.api.len() || args.ws.len() != args.pid.len() || args.ws.is_empty() {
+        return Err(LoadError::Protocol(
+            "give one --ws, --api and --pid per peer server".into(),
+        ));
+    }
+    let pad = "x".repeat(args.pad);
+    let spawn = Spawn {
+        secret: String::new(),
+        per_worker: args.per_worker,
+        proto: Proto::Socketio,
+    };
+    let mut apis = Vec::new();
+    for a in &args.api {
+        apis.push(Api::connect_to(*a, Proto::Socketio).await?);
+    }
+    let n = args.ws.len();
+    let zero = vec![0u64; n];
+    let last = n - 1;
+    let every = Duration::from_millis(args.interval_ms);
+    let mut phases = Vec::new();
+    for &size in &args.sizes {
+        let mut fleet = Fleet::start(&spawn, &args.ws, size, 0).await?;
+        settle(&mut apis, &split(size, n)).await?;
+        let phase = measured_phase(
+            &mut fleet,
+            &mut apis[last],
+            &args.pid,
+            args.broadcasts,
+            every,
+            &pad,
+        )
+        .await?;
+        eprintln!(
+            "[realtime_load] {}: {size} clients over {n} servers: {phase}",
+            args.name
+        );
+        phases.push(phase);
+        fleet.stop().await;
+        settle(&mut apis, &zero).await?;
+    }
+    let results = json!({"machine": machine(), "peer": args.name, "args": {
+        "sizes": args.sizes, "per_worker": args.per_worker, "broadcasts": args.broadcasts,
+        "interval_ms": args.interval_ms, "pad": args.pad, "servers": n}, "phases": phases});
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(
+        args.out.join("peer.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    if let Some(path) = &args.meshlet {
+        let meshlet: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+        let table = render_compare(&meshlet, &results);
+        std::fs::write(args.out.join("compare.md"), &table)?;
+        print!("{table}");
+    }
+    Ok(())
+}
+
+/// The meshlet run's over-every-meshlet phases (small, mid, large) that have CPU figures.
+fn meshlet_phases(meshlet: &Value) -> Vec<&Value> {
+    ["small", "mid", "large"]
+        .iter()
+        .map(|k| &meshlet[*k])
+        .filter(|p| p["server_cpu_us_per_frame"].is_number())
+        .collect()
+}
+
+/// The side-by-side table: each client count both ran, latency and server CPU per frame,
+/// with meshlet ÷ peer (issue 18's goal: ≤ 0.5 for p99 and for CPU).
+fn render_compare(meshlet: &Value, peer: &Value) -> String {
+    let name = peer["peer"].as_str().unwrap_or("peer");
+    let f = |v: &Value| v.as_f64().map_or("–".to_owned(), |x| format!("{x:.1}"));
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let r = a / b;
+            format!("{r:.2}{}", if r <= 0.5 { "" } else { " **>0.5**" })
+        }
+        _ => "–".to_owned(),
+    };
+    let frames = |p: &Value| format!("{}/{}", p["received"], p["expected"]);
+    let a = &peer["args"];
+    let mut s = format!(
+        "\nHub fan-out, meshlet against {name} ({} servers each on one redis-server; {} broadcasts every {} ms to one room, {} B of padding; ratio = meshlet ÷ {name}, goal ≤ 0.5):\n\n",
+        a["servers"], a["broadcasts"], a["interval_ms"], a["pad"]
+    );
+    s.push_str(&format!(
+        "| clients | meshlet p50 / p99 ms | {name} p50 / p99 ms | p99 ratio | meshlet CPU µs/frame | {name} CPU µs/frame | CPU ratio | frames meshlet / {name} | machine busy % |\n|---|---|---|---|---|---|---|---|---|\n"
+    ));
+    let ours = meshlet_phases(meshlet);
+    for p in peer["phases"].as_array().into_iter().flatten() {
+        let m = ours.iter().find(|m| m["clients"] == p["clients"]);
+        let null = Value::Null;
+        let m = m.copied().unwrap_or(&null);
+        s.push_str(&format!(
+            "| {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} / {} |\n",
+            p["clients"],
+            f(&m["p50_ms"]),
+            f(&m["p99_ms"]),
+            f(&p["p50_ms"]),
+            f(&p["p99_ms"]),
+            ratio(&m["p99_ms"], &p["p99_ms"]),
+            f(&m["server_cpu_us_per_frame"]),
+            f(&p["server_cpu_us_per_frame"]),
+            ratio(&m["server_cpu_us_per_frame"], &p["server_cpu_us_per_frame"]),
+            if m.is_null() { "–".to_owned() } else { frames(m) },
+            frames(p),
+            f(&m["machine_busy_pct"]),
+            f(&p["machine_busy_pct"]),
+        ));
+    }
     s
 }

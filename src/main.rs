@@ -9,8 +9,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use meshlet::config::{Dur, LoadedConfig};
 use meshlet::operator;
+use meshlet::control::redis::Target as RedisTarget;
 use meshlet::sidecar::Sidecar;
 use meshlet::telemetry::logging::{self, LogFormat};
+
+mod allocator;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -233,6 +236,7 @@ enum RegistryAction {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     let default_format = match cli.command {
         Command::Run(_) => LogFormat::Json,
@@ -343,8 +347,8 @@ async fn demo() -> Result<(), String> {
 
 async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), String> {
     use meshlet::registry::cli::{self, NewInstance};
-    let (url, prefix) = registry_target(&target)?;
-    let mut target = cli::Target::connect(&url, &prefix)
+    let (redis, prefix) = registry_target(&target)?;
+    let mut target = cli::Target::connect(&redis, &prefix)
         .await
         .map_err(|e| match e {
             cli::CliError::Redis(e) => format!("cannot reach redis: {e}"),
@@ -379,14 +383,17 @@ async fn registry(target: RegistryTarget, action: RegistryAction) -> Result<(), 
 
 async fn events(target: RegistryTarget, action: EventsAction) -> Result<(), String> {
     use meshlet::events::cli;
-    let (url, prefix) = registry_target(&target)?;
+    if let Some(done) = amqp_events(&target, &action).await {
+        return done;
+    }
+    let (redis, prefix) = registry_target(&target)?;
     let config = match &target.config {
         Some(path) => Some(LoadedConfig::from_file(path).map_err(|e| e.to_string())?),
         None => None,
     };
     let events = config.as_ref().map(|c| &c.config.events);
     let target = cli::Target {
-        client: redis::Client::open(url.as_str()).map_err(|e| format!("--redis: {e}"))?,
+        redis,
         keys: meshlet::control::keys::Keys::new(&prefix),
         retention: events.map_or(Duration::from_secs(24 * 3600), |e| e.retention.get()),
         dedupe_window: events.map_or(Duration::from_secs(24 * 3600), |e| e.dedupe_window.get()),
@@ -424,7 +431,58 @@ async fn events(target: RegistryTarget, action: EventsAction) -> Result<(), Stri
     result.map_err(|e| e.to_string())
 }
 
-fn registry_target(target: &RegistryTarget) -> Result<(String, String), String> {
+/// `events.broker: amqp` in the config (and no `--redis`): the commands act on RabbitMQ as
+/// the config's service (docs/events.md, "RabbitMQ"). `None`: they act on Redis.
+async fn amqp_events(target: &RegistryTarget, action: &EventsAction) -> Option<Result<(), String>> {
+    use meshlet::events::amqp::cli;
+    if target.redis.is_some() {
+        return None;
+    }
+    let loaded = match LoadedConfig::from_file(target.config.as_ref()?) {
+        Ok(loaded) => loaded,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let amqp = match cli::AmqpTarget::of(&loaded.config) {
+        Ok(Some(amqp)) => amqp,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let result = match action {
+        EventsAction::Publish {
+            event_type,
+            json,
+            id,
+            version,
+            source,
+        } => {
+            let source = source
+                .clone()
+                .unwrap_or_else(|| loaded.config.service.name.to_string());
+            cli::publish(&amqp, event_type, json, id.clone(), *version, &source).await
+        }
+        EventsAction::Tail { .. } => {
+            return Some(Err(
+                "tail reads Redis Streams without taking anything; a RabbitMQ queue cannot be read that way".to_owned(),
+            ))
+        }
+        EventsAction::Dlq {
+            action:
+                DlqAction::List {
+                    event_type,
+                    after,
+                    count,
+                },
+        } => cli::dlq_list(&amqp, event_type, after.as_deref(), *count).await,
+        EventsAction::Dlq {
+            action: DlqAction::Replay { event_type, ids },
+        } => cli::dlq_replay(&amqp, event_type, ids).await,
+    };
+    Some(result.map_err(|e| e.to_string()))
+}
+
+/// The Redis of `--redis URL`, else of the config's `registry` (one server, Sentinel or
+/// Cluster), and the key prefix.
+fn registry_target(target: &RegistryTarget) -> Result<(RedisTarget, String), String> {
     let loaded = match &target.config {
         Some(path) if target.redis.is_none() || target.prefix.is_none() => {
             Some(LoadedConfig::from_file(path).map_err(|e| e.to_string())?)
@@ -432,19 +490,19 @@ fn registry_target(target: &RegistryTarget) -> Result<(String, String), String> 
         _ => None,
     };
     let from_config = loaded.as_ref().map(|l| &l.config.registry);
-    let url = target
-        .redis
-        .clone()
-        .or_else(|| {
-            from_config
-                .and_then(|r| r.redis.as_ref())
-                .map(|u| u.expose().to_owned())
-        })
-        .ok_or("no Redis: pass --redis URL or a --config with registry.redis")?;
+    let redis = match (&target.redis, from_config.and_then(|r| r.store())) {
+        (Some(url), _) => RedisTarget::server(url).map_err(|e| format!("--redis: {e}"))?,
+        (None, Some(store)) => RedisTarget::new(store).map_err(|e| format!("registry: {e}"))?,
+        (None, None) => {
+            return Err("no Redis: pass --redis URL or a --config with registry.redis, \
+                 registry.sentinel or registry.cluster"
+                .into())
+        }
+    };
     let prefix = target
         .prefix
         .clone()
         .or_else(|| from_config.map(|r| r.prefix.to_string()))
         .unwrap_or_else(|| "mesh".to_owned());
-    Ok((url, prefix))
+    Ok((redis, prefix))
 }

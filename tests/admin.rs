@@ -230,7 +230,7 @@ async fn stats_show_event_subscriptions_and_the_hub_when_they_run() {
         "{config}realtime: {{path: /ws, auth: {{secret: \"admin-test-secret-0123456789abcdef\"}}}}\n"
     ))
     .await;
-    assert!(events::group_exists(&redis, "mesh:events:payment.failed", "notifier").await);
+    assert!(events::group_exists(&redis, "mesh:events:{payment.failed}", "notifier").await);
     let before = stats(s.addresses.api).await;
     assert_eq!(
         before["events"]["subscriptions"],

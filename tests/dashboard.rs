@@ -189,7 +189,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_from_start() {
         ));
     let s = spec.start().await;
     until_ready(&s).await;
-    assert!(events::group_exists(&redis, "mesh:events:trade.executed", "orders").await);
+    assert!(events::group_exists(&redis, "mesh:events:{trade.executed}", "orders").await);
 
     let wanted: BTreeSet<String> = dashboard_names().into_iter().chain(alert_names()).collect();
     let telemetry = s.addresses.telemetry;

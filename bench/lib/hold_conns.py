@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Holds N keep-alive connections open to a proxy and checks that every one is answered.
 
-    hold_conns.py HOST:PORT HOSTHEADER N PID[,PID...] [BATCH]
+    hold_conns.py HOST:PORT HOSTHEADER N PID[,PID...] [BATCH] [SETTLE_S]
 
 Opens N connections (in batches of BATCH at once), sends one GET on each and reads the
 answer, keeps them all open, reads the proxy's VmRSS (PID) while they are held, then sends
 a second GET on every connection. Prints one JSON line: connections opened, answered
 (first and second round), non-200 answers, and the proxy's RSS in KiB before, while held
 and peak. Only 127.0.0.1 is ever dialled. Exits non-zero when any connection was not
-answered 200 both times. RSS is summed over the PIDs (nginx: master and workers).
+answered 200 both times. RSS is summed over the PIDs (nginx: master and workers). The held
+reading is taken SETTLE_S seconds (default 0.5) after the last connection was answered.
 """
 import asyncio
 import json
@@ -44,6 +45,7 @@ async def main():
     target, host, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pid = [int(p) for p in sys.argv[4].split(",") if p]
     batch = int(sys.argv[5]) if len(sys.argv) > 5 else 500
+    settle = float(sys.argv[6]) if len(sys.argv) > 6 else 0.5
     addr, port = target.rsplit(":", 1)
     assert addr.startswith("127."), "loopback only"
     before = rss_kb(pid)
@@ -62,7 +64,7 @@ async def main():
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             print(f"hold_conns: {len(errors)} connections failed: {errors[0]!r}", file=sys.stderr)
-    await asyncio.sleep(0.5)  # let the proxy settle (idle pools, freed buffers)
+    await asyncio.sleep(settle)  # let the proxy settle (idle pools, freed buffers)
     held = rss_kb(pid)
     second = []
     for i in range(0, len(conns), batch):

@@ -4,10 +4,15 @@
     report.py OUTDIR            print the report for OUTDIR/results.jsonl + OUTDIR/meta.txt;
                                 exit 1 when meshlet answered any error or did no work
     report.py oha-json FILE     print oha's --output-format json as this bench's load record
+    report.py counters perf|strace FILE
+                                print `perf stat -x,` or `strace -c` output as the counter
+                                fields of a "proc" record (JSON members, no braces)
 
 A results line is {"mode", "conns", "target", "load": {...}, "proc": {...} | null}:
 "load" is what the load tool measured (requests, rps, p50_us, p99_us, errors by kind),
-"proc" what bench/run read from /proc for the proxy (RSS in KiB, CPU seconds).
+"proc" what bench/run read from /proc for the proxy (RSS in KiB, CPU seconds; in the
+fixed-rate runs also ctx_switches, and syscalls, cycles, instructions, cache_misses when
+measured, null or absent when not).
 """
 
 import json
@@ -15,7 +20,9 @@ import sys
 from pathlib import Path
 
 PROXY = "meshlet"
-TARGET_ORDER = ["direct", "nginx", "haproxy", "envoy", "meshlet"]
+# "hyper" is the floor (bench/hyper_floor.rs): a reference, not a peer meshlet must beat.
+TARGET_ORDER = ["direct", "nginx", "haproxy", "envoy", "hyper", "meshlet"]
+PEERS = ("nginx", "haproxy", "envoy")
 
 
 def errors(load):
@@ -105,19 +112,57 @@ def ratios(rows):
     return out
 
 
+def per_req(row, key):
+    """A counter of the run divided by the requests answered; None when not measured."""
+    v = (row["proc"] or {}).get(key)
+    n = row["load"]["requests"]
+    return None if v is None or not n else v / n
+
+
+def fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
 def rate_table(rows, meta):
     seconds = float(meta.get("rate_seconds") or 0)
-    out = ["| proxy | achieved req/s | p50 | p99 | errors | CPU s | vCPU | CPU µs/req | RSS idle MiB | RSS peak MiB | others % |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    hw = any((r["proc"] or {}).get("instructions") is not None for r in rows)
+    head = ("| proxy | achieved req/s | p50 | p99 | errors | CPU s | vCPU | CPU µs/req | syscalls/req "
+            "| ctx sw/req |" + (" IPC | cache misses/req |" if hw else "")
+            + " RSS idle MiB | RSS peak MiB | others % |")
+    out = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     for r in rows:
         load, proc = r["load"], r["proc"]
         vcpu = proc["cpu_s"] / seconds if seconds else 0
         cpr = cpu_per_req_us(r)
-        out.append("| {} | {:,.0f} | {} | {} | {} | {:.2f} | {:.3f} | {} | {} | {} | {} |".format(
-            r["target"], rps(load), lat(load["p50_us"]), lat(load["p99_us"]), errors(load),
-            proc["cpu_s"], vcpu, "–" if cpr is None else f"{cpr:.1f}",
-            mib(proc["rss_idle_kb"]), mib(proc["rss_peak_kb"]), others(r)))
+        ipc = None
+        if proc.get("instructions") is not None and proc.get("cycles"):
+            ipc = proc["instructions"] / proc["cycles"]
+        cells = [r["target"], f"{rps(load):,.0f}", lat(load["p50_us"]), lat(load["p99_us"]),
+                 str(errors(load)), f"{proc['cpu_s']:.2f}", f"{vcpu:.3f}", fmt(cpr, ".1f"),
+                 fmt(per_req(r, "syscalls"), ".1f"), fmt(per_req(r, "ctx_switches"), ".2f")]
+        if hw:
+            cells += [fmt(ipc, ".2f"), fmt(per_req(r, "cache_misses"), ".0f")]
+        cells += [mib(proc["rss_idle_kb"]), mib(proc["rss_peak_kb"]), others(r)]
+        out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def rate_ratios(rows):
+    """meshlet's CPU per request over the best peer's, and over the hyper floor's."""
+    by = {r["target"]: r for r in rows}
+    me = by.get(PROXY)
+    mine = cpu_per_req_us(me) if me else None
+    if not mine:
+        return []
+    peers = [(cpu_per_req_us(by[p]), p) for p in PEERS if p in by and cpu_per_req_us(by[p])]
+    parts = []
+    if peers:
+        best, name = min(peers)
+        parts.append(f"meshlet / best peer ({name}) CPU per request: **{mine / best:.2f}×**")
+    floor = cpu_per_req_us(by["hyper"]) if "hyper" in by else None
+    if floor:
+        parts.append(f"meshlet / hyper floor: {mine / floor:.2f}×")
+    return ["; ".join(parts) + ".", ""] if parts else []
 
 
 def memory_table(results):
@@ -188,6 +233,9 @@ def report(outdir):
               "Envoy without access_log, meshlet with `RUST_LOG=warn` (its access lines are info)",
               "- meshlet: static registry (no Redis), policy on: timeout 5s, retry attempts 3, "
               "breaker failures 5 / open_for 30s; requests carry `Host: origin`",
+              "- hyper: the floor, not a peer (bench/hyper_floor.rs): one current_thread runtime, "
+              "hyper's http1 server, one hyper http1 client connection to the origin per client "
+              "connection, no policy, no logging",
               "- errors = non-2xx/3xx + socket errors (connect, read, write, timeout)",
               "- new origin conns = connections the origin accepted during the run (nginx "
               "stub_status): for a proxy, the upstream connections it opened; 0 = all reused",
@@ -213,14 +261,23 @@ def report(outdir):
         if rat:
             lines += rat + [""]
     rate_rows = sorted((r for r in results if r["mode"] == "rate"), key=lambda r: order.get(r["target"], 99))
+    rate_conns = sorted({r["conns"] for r in rate_rows})
+    for conns in rate_conns:
+        rows = [r for r in rate_rows if r["conns"] == conns]
+        lines += [f"### fixed rate: {meta.get('rate', '1000')} req/s, {conns} connection"
+                  f"{'s' if conns != 1 else ''}, {meta.get('rate_seconds', '?')}s ({meta.get('rate_tool', '?')})", ""]
+        lines += rate_table(rows, meta) + [""]
+        lines += rate_ratios(rows)
     if rate_rows:
-        r0 = rate_rows[0]
-        lines += [f"### fixed rate: {meta.get('rate', '1000')} req/s, {r0['conns']} connections, "
-                  f"{meta.get('rate_seconds', '?')}s ({meta.get('rate_tool', '?')})", ""]
-        lines += rate_table(rate_rows, meta) + [""]
         lines += ["vCPU = the proxy's CPU seconds over the run / its scheduled seconds (1.000 = one "
                   "core busy): the share of a core it takes to serve this rate. RSS peak: VmHWM "
-                  "of the run.", ""]
+                  "of the run. syscalls/req: `perf stat -e raw_syscalls:sys_enter -p` (or "
+                  "`strace -c -f`) over the run, on the threads the proxy had when it began; ctx "
+                  "sw/req: voluntary + non-voluntary context switches of every thread "
+                  "(/proc/PID/task/*/status), delta over the run; IPC and cache misses from "
+                  f"`perf stat -e cycles,instructions,cache-misses` where the CPU exposes them "
+                  f"(counters here: {meta.get('counters', 'none')}). All divided by the requests "
+                  "answered.", ""]
     if any(r["proc"] for r in results):
         lines += ["### RSS (MiB) of each proxy at idle and after each run", ""] + memory_table(results) + [""]
     held = sorted(held, key=lambda r: order.get(r["target"], 99))
@@ -294,7 +351,33 @@ def oha_json(path):
     return 0
 
 
+def counters(tool, path):
+    """`perf stat -x,` (count,unit,event,...) or `strace -c` output → counter members."""
+    text = Path(path).read_text()
+    rec = {"syscalls": None, "cycles": None, "instructions": None, "cache_misses": None}
+    if tool == "perf":
+        names = {"raw_syscalls:sys_enter": "syscalls", "cycles": "cycles",
+                 "instructions": "instructions", "cache-misses": "cache_misses"}
+        for line in text.splitlines():
+            f = line.split(",")
+            if len(f) < 3 or line.startswith("#"):
+                continue
+            # Hybrid CPUs name them cpu_core/cycles/: match on the bare event name.
+            event = f[2].strip("/").split("/")[-1]
+            if event in names and f[0].strip().isdigit():  # "<not counted>" stays None
+                rec[names[event]] = int(f[0])
+    else:
+        for line in text.splitlines():
+            f = line.split()
+            if f and f[-1] == "total" and len(f) >= 5 and f[3].isdigit():
+                rec["syscalls"] = int(f[3])
+    print(json.dumps(rec)[1:-1])
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "counters":
+        sys.exit(counters(sys.argv[2], sys.argv[3]))
     if len(sys.argv) == 3 and sys.argv[1] == "oha-json":
         sys.exit(oha_json(sys.argv[2]))
     if len(sys.argv) != 2:

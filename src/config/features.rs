@@ -16,6 +16,13 @@ pub struct EventsConfig {
     pub dedupe_window: Dur,
     /// What this service receives.
     pub subscriptions: Vec<Subscription>,
+    /// Sentinel/Cluster: a publish answers 202 once `WAIT` saw the entry on this many
+    /// replicas (bounded by those connected; 0 = no WAIT). docs/scaling.md.
+    pub replicas: u32,
+    /// Where events live: `redis` (whatever `registry` names) or `amqp` (RabbitMQ).
+    pub broker: EventBroker,
+    /// RabbitMQ, for `broker: amqp` (docs/events.md, "RabbitMQ").
+    pub amqp: AmqpConfig,
 }
 
 impl Default for EventsConfig {
@@ -24,7 +31,76 @@ impl Default for EventsConfig {
             retention: Dur::secs(24 * 3600),
             dedupe_window: Dur::secs(24 * 3600),
             subscriptions: Vec::new(),
+            replicas: 1,
+            broker: EventBroker::Redis,
+            amqp: AmqpConfig::default(),
         }
+    }
+}
+
+/// `events.broker`: where events are stored and delivered from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventBroker {
+    /// Redis Streams on the registry's Redis.
+    #[default]
+    Redis,
+    /// RabbitMQ (AMQP 0-9-1) at `events.amqp.url`.
+    Amqp,
+}
+
+/// `events.amqp:` the RabbitMQ broker.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// `amqp://` or `amqps://` URL with the vhost; needed with `broker: amqp`.
+    pub url: Option<AmqpUrl>,
+    /// Unacknowledged messages the broker may push to one subscription of this meshlet.
+    pub prefetch: u16,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: None,
+            prefetch: 32,
+        }
+    }
+}
+
+/// An AMQP URL; like a Redis URL, its password is never shown (Debug, Serialize).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct AmqpUrl(pub Secret);
+
+impl AmqpUrl {
+    /// The URL as given, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The URL with any password replaced.
+    pub fn redacted(&self) -> String {
+        let raw = self.0.expose();
+        match (raw.find("://"), raw.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let creds = &raw[scheme_end + 3..at];
+                let user = creds.split_once(':').map_or(creds, |(u, _)| u);
+                format!("{}{user}:<redacted>{}", &raw[..scheme_end + 3], &raw[at..])
+            }
+            _ => raw.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for AmqpUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
     }
 }
 

@@ -162,6 +162,7 @@ fn validate_registry(c: &Config) -> Result<(), Violation> {
     for name in r.static_endpoints.keys() {
         ServiceName::parse(name).map_err(|m| (format!("registry.static.{name}"), m))?;
     }
+    validate_store(r)?;
     if let Some(url) = &r.redis {
         let u = url.expose();
         if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
@@ -170,6 +171,64 @@ fn validate_registry(c: &Config) -> Result<(), Violation> {
                 "expected a redis://, rediss:// or unix:// URL",
             );
         }
+    }
+    Ok(())
+}
+
+/// Exactly one of `registry.redis | sentinel | cluster`, each with usable nodes.
+fn validate_store(r: &crate::config::RegistryConfig) -> Result<(), Violation> {
+    let named = [r.redis.is_some(), r.sentinel.is_some(), r.cluster.is_some()];
+    if named.iter().filter(|set| **set).count() > 1 {
+        return fail(
+            "registry".into(),
+            "set only one of registry.redis, registry.sentinel and registry.cluster",
+        );
+    }
+    if let Some(s) = &r.sentinel {
+        if s.master.as_str().is_empty() {
+            return fail("registry.sentinel.master".into(), "must name the monitored master");
+        }
+        check_nodes("registry.sentinel.nodes", &s.nodes)?;
+    }
+    if let Some(c) = &r.cluster {
+        check_nodes("registry.cluster.nodes", &c.nodes)?;
+    }
+    Ok(())
+}
+
+fn check_nodes(key: &str, nodes: &[crate::config::Text]) -> Result<(), Violation> {
+    if nodes.is_empty() {
+        return fail(key.into(), "needs at least one `host:port`");
+    }
+    for node in nodes {
+        let port = node.as_str().rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        if !matches!(port, Some(Ok(p)) if p > 0) || node.as_str().contains('/') {
+            return Err((
+                key.into(),
+                format!("expected `host:port`, got `{}`", node.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `events.broker: amqp` needs `events.amqp.url` (docs/events.md, "RabbitMQ").
+fn validate_amqp(e: &crate::config::EventsConfig) -> Result<(), Violation> {
+    let amqp = &e.amqp;
+    if let Some(url) = &amqp.url {
+        let u = url.expose();
+        if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
+            return fail("events.amqp.url".into(), "must start with amqp:// or amqps://");
+        }
+    }
+    if amqp.prefetch == 0 {
+        return fail("events.amqp.prefetch".into(), "must be at least 1");
+    }
+    if e.broker == crate::config::EventBroker::Amqp && amqp.url.is_none() {
+        return fail(
+            "events.amqp.url".into(),
+            "needed with events.broker: amqp (the RabbitMQ URL, e.g. amqp://user:pass@host:5672/%2f)",
+        );
     }
     Ok(())
 }
@@ -325,6 +384,7 @@ fn warnings(c: &Config) -> Vec<ConfigWarning> {
 }
 
 fn validate_features(c: &Config) -> Result<(), Violation> {
+    validate_amqp(&c.events)?;
     let mut seen = std::collections::BTreeSet::new();
     for (i, s) in c.events.subscriptions.iter().enumerate() {
         if !s.path.starts_with('/') {
@@ -547,6 +607,36 @@ mod tests {
     }
 
     #[test]
+    fn one_redis_kind_sentinel_or_cluster_with_host_port_nodes() {
+        let c = LoadedConfig::from_text(
+            "service: {name: orders}\nregistry:\n  sentinel: {master: mymaster, nodes: [\"127.0.0.1:26379\"], password: pw}\n",
+            "t",
+        )
+        .unwrap();
+        let store = c.config.registry.store().expect("sentinel is a store");
+        assert!(matches!(store, crate::config::Store::Sentinel(_)));
+        assert!(store.is_loopback());
+        assert_eq!(store.describe(), "sentinel mymaster via 127.0.0.1:26379");
+        assert!(!format!("{:?}", c.config.registry).contains("pw"));
+        let c = LoadedConfig::from_text(
+            "service: {name: orders}\nregistry:\n  cluster: {nodes: [\"10.0.0.5:7000\", \"10.0.0.6:7000\"]}\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.config.registry.allow_loopback());
+        assert_eq!(c.config.events.replicas, 1);
+        let e = err("service: {name: orders}\nregistry:\n  redis: redis://127.0.0.1:6379\n  cluster: {nodes: [\"127.0.0.1:7000\"]}\n");
+        assert!(e.contains("registry: set only one of"), "{e}");
+        let e = err("service: {name: orders}\nregistry:\n  cluster: {nodes: [\"127.0.0.1\"]}\n");
+        assert!(e.contains("registry.cluster.nodes"), "{e}");
+        assert!(e.contains("`127.0.0.1`"), "{e}");
+        let e = err("service: {name: orders}\nregistry:\n  sentinel: {master: m, nodes: []}\n");
+        assert!(e.contains("registry.sentinel.nodes: needs at least one"), "{e}");
+        let e = err("service: {name: orders}\nregistry:\n  sentinel: {nodes: [\"a:1\"]}\n");
+        assert!(e.contains("missing field `master`"), "{e}");
+    }
+
+    #[test]
     fn only_the_service_name_is_required() {
         let c = LoadedConfig::from_text("service: {name: orders}", "t").unwrap();
         assert_eq!(c.config.service.name.as_str(), "orders");
@@ -656,6 +746,41 @@ mod tests {
             e.contains("`http/protobuf`, `grpc`") || e.contains("`http/protobuf` or `grpc`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn amqp_broker_needs_its_url_and_hides_the_password() {
+        let e = err("service: {name: orders}\nevents: {broker: amqp}\n");
+        assert!(e.contains("events.amqp.url: needed"), "{e}");
+        let e = err("service: {name: orders}\nevents: {broker: amqp, amqp: {prefetch: 8}}\n");
+        assert!(e.contains("events.amqp.url"), "{e}");
+        let e = err("service: {name: orders}\nevents: {broker: amqp, amqp: {url: \"http://x\"}}\n");
+        assert!(
+            e.contains("events.amqp.url: must start with amqp://"),
+            "{e}"
+        );
+        let e = err("service: {name: orders}\nevents: {broker: kafka}\n");
+        assert!(e.contains("events.broker"), "{e}");
+        let text = "service: {name: orders}\nevents:\n  broker: amqp\n  amqp: {url: \"amqp://meshlet:s3cret@rabbit:5672/%2f\"}\n";
+        let c = LoadedConfig::from_text(text, "t").unwrap().config;
+        assert_eq!(c.events.broker, crate::config::EventBroker::Amqp);
+        assert_eq!(c.events.amqp.prefetch, 32);
+        let url = c.events.amqp.url.as_ref().unwrap();
+        assert_eq!(url.expose(), "amqp://meshlet:s3cret@rabbit:5672/%2f");
+        let shown = format!(
+            "{:?} {}",
+            c.events,
+            serde_json::to_string(&c.events).unwrap()
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("amqp://meshlet:<redacted>@rabbit:5672/%2f"),
+            "{shown}"
+        );
+        let c = LoadedConfig::from_text("service: {name: orders}", "t")
+            .unwrap()
+            .config;
+        assert_eq!(c.events.broker, crate::config::EventBroker::Redis);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use features::{
-    ClientPublish, EventsConfig, History, OtlpConfig, OtlpProtocol, RealtimeAuth, RealtimeConfig,
+    AmqpConfig, AmqpUrl, ClientPublish, EventBroker, EventsConfig, History, OtlpConfig, OtlpProtocol, RealtimeAuth, RealtimeConfig,
     StreamStart, Subscription, TelemetryConfig,
 };
 pub use load::{content_hash, ConfigError, ConfigWarning, LoadedConfig, MIN_SECRET_BYTES};
@@ -216,6 +216,10 @@ impl Default for Limits {
 pub struct RegistryConfig {
     /// `redis://` or `rediss://` URL; absent = static registry only.
     pub redis: Option<RedisUrl>,
+    /// Redis behind Sentinel (failover); instead of `redis` (docs/scaling.md).
+    pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster (sharding); instead of `redis` (docs/scaling.md).
+    pub cluster: Option<ClusterConfig>,
     /// Key prefix of every registry, event and realtime key.
     pub prefix: Text,
     /// Instance expiry after the last heartbeat.
@@ -237,14 +241,114 @@ impl RegistryConfig {
     /// (one machine), false otherwise.
     pub fn allow_loopback(&self) -> bool {
         self.allow_loopback
-            .unwrap_or_else(|| self.redis.as_ref().is_some_and(RedisUrl::is_loopback))
+            .unwrap_or_else(|| self.store().is_some_and(|s| s.is_loopback()))
     }
+
+    /// The Redis registry, events and the hub run on, if any: exactly one of `redis`,
+    /// `sentinel`, `cluster` (checked at load).
+    pub fn store(&self) -> Option<Store<'_>> {
+        if let Some(url) = &self.redis {
+            Some(Store::Server(url))
+        } else if let Some(s) = &self.sentinel {
+            Some(Store::Sentinel(s))
+        } else {
+            self.cluster.as_ref().map(Store::Cluster)
+        }
+    }
+}
+
+/// Which kind of Redis the control plane talks to (docs/scaling.md).
+#[derive(Clone, Copy, Debug)]
+pub enum Store<'a> {
+    /// One server: `registry.redis`.
+    Server(&'a RedisUrl),
+    /// A master found through sentinels: `registry.sentinel`.
+    Sentinel(&'a SentinelConfig),
+    /// A Redis Cluster: `registry.cluster`.
+    Cluster(&'a ClusterConfig),
+}
+
+impl Store<'_> {
+    /// Whether every node named is on this machine.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Store::Server(url) => url.is_loopback(),
+            Store::Sentinel(s) => s.nodes.iter().all(|n| is_loopback_host(n.as_str())),
+            Store::Cluster(c) => c.nodes.iter().all(|n| is_loopback_host(n.as_str())),
+        }
+    }
+
+    /// How operators' output names it, without passwords.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Server(url) => url.redacted(),
+            Store::Sentinel(s) => format!("sentinel {} via {}", s.master, join_nodes(&s.nodes)),
+            Store::Cluster(c) => format!("cluster {}", join_nodes(&c.nodes)),
+        }
+    }
+}
+
+fn join_nodes(nodes: &[Text]) -> String {
+    nodes.iter().map(Text::as_str).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `host:port` names this machine.
+fn is_loopback_host(node: &str) -> bool {
+    let host = match node.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => node.rsplit_once(':').map_or(node, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `registry.sentinel:` a master found through Redis Sentinel.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The monitored master's name (`sentinel monitor NAME ...`).
+    pub master: Text,
+    /// Sentinels, `host:port`; any one that answers names the master.
+    pub nodes: Vec<Text>,
+    /// The data nodes' password (`requirepass`/ACL), if any.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The data nodes' ACL user, if not `default`.
+    #[serde(default)]
+    pub username: Option<Text>,
+    /// The sentinels' own password, if any.
+    #[serde(default)]
+    pub sentinel_password: Option<Secret>,
+    /// TLS to the data nodes and the sentinels.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// `registry.cluster:` a Redis Cluster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Seed nodes, `host:port`; the rest of the cluster is learned from them.
+    pub nodes: Vec<Text>,
+    /// The nodes' password, if any.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The nodes' ACL user, if not `default`.
+    #[serde(default)]
+    pub username: Option<Text>,
+    /// TLS to every node.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             redis: None,
+            sentinel: None,
+            cluster: None,
             prefix: Text::from("mesh"),
             ttl: Dur::secs(30),
             heartbeat: Dur::secs(10),

@@ -12,4 +12,7 @@ pub enum CliError {
     /// Bad arguments.
     #[error("{0}")]
     Input(String),
+    /// RabbitMQ refused or is unreachable (`events.broker: amqp`).
+    #[error("{0}")]
+    Broker(String),
 }

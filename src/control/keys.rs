@@ -7,11 +7,11 @@
 //! ```text
 //! docs/registry.md   {prefix}:services  {prefix}:svc:{service}  {prefix}:inst:{service}:{id}
 //!                    {prefix}:changes
-//! docs/events.md     {prefix}:events:{type}  {prefix}:evid:{type}:{source}:{event_id}
-//!                    {prefix}:dlq:{type}
-//! docs/realtime.md   {prefix}:rt:{svc}:all  {prefix}:rt:{svc}:room:{room}
-//!                    {prefix}:rt:{svc}:user:{user}  {prefix}:rt:{svc}:hist:{room}
-//!                    {prefix}:rt:{svc}:presence:{room}  {prefix}:rt:{svc}:alive:{instance}
+//! docs/events.md     {prefix}:events:{{type}}  {prefix}:evid:{{type}}:{source}:{event_id}
+//!                    {prefix}:dlq:{{type}}
+//! docs/realtime.md   {prefix}:rt:{svc}:all  {prefix}:rt:{svc}:room:{{room}}
+//!                    {prefix}:rt:{svc}:user:{{user}}  {prefix}:rt:{svc}:hist:{{room}}
+//!                    {prefix}:rt:{svc}:presence:{{room}}  {prefix}:rt:{svc}:alive:{instance}
 //!                    {prefix}:rt:{svc}:instances  {prefix}:rt:{svc}:rooms:{instance}
 //! ```
 //!
@@ -20,6 +20,10 @@
 //! hub key and channel names the service (`{svc}` = `service.name`), so services sharing
 //! one Redis and prefix never share a hub. Service names and event types are
 //! `[A-Za-z0-9._-]`: no `:`, so no two scopes spell the same key.
+//!
+//! `{{type}}` and `{{room}}` are the name in literal braces: a Redis Cluster hash tag, so the
+//! keys one script touches share a slot (docs/scaling.md). One server and Sentinel use
+//! the same names; the braces change nothing there.
 
 /// Key and channel names under one prefix.
 #[derive(Clone, Debug)]
@@ -61,21 +65,23 @@ impl Keys {
 
 /// Events (docs/events.md).
 impl Keys {
-    /// `{prefix}:events:{type}`: STREAM of the events of `event_type`.
+    /// `{prefix}:events:{{type}}`: STREAM of the events of `event_type`. The braces are a
+    /// Redis Cluster hash tag: a type's stream, dedupe keys and dead letters share a slot,
+    /// so one script may touch them all (docs/scaling.md).
     pub fn event_stream(&self, event_type: &str) -> String {
-        format!("{}:events:{event_type}", self.prefix)
+        format!("{}:events:{{{event_type}}}", self.prefix)
     }
 
-    /// `{prefix}:evid:{type}:{source}:{event_id}`: STRING, the dedupe key of `event_id`
+    /// `{prefix}:evid:{{type}}:{source}:{event_id}`: STRING, the dedupe key of `event_id`
     /// published as `event_type` by the service `source`. The same id of another type or
     /// from another service is another event.
     pub fn event_dedupe(&self, event_type: &str, source: &str, event_id: &str) -> String {
-        format!("{}:evid:{event_type}:{source}:{event_id}", self.prefix)
+        format!("{}:evid:{{{event_type}}}:{source}:{event_id}", self.prefix)
     }
 
-    /// `{prefix}:dlq:{type}`: STREAM of the dead letters of `event_type`.
+    /// `{prefix}:dlq:{{type}}`: STREAM of the dead letters of `event_type`.
     pub fn dead_letters(&self, event_type: &str) -> String {
-        format!("{}:dlq:{event_type}", self.prefix)
+        format!("{}:dlq:{{{event_type}}}", self.prefix)
     }
 }
 
@@ -103,24 +109,25 @@ impl HubKeys {
         format!("{}:all", self.base)
     }
 
-    /// `{prefix}:rt:{svc}:room:{room}`: channel of one room.
+    /// `{prefix}:rt:{svc}:room:{{room}}`: channel of one room (sharded on a cluster; the
+    /// hash tag puts it in the slot of the room's history, which one script writes both).
     pub fn rt_room(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.base)
+        format!("{}:room:{{{room}}}", self.base)
     }
 
-    /// `{prefix}:rt:{svc}:user:{user}`: channel of one user.
+    /// `{prefix}:rt:{svc}:user:{{user}}`: channel of one user (sharded on a cluster).
     pub fn rt_user(&self, user: &str) -> String {
-        format!("{}:user:{user}", self.base)
+        format!("{}:user:{{{user}}}", self.base)
     }
 
-    /// `{prefix}:rt:{svc}:hist:{room}`: STREAM, the history of a room.
+    /// `{prefix}:rt:{svc}:hist:{{room}}`: STREAM, the history of a room.
     pub fn rt_history(&self, room: &str) -> String {
-        format!("{}:hist:{room}", self.base)
+        format!("{}:hist:{{{room}}}", self.base)
     }
 
-    /// `{prefix}:rt:{svc}:presence:{room}`: HASH client id → user of a room.
+    /// `{prefix}:rt:{svc}:presence:{{room}}`: HASH client id → user of a room.
     pub fn rt_presence(&self, room: &str) -> String {
-        format!("{}:presence:{room}", self.base)
+        format!("{}:presence:{{{room}}}", self.base)
     }
 
     /// `{prefix}:rt:{svc}:alive:{instance}`: STRING, the liveness key of a meshlet.
@@ -158,11 +165,11 @@ mod tests {
         // docs/events.md
         assert_eq!(
             k.event_stream("trade.executed"),
-            "mesh:events:trade.executed"
+            "mesh:events:{trade.executed}"
         );
         assert_eq!(
             k.event_dedupe("trade.executed", "orders", "ev-1"),
-            "mesh:evid:trade.executed:orders:ev-1"
+            "mesh:evid:{trade.executed}:orders:ev-1"
         );
         // One id of another type, or from another service, is another key.
         assert_ne!(
@@ -173,14 +180,14 @@ mod tests {
             k.event_dedupe("trade.executed", "orders", "ev-1"),
             k.event_dedupe("trade.executed", "billing", "ev-1")
         );
-        assert_eq!(k.dead_letters("trade.executed"), "mesh:dlq:trade.executed");
+        assert_eq!(k.dead_letters("trade.executed"), "mesh:dlq:{trade.executed}");
         // docs/realtime.md: every hub key under the service's name
         let h = k.hub("chat");
         assert_eq!(h.rt_all(), "mesh:rt:chat:all");
-        assert_eq!(h.rt_room("lobby"), "mesh:rt:chat:room:lobby");
-        assert_eq!(h.rt_user("u1"), "mesh:rt:chat:user:u1");
-        assert_eq!(h.rt_history("lobby"), "mesh:rt:chat:hist:lobby");
-        assert_eq!(h.rt_presence("lobby"), "mesh:rt:chat:presence:lobby");
+        assert_eq!(h.rt_room("lobby"), "mesh:rt:chat:room:{lobby}");
+        assert_eq!(h.rt_user("u1"), "mesh:rt:chat:user:{u1}");
+        assert_eq!(h.rt_history("lobby"), "mesh:rt:chat:hist:{lobby}");
+        assert_eq!(h.rt_presence("lobby"), "mesh:rt:chat:presence:{lobby}");
         assert_eq!(h.rt_alive("chat-7e05b8"), "mesh:rt:chat:alive:chat-7e05b8");
         assert_eq!(h.rt_instances(), "mesh:rt:chat:instances");
         assert_eq!(

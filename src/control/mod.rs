@@ -10,7 +10,7 @@ pub(crate) mod app;
 pub mod cli;
 pub(crate) mod context;
 pub mod keys;
-pub(crate) mod redis;
+pub mod redis;
 pub(crate) mod shutdown;
 pub use shutdown::signalled;
 

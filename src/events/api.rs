@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use super::envelope::{is_json, valid_event_id, valid_type, NewEvent};
 use super::error::EventsError;
 use super::publish::Published;
-use super::{dlq, Events};
+use super::{amqp, dlq, Events, Store, Streams};
 use crate::control::redis::REDIS_IO_TIMEOUT;
 use crate::identity::request_id;
 use crate::wire::answer::{self, AnswerBody};
@@ -142,10 +142,7 @@ async fn publish(
         payload,
         fields.traceparent,
     );
-    let published = tokio::time::timeout(PUBLISH_WAIT, events.publisher.publish(&event))
-        .await
-        .map_err(|_| EventsError::Unavailable(format!("no answer within {PUBLISH_WAIT:?}")))?
-        .map_err(|e| EventsError::Unavailable(e.to_string()))?;
+    let published = store_one(events, &event).await?;
     let counters = events.metrics.publish(event_type);
     let status = if published.duplicate {
         counters.duplicate.inc();
@@ -217,10 +214,7 @@ async fn publish_batch(
     let counters = events.metrics.publish(fields.event_type);
     let mut results: Vec<Published> = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(BATCH_CHUNK) {
-        let stored = tokio::time::timeout(PUBLISH_WAIT, events.publisher.publish_batch(chunk))
-            .await
-            .map_err(|_| format!("no answer within {PUBLISH_WAIT:?}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let stored = store_chunk(events, chunk).await;
         // Counted as each event is confirmed: a batch cut short by a failure still counts
         // what it stored.
         let mut failed = None;
@@ -305,7 +299,7 @@ async fn list(
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "after" if valid_stream_id(v) => after = Some(v.to_owned()),
+            "after" if valid_dlq_id(events, v) => after = Some(v.to_owned()),
             "count" => {
                 count = v
                     .parse::<usize>()
@@ -322,14 +316,27 @@ async fn list(
             }
         }
     }
-    let redis_down = |e: redis::RedisError| {
-        events.link.failed(&e);
-        EventsError::RedisDown(e.to_string())
+    let page = match &events.store {
+        Store::Redis(streams) => {
+            let redis_down = |e: redis::RedisError| {
+                streams.link.failed(&e);
+                EventsError::RedisDown(e.to_string())
+            };
+            let mut conn = streams.link.get().await.map_err(redis_down)?;
+            dlq::list(
+                &mut conn,
+                &streams.keys,
+                event_type,
+                after.as_deref(),
+                count,
+            )
+            .await
+            .map_err(redis_down)?
+        }
+        Store::Amqp(a) => amqp::dlq::list(&a.broker, &a.names, event_type, after.as_deref(), count)
+            .await
+            .map_err(|e| EventsError::BrokerDown(e.to_string()))?,
     };
-    let mut conn = events.link.get().await.map_err(redis_down)?;
-    let page = dlq::list(&mut conn, &events.keys, event_type, after.as_deref(), count)
-        .await
-        .map_err(redis_down)?;
     let entries: Vec<serde_json::Value> = page.entries.iter().map(|e| e.to_json()).collect();
     Ok(answer::json(
         StatusCode::OK,
@@ -358,27 +365,113 @@ async fn replay(
         let selection: Selection = serde_json::from_slice(&body).map_err(|e| {
             EventsError::NotJson(format!("expected {{\"ids\": [\"<dlq id>\", ...]}}: {e}"))
         })?;
-        if let Some(bad) = selection.ids.iter().find(|id| !valid_stream_id(id)) {
+        if let Some(bad) = selection.ids.iter().find(|id| !valid_dlq_id(events, id)) {
             return Err(EventsError::BadRequest(format!(
-                "`{bad}` is not a stream id"
+                "`{bad}` is not a dead letter's id"
             )));
         }
         Some(selection.ids)
     };
+    let streams = match &events.store {
+        Store::Redis(streams) => streams,
+        Store::Amqp(a) => return replay_amqp(a, event_type, ids.as_deref()).await,
+    };
     let redis_down = |e: redis::RedisError| {
-        events.link.failed(&e);
+        streams.link.failed(&e);
         EventsError::RedisDown(e.to_string())
     };
-    let mut conn = events.link.get().await.map_err(redis_down)?;
+    let mut conn = streams.link.get().await.map_err(redis_down)?;
     let report = dlq::replay(
         &mut conn,
-        &events.keys,
+        &streams.keys,
         event_type,
         ids.as_deref(),
-        events.retention,
+        streams.retention,
     )
     .await
     .map_err(redis_down)?;
+    tracing::info!(
+        r#type = event_type,
+        replayed = report.replayed.len(),
+        missing = report.missing.len(),
+        "dead letters replayed"
+    );
+    Ok(answer::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "replayed": report.replayed.len(),
+            "events": report.replayed,
+            "missing": report.missing,
+        }),
+    ))
+}
+
+/// Stores one event where `events.broker` says, within [`PUBLISH_WAIT`].
+async fn store_one(events: &Events, event: &NewEvent) -> Result<Published, EventsError> {
+    let late = || format!("no answer within {PUBLISH_WAIT:?}");
+    match &events.store {
+        Store::Redis(Streams { publisher, .. }) => {
+            tokio::time::timeout(PUBLISH_WAIT, publisher.publish(event))
+                .await
+                .map_err(|_| EventsError::Unavailable(late()))?
+                .map_err(|e| EventsError::Unavailable(e.to_string()))
+        }
+        Store::Amqp(a) => tokio::time::timeout(PUBLISH_WAIT, a.publisher.publish(event))
+            .await
+            .map_err(|_| EventsError::BrokerUnavailable(late()))?
+            .map_err(|e| EventsError::BrokerUnavailable(e.to_string())),
+    }
+}
+
+/// Stores one chunk of a batch: one result per event, or the chunk failed as a whole.
+async fn store_chunk(
+    events: &Events,
+    chunk: &[NewEvent],
+) -> Result<Vec<Result<Published, String>>, String> {
+    let late = || format!("no answer within {PUBLISH_WAIT:?}");
+    match &events.store {
+        Store::Redis(Streams { publisher, .. }) => {
+            tokio::time::timeout(PUBLISH_WAIT, publisher.publish_batch(chunk))
+                .await
+                .map_err(|_| late())?
+                .map(|replies| {
+                    replies
+                        .into_iter()
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .collect()
+                })
+                .map_err(|e| e.to_string())
+        }
+        Store::Amqp(a) => tokio::time::timeout(PUBLISH_WAIT, a.publisher.publish_batch(chunk))
+            .await
+            .map_err(|_| late())?
+            .map(|replies| {
+                replies
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect()
+            })
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Whether `id` can name a dead letter: a stream id on Redis, a UUID on RabbitMQ.
+fn valid_dlq_id(events: &Events, id: &str) -> bool {
+    match &events.store {
+        Store::Redis(_) => valid_stream_id(id),
+        Store::Amqp(_) => amqp::dlq::valid_dlq_id(id),
+    }
+}
+
+/// A replay on RabbitMQ: this service's dead letters back on this service's queue.
+async fn replay_amqp(
+    a: &amqp::AmqpEvents,
+    event_type: &str,
+    ids: Option<&[String]>,
+) -> Result<Response<AnswerBody>, EventsError> {
+    let report = amqp::dlq::replay(&a.broker, &a.names, event_type, ids)
+        .await
+        .map_err(|e| EventsError::BrokerDown(e.to_string()))?;
     tracing::info!(
         r#type = event_type,
         replayed = report.replayed.len(),

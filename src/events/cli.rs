@@ -22,7 +22,7 @@ pub use crate::control::cli::CliError;
 /// Where the commands act.
 pub struct Target {
     /// Redis.
-    pub client: redis::Client,
+    pub redis: crate::control::redis::Target,
     /// Key names.
     pub keys: Keys,
     /// Trimming applied by publish and replay.
@@ -65,7 +65,7 @@ pub async fn publish(
             return Err(CliError::Input(format!("invalid event id `{id}`")));
         }
     }
-    let link = std::sync::Arc::new(Link::new(target.client.clone()));
+    let link = std::sync::Arc::new(Link::new(target.redis.clone()));
     let publisher = Publisher::new(
         link,
         target.keys.clone(),
@@ -95,7 +95,7 @@ pub async fn tail(
 ) -> Result<(), CliError> {
     check_type(event_type)?;
     let stream = target.keys.event_stream(event_type);
-    let link = Link::with_response_timeout(target.client.clone(), TAIL_BLOCK + REDIS_IO_TIMEOUT);
+    let link = Link::with_response_timeout(target.redis.clone(), TAIL_BLOCK + REDIS_IO_TIMEOUT);
     let mut conn = link.get().await?;
     let mut last = match from {
         Some(id) => id.to_owned(),
@@ -145,7 +145,7 @@ pub async fn dlq_list(
     count: usize,
 ) -> Result<(), CliError> {
     check_type(event_type)?;
-    let link = Link::new(target.client.clone());
+    let link = Link::new(target.redis.clone());
     let mut conn = link.get().await?;
     let page = dlq::list(&mut conn, &target.keys, event_type, after, count).await?;
     for entry in &page.entries {
@@ -160,7 +160,7 @@ pub async fn dlq_list(
 /// `events dlq replay TYPE [--id ID ...]`: re-publishes dead letters (all without `--id`).
 pub async fn dlq_replay(target: &Target, event_type: &str, ids: &[String]) -> Result<(), CliError> {
     check_type(event_type)?;
-    let link = Link::new(target.client.clone());
+    let link = Link::new(target.redis.clone());
     let mut conn = link.get().await?;
     let selected = (!ids.is_empty()).then_some(ids);
     let report = dlq::replay(

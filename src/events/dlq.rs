@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use crate::control::redis::Conn;
 use redis::{RedisError, Value};
 
 use super::envelope::{as_array, as_string, parse_entries, Entry};
@@ -29,7 +29,7 @@ pub struct Page {
 
 /// Lists dead letters of `event_type` after `after` (exclusive), at most `count`.
 pub async fn list(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     event_type: &str,
     after: Option<&str>,
@@ -74,7 +74,7 @@ pub struct ReplayReport {
 
 /// Replays the listed DLQ ids, or every entry present when the replay starts.
 pub async fn replay(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     event_type: &str,
     ids: Option<&[String]>,
@@ -124,7 +124,7 @@ pub async fn replay(
 }
 
 async fn replay_one(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     event_type: &str,
     id: &str,

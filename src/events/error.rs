@@ -26,6 +26,14 @@ pub enum EventsError {
     /// Redis unreachable for an operator request (DLQ list or replay).
     #[error("redis unreachable ({0})")]
     RedisDown(String),
+    /// RabbitMQ unreachable, or no publisher confirm in time: nothing was published.
+    #[error(
+        "rabbitmq unreachable ({0}): the event was NOT stored; publish again with the same id"
+    )]
+    BrokerUnavailable(String),
+    /// RabbitMQ unreachable for an operator request (DLQ list or replay).
+    #[error("rabbitmq unreachable ({0})")]
+    BrokerDown(String),
     /// No such route under `/v1/events`.
     #[error("no {0}")]
     NotFound(String),
@@ -39,7 +47,10 @@ impl EventsError {
                 "bad_request"
             }
             EventsError::TooLarge(_) => "body_too_large",
-            EventsError::Unavailable(_) | EventsError::RedisDown(_) => "events_unavailable",
+            EventsError::Unavailable(_)
+            | EventsError::RedisDown(_)
+            | EventsError::BrokerUnavailable(_)
+            | EventsError::BrokerDown(_) => "events_unavailable",
             EventsError::NotFound(_) => "not_found",
         }
     }
@@ -51,9 +62,10 @@ impl EventsError {
                 StatusCode::BAD_REQUEST
             }
             EventsError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            EventsError::Unavailable(_) | EventsError::RedisDown(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EventsError::Unavailable(_)
+            | EventsError::RedisDown(_)
+            | EventsError::BrokerUnavailable(_)
+            | EventsError::BrokerDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             EventsError::NotFound(_) => StatusCode::NOT_FOUND,
         }
     }

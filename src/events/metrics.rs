@@ -30,6 +30,8 @@ pub struct EventMetrics {
     oldest: GaugeVec,
     dead_letters: IntCounterVec,
     by_type: Mutex<HashMap<String, Arc<PublishCounters>>>,
+    /// Publishes acknowledged under Sentinel/Cluster with no replica to WAIT for.
+    pub unreplicated: IntCounter,
 }
 
 /// Publish counters of one event type.
@@ -136,6 +138,13 @@ impl EventMetrics {
                 &["type", "reason"],
             )),
         );
+        let unreplicated = register(
+            registry,
+            define(IntCounter::new(
+                "meshlet_events_unreplicated_total",
+                "Publishes acknowledged under Sentinel/Cluster while the master had no replica connected to WAIT for (docs/events.md).",
+            )),
+        );
         EventMetrics {
             published,
             delivered,
@@ -145,6 +154,7 @@ impl EventMetrics {
             oldest,
             dead_letters,
             by_type: Mutex::new(HashMap::new()),
+            unreplicated,
         }
     }
 

@@ -10,36 +10,97 @@ use redis::RedisError;
 use super::envelope::{now_ms, NewEvent};
 use super::scripts::PUBLISH;
 use crate::control::keys::Keys;
-use crate::control::redis::Link;
+use crate::control::redis::{Conn, Link};
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Published {
     /// The event's id.
     pub event_id: String,
-    /// Its stream id (the first one, for a duplicate).
-    pub stream_id: String,
+    /// Its stream id (the first one, for a duplicate); none on RabbitMQ, which has no ids
+    /// to tell (docs/events.md, "RabbitMQ").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<String>,
     /// A repeat of an id seen inside the dedupe window: not stored again.
     pub duplicate: bool,
 }
 
-/// Writes events to `{prefix}:events:{type}`.
+/// Writes events to `{prefix}:events:{{type}}`.
 pub struct Publisher {
     link: Arc<Link>,
     keys: Keys,
     retention: Duration,
     dedupe_window: Duration,
+    replication: Replication,
+}
+
+/// How long a publish waits for its replicas before answering 503 (docs/events.md).
+const REPLICA_WAIT_MS: u64 = 200;
+
+/// Sentinel/Cluster: a publish is acknowledged once `WAIT` saw it on this many replicas,
+/// bounded by the replicas its master has connected at that moment (docs/events.md).
+struct Replication {
+    replicas: u32,
+    /// Publishes acknowledged with no replica connected to wait for.
+    unreplicated: prometheus::IntCounter,
+    /// When the "no replica" warning was last logged (unix s), to log it once a minute.
+    warned_at: std::sync::atomic::AtomicU64,
 }
 
 impl Publisher {
     /// A publisher over `link`.
     pub fn new(link: Arc<Link>, keys: Keys, retention: Duration, dedupe_window: Duration) -> Self {
+        // Counted only once `replicated` hands in the registered counter.
+        let unreplicated = prometheus::IntCounter::new("unregistered", "unregistered")
+            .unwrap_or_else(|_| unreachable!("a fixed, valid metric name"));
         Publisher {
             link,
             keys,
             retention,
             dedupe_window,
+            replication: Replication {
+                replicas: 0,
+                unreplicated,
+                warned_at: std::sync::atomic::AtomicU64::new(0),
+            },
         }
+    }
+
+    /// Waits for `replicas` replicas after each publish when the Redis has them (Sentinel,
+    /// Cluster; `events.replicas`), counting acknowledgements without one in `unreplicated`.
+    pub fn replicated(mut self, replicas: u32, unreplicated: prometheus::IntCounter) -> Self {
+        self.replication.replicas = replicas;
+        self.replication.unreplicated = unreplicated;
+        self
+    }
+
+    /// `WAIT` for the entry just written to `key` (no-op on one server or `replicas: 0`).
+    /// Fewer replicas than wanted within [`REPLICA_WAIT_MS`]: an error, so the publish is
+    /// answered 503 and the app's retry with the same id is a duplicate, not a new event.
+    async fn replicate(&self, conn: &mut Conn, key: &str) -> Result<(), RedisError> {
+        let r = &self.replication;
+        if r.replicas == 0 || !self.link.target().is_replicated() {
+            return Ok(());
+        }
+        let wanted = r.replicas.min(conn.connected_replicas(key).await?);
+        if wanted == 0 {
+            r.unreplicated.inc();
+            let now = now_ms() / 1000;
+            let last = r.warned_at.swap(now, std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= 60 {
+                tracing::warn!(key, "events acknowledged with no replica connected: a failover now would lose them");
+            }
+            return Ok(());
+        }
+        let acked = conn.wait_replicas(key, wanted, REPLICA_WAIT_MS).await?;
+        if acked < wanted {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "replication",
+                format!("{acked} of {wanted} replicas confirmed within {REPLICA_WAIT_MS} ms"),
+            )));
+        }
+        Ok(())
     }
 
     /// Stores one event (or finds its first copy: same id, type and source inside the
@@ -54,7 +115,11 @@ impl Publisher {
             let mut conn = self.link.get().await?;
             let reply: Result<(String, i64), RedisError> = invocation.invoke_async(&mut conn).await;
             match reply {
-                Ok(r) => break r,
+                Ok(r) => {
+                    self.replicate(&mut conn, &self.keys.event_stream(&event.event_type))
+                        .await?;
+                    break r;
+                }
                 Err(e) => {
                     self.link.failed(&e);
                     if tries > 1 || !stale_connection(&e) {
@@ -65,7 +130,7 @@ impl Publisher {
         };
         Ok(Published {
             event_id: event.event_id.clone(),
-            stream_id,
+            stream_id: Some(stream_id),
             duplicate: duplicate == 1,
         })
     }
@@ -81,6 +146,9 @@ impl Publisher {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        if self.link.target().is_cluster() {
+            return self.publish_each(events).await;
+        }
         let minid = self.minid();
         let invocations: Vec<_> = events.iter().map(|e| self.invocation(e, &minid)).collect();
         let mut pipe = redis::pipe();
@@ -94,7 +162,12 @@ impl Publisher {
             tries += 1;
             let mut conn = self.link.get().await?;
             match pipe.query_async(&mut conn).await {
-                Ok(r) => break r,
+                Ok(r) => {
+                    // One WAIT covers every write the connection made before it.
+                    self.replicate(&mut conn, &self.keys.event_stream(&events[0].event_type))
+                        .await?;
+                    break r;
+                }
                 Err(e) => {
                     self.link.failed(&e);
                     if tries > 1 || !stale_connection(&e) {
@@ -109,11 +182,26 @@ impl Publisher {
             .map(|(event, reply)| {
                 reply.map(|(stream_id, duplicate)| Published {
                     event_id: event.event_id.clone(),
-                    stream_id,
+                    stream_id: Some(stream_id),
                     duplicate: duplicate == 1,
                 })
             })
             .collect())
+    }
+
+    /// A batch on a cluster: its types live on different nodes, so each event is its own
+    /// script call (all in flight at once), each waited for on its own node.
+    async fn publish_each(
+        &self,
+        events: &[NewEvent],
+    ) -> Result<Vec<Result<Published, RedisError>>, RedisError> {
+        let calls = events.iter().map(|event| async move {
+            match self.publish(event).await {
+                Err(e) if crate::control::redis::is_dead(&e) => Err(e),
+                other => Ok(other),
+            }
+        });
+        futures_util::future::try_join_all(calls).await
     }
 
     fn invocation<'a>(&self, event: &NewEvent, minid: &str) -> redis::ScriptInvocation<'a> {

@@ -14,17 +14,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::http::header::USER_AGENT;
 use ::http::Request;
-use ::redis::aio::MultiplexedConnection;
 use ::redis::RedisError;
 use http_body_util::Full;
 
 use super::http::{self, HttpError, WAIT};
 use super::term::{Paint, Term, REWRITE_LINE};
 use super::OperatorError;
-use crate::config::{Config, LoadedConfig, RedisUrl};
+use crate::config::{Config, LoadedConfig, Store};
 use crate::control::app::{AppClient, AppError};
 use crate::control::keys::Keys;
-use crate::control::redis;
+use crate::control::redis::{self, Conn};
 use crate::registry::schema::{self, Instance, Status};
 
 /// A clock this far from Redis's gets a warning: registry expiry is compared across
@@ -209,9 +208,9 @@ pub async fn run(config_path: &Path, api: Option<SocketAddr>) -> Result<(), Oper
 
     report.checking("redis");
     let mut conn = None;
-    let check = match &config.registry.redis {
+    let check = match config.registry.store() {
         None => Check::skip("no registry.redis: static registry only"),
-        Some(url) => match redis_check(url).await {
+        Some(store) => match redis_check(store).await {
             Ok((c, check)) => {
                 conn = Some(c);
                 check
@@ -224,7 +223,7 @@ pub async fn run(config_path: &Path, api: Option<SocketAddr>) -> Result<(), Oper
     report.checking("registration");
     let check = match (&mut conn, registers) {
         (_, false) => Check::skip("this pod only discovers (no service.app or realtime)"),
-        (None, true) if config.registry.redis.is_none() => {
+        (None, true) if config.registry.store().is_none() => {
             Check::skip("no registry.redis: nothing registers")
         }
         (None, true) => Check::skip("needs the Redis check to pass"),
@@ -238,7 +237,7 @@ pub async fn run(config_path: &Path, api: Option<SocketAddr>) -> Result<(), Oper
     report.checking("clock");
     let check = match &mut conn {
         Some(conn) => clock_check(conn).await,
-        None if config.registry.redis.is_none() => Check::skip("no registry.redis to compare with"),
+        None if config.registry.store().is_none() => Check::skip("no registry.redis to compare with"),
         None => Check::skip("needs the Redis check to pass"),
     };
     report.done("clock", &check);
@@ -373,16 +372,16 @@ async fn ready_check(telemetry: SocketAddr) -> Check {
 }
 
 /// Connects to `url` and reads its version (`INFO server`), within [`WAIT`].
-async fn redis_check(url: &RedisUrl) -> Result<(MultiplexedConnection, Check), Check> {
-    let shown = url.redacted();
-    let client = redis::client(url).map_err(|e| Check::fail(format!("{shown}: {e}")))?;
+async fn redis_check(store: Store<'_>) -> Result<(Conn, Check), Check> {
+    let shown = store.describe();
+    let target = redis::Target::new(store).map_err(|e| Check::fail(format!("{shown}: {e}")))?;
     let attempt = async {
-        let mut conn = redis::connect(&client).await?;
-        let info: String = ::redis::cmd("INFO")
+        let mut conn = target.connect(redis::REDIS_IO_TIMEOUT).await?;
+        let info: ::redis::Value = ::redis::cmd("INFO")
             .arg("server")
             .query_async(&mut conn)
             .await?;
-        Ok::<_, RedisError>((conn, info))
+        Ok::<_, RedisError>((conn, first_text(info)))
     };
     match tokio::time::timeout(WAIT, attempt).await {
         Ok(Ok((conn, info))) => {
@@ -394,6 +393,18 @@ async fn redis_check(url: &RedisUrl) -> Result<(MultiplexedConnection, Check), C
         }
         Ok(Err(e)) => Err(Check::fail(format!("{shown} {}", redis_failure(&e)))),
         Err(_) => Err(Check::fail(format!("{shown} {}", HttpError::Timeout(WAIT)))),
+    }
+}
+
+/// The text of an `INFO` answer; a cluster answers one per node (the first is shown).
+fn first_text(value: ::redis::Value) -> String {
+    match value {
+        ::redis::Value::Map(nodes) => nodes
+            .into_iter()
+            .next()
+            .map(|(_, v)| first_text(v))
+            .unwrap_or_default(),
+        other => ::redis::from_redis_value::<String>(other).unwrap_or_default(),
     }
 }
 
@@ -422,7 +433,7 @@ fn redis_failure(e: &RedisError) -> String {
 /// This pod's entry in the registry: by the instance id the local API named, else by the
 /// address it advertises (docs/registry.md, "How meshlet registers itself").
 async fn registration_check(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     config: &Config,
     instance_id: Option<&str>,
 ) -> Check {
@@ -536,7 +547,7 @@ async fn app_check(config: &Config) -> Check {
 
 /// This clock against Redis's `TIME`, taking the round trip's middle as the moment Redis
 /// read its clock.
-async fn clock_check(conn: &mut MultiplexedConnection) -> Check {
+async fn clock_check(conn: &mut Conn) -> Check {
     let before = SystemTime::now();
     let command = ::redis::cmd("TIME");
     let time = command.query_async::<(u64, u64)>(conn);

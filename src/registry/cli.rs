@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
-
 use super::schema::{self, Instance, Status};
 use crate::config::{Protocol, ServiceName, StaticEndpoint};
 use crate::control::keys::Keys;
@@ -14,17 +12,15 @@ pub use crate::control::cli::CliError;
 
 /// Where the commands act.
 pub struct Target {
-    conn: MultiplexedConnection,
+    conn: redis::Conn,
     keys: Keys,
 }
 
 impl Target {
-    /// Connects to the registry at `url` under key `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Target, CliError> {
-        let client =
-            ::redis::Client::open(url).map_err(|e| CliError::Input(format!("--redis: {e}")))?;
+    /// Connects to the registry on `redis` under key `prefix`.
+    pub async fn connect(redis: &redis::Target, prefix: &str) -> Result<Target, CliError> {
         Ok(Target {
-            conn: redis::connect(&client).await?,
+            conn: redis.connect(redis::REDIS_IO_TIMEOUT).await?,
             keys: Keys::new(prefix),
         })
     }

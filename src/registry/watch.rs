@@ -8,15 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use crate::control::redis::Conn;
 use tokio::sync::{watch, Notify};
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 
 use super::schema::{self, now_ms, Instance};
 use super::Snapshot;
 use crate::control::keys::Keys;
-use crate::control::redis::{Backoff, Link, Outage, REDIS_IO_TIMEOUT};
+use crate::control::redis::{Backoff, Link, Outage};
 use crate::control::Shutdown;
 use crate::telemetry::metrics::RegistryMetrics;
 
@@ -92,16 +91,16 @@ impl Watcher {
         outage: &mut Outage,
         backoff: &mut Backoff,
     ) -> redis::RedisResult<()> {
-        let mut pubsub = timeout(REDIS_IO_TIMEOUT, self.link.client().get_async_pubsub())
-            .await
-            .map_err(timed_out)??;
-        timeout(REDIS_IO_TIMEOUT, pubsub.subscribe(self.keys.changes()))
-            .await
-            .map_err(timed_out)??;
-        let mut changes = pubsub.into_on_message();
+        let mut changes = self.link.pubsub().await?;
+        changes.subscribe(&[self.keys.changes()]).await?;
         let mut conn = self.link.get().await?;
 
-        let run_id = schema::run_id(&mut conn).await?;
+        // A cluster has a run id per node; its restarts show as lost sessions instead.
+        let run_id = if conn.is_cluster() {
+            String::new()
+        } else {
+            schema::run_id(&mut conn).await?
+        };
         if state.run_id.as_ref().is_some_and(|old| *old != run_id) {
             tracing::warn!("redis restarted (new run_id); known instances are kept for one ttl while registrants re-register");
         }
@@ -145,7 +144,7 @@ impl Watcher {
 
     async fn resync_all(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         state: &mut State,
     ) -> redis::RedisResult<()> {
         let names = schema::service_names(conn, &self.keys).await?;
@@ -169,7 +168,7 @@ impl Watcher {
 
     async fn refresh(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         state: &mut State,
         services: &[String],
     ) -> redis::RedisResult<()> {
@@ -238,13 +237,6 @@ async fn sleep_until_ms(at: Option<u64>) {
         Some(at) => sleep(Duration::from_millis(at.saturating_sub(now_ms()) + 1)).await,
         None => std::future::pending().await,
     }
-}
-
-fn timed_out(_: tokio::time::error::Elapsed) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "redis did not answer in time",
-    ))
 }
 
 fn connection_lost() -> redis::RedisError {

@@ -129,7 +129,7 @@ impl Sidecar {
             metrics: &shared.metrics,
             shutdown: shutdown.clone(),
         };
-        let events = Events::start(&context);
+        let events = Events::start(&context).await;
         let realtime = Realtime::start(&context);
 
         let (release_workers, release) = shutdown::channel();

@@ -53,14 +53,14 @@ pub(super) fn mesh_tls(config: &Config) -> Result<Option<Arc<MeshTls>>, StartErr
 /// Refused before anything connects when this pod would register `127.0.0.1` into a Redis
 /// on another machine ([`own_address`]).
 pub(super) fn redis_link(config: &Config) -> Result<Option<Arc<Link>>, StartError> {
-    let Some(url) = &config.registry.redis else {
+    let Some(store) = config.registry.store() else {
         return Ok(None);
     };
     if config.service.app.is_some() || config.realtime.is_some() {
         // It will register: fail now rather than after the watcher has started.
         own_address(config, 0)?;
     }
-    Ok(Some(Arc::new(Link::new(redis::client(url)?))))
+    Ok(Some(Arc::new(Link::new(redis::Target::new(store)?))))
 }
 
 /// This pod's instance id: its pod (or host) name and a random suffix, in the registry's

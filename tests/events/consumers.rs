@@ -24,8 +24,8 @@ async fn two_meshlets_of_one_service_share_the_stream() {
         &subscription("s", ""),
     ))
     .await;
-    assert!(group_exists(&redis, "mesh:events:s", "ledger").await);
-    assert!(group_exists(&redis, "mesh:events:s", "audit").await);
+    assert!(group_exists(&redis, "mesh:events:{s}", "ledger").await);
+    assert!(group_exists(&redis, "mesh:events:{s}", "audit").await);
     let lines: String = (0..200).map(|i| format!("{{\"i\":{i}}}\n")).collect();
     let req = batch("s", None, &lines);
     assert_eq!(send(a.addresses.api, req).await.unwrap().status, 200);
@@ -70,7 +70,7 @@ async fn two_meshlets_of_one_service_share_the_stream() {
 async fn takes_over_entries_left_pending_by_a_dead_consumer() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
-    create_group(&mut conn, "mesh:events:z", "risk");
+    create_group(&mut conn, "mesh:events:{z}", "risk");
     // Published by a meshlet without subscriptions.
     let publisher = publisher(&redis).await;
     assert_eq!(
@@ -92,11 +92,11 @@ async fn takes_over_entries_left_pending_by_a_dead_consumer() {
         .arg("COUNT")
         .arg(10)
         .arg("STREAMS")
-        .arg("mesh:events:z")
+        .arg("mesh:events:{z}")
         .arg(">")
         .query(&mut conn)
         .unwrap();
-    assert_eq!(pending(&redis, "mesh:events:z", "risk"), 1);
+    assert_eq!(pending(&redis, "mesh:events:{z}", "risk"), 1);
 
     let app = RecordingApp::ok().await;
     let started = Instant::now();
@@ -118,7 +118,7 @@ async fn takes_over_entries_left_pending_by_a_dead_consumer() {
     );
     assert!(
         eventually(Duration::from_secs(3), || async {
-            pending(&redis, "mesh:events:z", "risk") == 0
+            pending(&redis, "mesh:events:{z}", "risk") == 0
         })
         .await
     );
@@ -186,7 +186,7 @@ fn read_as(conn: &mut redis::Connection, key: &str, group: &str, consumer: &str)
 async fn consumers_of_dead_meshlets_are_removed_once_nothing_is_pending() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
-    let key = "mesh:events:f";
+    let key = "mesh:events:{f}";
     create_group(&mut conn, key, "risk");
     // Two dead meshlets: one never got anything, one died holding an entry.
     create_consumer(&mut conn, key, "risk", "ghost-idle");
@@ -269,7 +269,7 @@ async fn consumers_of_dead_meshlets_are_removed_once_nothing_is_pending() {
 fn forgetting_consumers_spares_pending_entries_and_the_caller() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
-    let key = "mesh:events:g";
+    let key = "mesh:events:{g}";
     create_group(&mut conn, key, "risk");
     for name in ["me", "idle"] {
         create_consumer(&mut conn, key, "risk", name);

@@ -38,7 +38,7 @@ async fn a_4xx_dead_letters_at_once_as_rejected() {
     assert_eq!(dead["attempts"], "1");
     assert_eq!(dead["last_status"], "422");
     assert!(dead["failed_at"].ends_with('Z'));
-    assert_eq!(pending(&redis, "mesh:events:p", "notifier"), 0);
+    assert_eq!(pending(&redis, "mesh:events:{p}", "notifier"), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.count(), 1, "delivered once, not retried");
     assert_eq!(
@@ -75,7 +75,7 @@ async fn exhausts_after_max_attempts_then_dead_letters() {
     assert_eq!(dead["last_status"], "500");
     let attempts: Vec<u32> = app.of("x-1").iter().map(RecordedRequest::attempt).collect();
     assert_eq!(attempts, vec![1, 2, 3]);
-    assert_eq!(pending(&redis, "mesh:events:x", "ledger"), 0);
+    assert_eq!(pending(&redis, "mesh:events:{x}", "ledger"), 0);
     let tel = s.addresses.telemetry;
     assert_eq!(
         metric(
@@ -172,7 +172,7 @@ async fn dead_letters_list_page_and_replay() {
     assert!(dlq_entries(&redis, "q").is_empty());
     assert!(
         eventually(Duration::from_secs(3), || async {
-            pending(&redis, "mesh:events:q", "notifier") == 0
+            pending(&redis, "mesh:events:{q}", "notifier") == 0
         })
         .await
     );

@@ -58,7 +58,7 @@ async fn delivers_the_envelope_with_headers_and_acks() {
     assert_eq!(env["payload"]["qty"][1], 2);
     assert!(
         eventually(Duration::from_secs(3), || async {
-            pending(&redis, "mesh:events:trade.executed", "risk") == 0
+            pending(&redis, "mesh:events:{trade.executed}", "risk") == 0
         })
         .await,
         "acked"
@@ -137,7 +137,7 @@ async fn retries_5xx_408_429_with_the_attempt_counter_then_acks() {
     }
     assert!(
         eventually(Duration::from_secs(3), || async {
-            pending(&redis, "mesh:events:r", "risk") == 0
+            pending(&redis, "mesh:events:{r}", "risk") == 0
         })
         .await
     );
@@ -170,7 +170,7 @@ async fn an_app_that_is_down_gets_the_event_when_it_is_back() {
     let app_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let subs = subscription("d", ", max_attempts: 20, backoff: 50ms, max_backoff: 200ms");
     let s = sidecar(&config("risk", &redis, Some(app_addr), &subs)).await;
-    assert!(group_exists(&redis, "mesh:events:d", "risk").await);
+    assert!(group_exists(&redis, "mesh:events:{d}", "risk").await);
     assert_eq!(
         publish(s.addresses.api, "d", "{}", &[("x-event-id", "d-1")])
             .await
@@ -254,7 +254,7 @@ async fn shutdown_finishes_in_flight_deliveries_and_reads_no_more() {
     // The delivery in flight is answered and acked; nothing new is read.
     assert!(
         eventually(Duration::from_secs(3), || async {
-            pending(&redis, "mesh:events:h", "risk") == 0
+            pending(&redis, "mesh:events:{h}", "risk") == 0
         })
         .await,
         "in-flight delivery finished and acked"

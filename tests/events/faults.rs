@@ -62,7 +62,7 @@ async fn redis_restarted_mid_stream_recreates_the_group_and_delivery_resumes() {
             .map(RecordedRequest::event_id)
             .collect::<Vec<_>>()
     );
-    assert!(group_exists(&redis, "mesh:events:m", "risk").await);
+    assert!(group_exists(&redis, "mesh:events:{m}", "risk").await);
     s.shutdown().await;
 }
 
@@ -107,7 +107,7 @@ async fn a_subscriber_killed_mid_stream_loses_nothing() {
         &subscription("k", ", concurrency: 4"),
     ));
     let mut first = risk.start();
-    assert!(group_exists(&redis, "mesh:events:k", "risk").await);
+    assert!(group_exists(&redis, "mesh:events:{k}", "risk").await);
     let publisher = publisher(&redis).await;
     const N: usize = 1500;
     let lines: String = (0..N).map(|i| format!("{{\"i\":{i}}}\n")).collect();
@@ -163,7 +163,7 @@ async fn ten_thousand_events_survive_a_killed_subscriber_and_a_redis_restart() {
         &subscription("r", ", concurrency: 8"),
     ));
     let mut subscriber = risk.start();
-    assert!(group_exists(&redis, "mesh:events:r", "risk").await);
+    assert!(group_exists(&redis, "mesh:events:{r}", "risk").await);
     let publisher = publisher(&redis).await;
     let producer = Producer::spawn(
         publisher.addresses.api,

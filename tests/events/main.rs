@@ -2,13 +2,15 @@
 //! publish and dedupe, bad input, Redis down, batch publish (`publish`); the delivery envelope
 //! and headers, order, retries, gauges, shutdown (`delivery`); dead letters and replay, the
 //! CLI (`dead_letters`); competing consumers, takeover from a dead consumer, forgetting dead
-//! consumers (`consumers`); Redis restarts and a subscriber SIGKILLed mid-stream (`faults`).
+//! consumers (`consumers`); Redis restarts and a subscriber SIGKILLed mid-stream (`faults`);
+//! the same contract on RabbitMQ, `events.broker: amqp` (`amqp`).
 //!
 //! The publish → deliver latency run is `cargo bench --bench events_latency`.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod amqp;
 mod consumers;
 mod dead_letters;
 mod delivery;
@@ -91,7 +93,7 @@ fn pending(redis: &RedisServer, key: &str, group: &str) -> usize {
 
 fn dlq_entries(redis: &RedisServer, event_type: &str) -> Vec<HashMap<String, String>> {
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("mesh:dlq:{event_type}"))
+        .arg(format!("mesh:dlq:{{{event_type}}}"))
         .arg("-")
         .arg("+")
         .query(&mut redis.conn())

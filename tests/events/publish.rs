@@ -35,7 +35,7 @@ async fn publish_stores_once_per_event_id() {
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["duplicate"], true);
     assert_eq!(again.json()["stream_id"], first["stream_id"]);
-    assert_eq!(xlen(&redis, "mesh:events:trade.executed"), 1);
+    assert_eq!(xlen(&redis, "mesh:events:{trade.executed}"), 1);
 
     // Idempotency-Key names the event too; without either, a UUIDv7.
     let keyed = publish(api, "trade.executed", "{}", &[("idempotency-key", "k-1")]).await;
@@ -48,7 +48,7 @@ async fn publish_stores_once_per_event_id() {
 
     // The stored entry: every field of docs/events.md.
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg("mesh:events:trade.executed")
+        .arg("mesh:events:{trade.executed}")
         .arg("-")
         .arg("+")
         .query(&mut redis.conn())
@@ -66,7 +66,7 @@ async fn publish_stores_once_per_event_id() {
     assert_eq!(entries[2].1["version"], "3");
     // The dedupe key holds the first stream id, expiring with the window.
     let ttl: i64 = redis::cmd("PTTL")
-        .arg("mesh:evid:trade.executed:orders:t-1")
+        .arg("mesh:evid:{trade.executed}:orders:t-1")
         .query(&mut redis.conn())
         .unwrap();
     assert!(ttl > 23 * 3600 * 1000, "ttl {ttl}");
@@ -128,7 +128,7 @@ async fn publish_refuses_bad_input() {
     // Exactly at the limit is fine.
     let fits = format!("\"{}\"", "x".repeat(1024 * 1024 - 2));
     assert_eq!(publish(api, "t", &fits, &[]).await.status, 202);
-    assert_eq!(xlen(&redis, "mesh:events:t"), 1);
+    assert_eq!(xlen(&redis, "mesh:events:{t}"), 1);
     s.shutdown().await;
 }
 
@@ -194,7 +194,7 @@ async fn batch_publish_answers_a_line_per_event() {
     assert_eq!(lines[0]["event_id"], "batch-7:0");
     assert_eq!(lines[2]["event_id"], "batch-7:2");
     assert!(lines.iter().all(|l| l["duplicate"] == false));
-    assert_eq!(xlen(&redis, "mesh:events:b"), 3);
+    assert_eq!(xlen(&redis, "mesh:events:{b}"), 3);
     // Sent again (the producer did not see the answer): nothing doubles.
     let again = send(api, batch("{\"n\":1}\n[2]\n\"three\"\n", Some("batch-7")))
         .await
@@ -203,12 +203,12 @@ async fn batch_publish_answers_a_line_per_event() {
         .unwrap()
         .lines()
         .all(|l| l.contains("\"duplicate\":true")));
-    assert_eq!(xlen(&redis, "mesh:events:b"), 3);
+    assert_eq!(xlen(&redis, "mesh:events:{b}"), 3);
     // A bad line refuses the batch whole.
     let bad = send(api, batch("{}\nnope\n", None)).await.unwrap();
     assert_eq!(bad.status, 400);
     assert!(bad.json()["message"].as_str().unwrap().contains("line 2"));
-    assert_eq!(xlen(&redis, "mesh:events:b"), 3);
+    assert_eq!(xlen(&redis, "mesh:events:{b}"), 3);
     // Thousands in one request.
     let many: String = (0..5000).map(|i| format!("{{\"i\":{i}}}\n")).collect();
     let started = Instant::now();
@@ -216,7 +216,7 @@ async fn batch_publish_answers_a_line_per_event() {
     assert_eq!(a.status, 200);
     assert_eq!(a.header("x-event-count"), "5000");
     eprintln!("batch of 5000 published in {:?}", started.elapsed());
-    assert_eq!(xlen(&redis, "mesh:events:b"), 5003);
+    assert_eq!(xlen(&redis, "mesh:events:{b}"), 5003);
     s.shutdown().await;
 }
 
@@ -228,7 +228,7 @@ async fn a_batch_cut_short_counts_what_it_stored() {
     // The dedupe key of line 1000 (the first of the second chunk of 1000) is not a string:
     // the publish script fails there (WRONGTYPE), after the first chunk was stored.
     let _: i64 = redis::cmd("HSET")
-        .arg("mesh:evid:cut:orders:cut:1000")
+        .arg("mesh:evid:{cut}:orders:cut:1000")
         .arg("x")
         .arg("y")
         .query(&mut redis.conn())
@@ -247,7 +247,7 @@ async fn a_batch_cut_short_counts_what_it_stored() {
         text.contains("1499 of 1500 events confirmed stored"),
         "{text}"
     );
-    assert_eq!(xlen(&redis, "mesh:events:cut"), 1499);
+    assert_eq!(xlen(&redis, "mesh:events:{cut}"), 1499);
     assert_eq!(
         metric(
             s.addresses.telemetry,

@@ -26,7 +26,7 @@ async fn rooms_are_listed_cluster_wide() {
     let _: () = redis::pipe()
         .sadd("mesh:rt:chat:instances", "ghost-0001")
         .sadd("mesh:rt:chat:rooms:ghost-0001", "room9")
-        .hset("mesh:rt:chat:presence:room9", "ghost-0001:1", "carol")
+        .hset("mesh:rt:chat:presence:{room9}", "ghost-0001:1", "carol")
         .query(&mut conn)
         .expect("ghost presence");
 
@@ -74,7 +74,7 @@ async fn presence_is_cluster_wide_and_forgets_dead_meshlets() {
     // A meshlet that died without cleaning up: no liveness key.
     let mut conn = redis.conn();
     let _: () = redis::cmd("HSET")
-        .arg("mesh:rt:chat:presence:room1")
+        .arg("mesh:rt:chat:presence:{room1}")
         .arg("ghost-0001:1")
         .arg("carol")
         .query(&mut conn)
@@ -100,7 +100,7 @@ async fn presence_is_cluster_wide_and_forgets_dead_meshlets() {
         .iter()
         .any(|c| c["client"] == alice_id.as_str() && c["user"] == "alice"));
     let ghost: bool = redis::cmd("HEXISTS")
-        .arg("mesh:rt:chat:presence:room1")
+        .arg("mesh:rt:chat:presence:{room1}")
         .arg("ghost-0001:1")
         .query(&mut conn)
         .expect("hexists");

@@ -158,7 +158,7 @@ async fn an_event_id_reused_for_another_type_or_by_another_service_is_stored() {
     // The same id under another type: a new event, not a duplicate never stored.
     let other_type = publish(orders.addresses.api, "order.refunded", "order-42").await;
     assert_eq!(other_type["duplicate"], false, "{other_type}");
-    assert_eq!(xlen(&redis, "mesh:events:order.refunded"), 1);
+    assert_eq!(xlen(&redis, "mesh:events:{order.refunded}"), 1);
 
     // Another service reusing the id of the same type first cannot make orders' own
     // event a "duplicate": each service's id is its own.
@@ -169,13 +169,13 @@ async fn an_event_id_reused_for_another_type_or_by_another_service_is_stored() {
         real["duplicate"], false,
         "orders' event was swallowed: {real}"
     );
-    assert_eq!(xlen(&redis, "mesh:events:order.shipped"), 2);
+    assert_eq!(xlen(&redis, "mesh:events:{order.shipped}"), 2);
 
     // The normal path: the same id, type and service again is one event.
     let again = publish(orders.addresses.api, "order.paid", "order-42").await;
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["stream_id"], first["stream_id"]);
-    assert_eq!(xlen(&redis, "mesh:events:order.paid"), 1);
+    assert_eq!(xlen(&redis, "mesh:events:{order.paid}"), 1);
     orders.shutdown().await;
     mallory.shutdown().await;
 }

@@ -118,7 +118,7 @@ pub async fn subscriber(
 ) -> Sidecar {
     let subs = subscription(event_type, extra);
     let s = sidecar(&config(service, redis, Some(app.addr), &subs)).await;
-    let stream = format!("mesh:events:{event_type}");
+    let stream = format!("mesh:events:{{{event_type}}}");
     assert!(group_exists(redis, &stream, service).await);
     s
 }

@@ -45,7 +45,8 @@ pub struct MeshletSpec {
     name: String,
     service: Vec<String>,
     workers: Option<usize>,
-    redis: Option<String>,
+    /// The backend entry of `registry:` (`redis: "URL"`, `sentinel: {...}`, `cluster: {...}`).
+    backend: Option<String>,
     registry: Vec<String>,
     extra: String,
 }
@@ -57,7 +58,7 @@ impl MeshletSpec {
             name: name.to_owned(),
             service: Vec::new(),
             workers: None,
-            redis: None,
+            backend: None,
             registry: Vec::new(),
             extra: String::new(),
         }
@@ -85,8 +86,14 @@ impl MeshletSpec {
     }
 
     /// On the Redis registry at `url` (one that may not answer).
-    pub fn redis_url(mut self, url: &str) -> MeshletSpec {
-        self.redis = Some(url.to_owned());
+    pub fn redis_url(self, url: &str) -> MeshletSpec {
+        self.on(&format!("redis: \"{url}\""))
+    }
+
+    /// On the registry backend `entry` names (`sentinel: {master: m, nodes: [...]}`, as
+    /// `RedisSet::registry_entry` writes it).
+    pub fn on(mut self, entry: &str) -> MeshletSpec {
+        self.backend = Some(entry.to_owned());
         self
     }
 
@@ -111,15 +118,15 @@ impl MeshletSpec {
         if let Some(n) = self.workers {
             writeln!(text, "workers: {n}").unwrap();
         }
-        match &self.redis {
-            Some(url) => {
-                write!(text, "registry: {{redis: \"{url}\"").unwrap();
+        match &self.backend {
+            Some(entry) => {
+                write!(text, "registry: {{{entry}").unwrap();
                 for keys in &self.registry {
                     write!(text, ", {keys}").unwrap();
                 }
                 text.push_str("}\n");
             }
-            None => assert!(self.registry.is_empty(), "registry keys without a Redis"),
+            None => assert!(self.registry.is_empty(), "registry keys without a backend"),
         }
         text.push_str(&self.extra);
         text

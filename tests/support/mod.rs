@@ -1,4 +1,5 @@
-//! Test harness: a real `redis-server` per test (own port, own temp dir), real HTTP
+//! Test harness: a real `redis-server` per test (own port, own temp dir), or a Sentinel or
+//! Cluster set of them (`redis_sets`), real HTTP
 //! upstreams and apps on 127.0.0.1, in-process sidecars (alone or as a callee + caller
 //! pair), a tiny HTTP client, and `eventually` for state that changes in the background (no
 //! fixed sleeps where a signal exists).
@@ -11,8 +12,10 @@ mod app;
 mod client;
 pub mod events;
 mod mesh;
+pub mod rabbitmq;
 pub mod realtime;
 mod redis_server;
+pub mod redis_sets;
 mod server;
 mod tls;
 mod upstream;

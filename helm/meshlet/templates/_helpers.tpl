@@ -127,6 +127,20 @@ meshlet's config as the pod sees it: values.meshlet.config plus what the chart o
 {{- if regexMatch "^rediss?://[^/@]*:[^/@]+@" (toString (default "" (get $reg "redis"))) }}
 {{- include "meshlet.mustBeEnvRef" (list "registry.redis (password)" (regexFind "//[^@]*@" (toString (get $reg "redis")))) }}
 {{- end }}
+{{- /* One Redis for registry, events and hub: a server, a Sentinel set or a Cluster (docs/scaling.md). */}}
+{{- $stores := list }}
+{{- range (list "redis" "sentinel" "cluster") }}{{ if get $reg . }}{{ $stores = append $stores (printf "registry.%s" .) }}{{ end }}{{ end }}
+{{- if gt (len $stores) 1 }}
+{{- fail (printf "meshlet.config sets %s: set exactly one of registry.redis, registry.sentinel and registry.cluster (docs/scaling.md)" (join " and " $stores)) }}
+{{- end }}
+{{- $sentinel := default dict (get $reg "sentinel") }}
+{{- include "meshlet.mustBeEnvRef" (list "registry.sentinel.password" (get $sentinel "password")) }}
+{{- include "meshlet.mustBeEnvRef" (list "registry.sentinel.sentinel_password" (get $sentinel "sentinel_password")) }}
+{{- include "meshlet.mustBeEnvRef" (list "registry.cluster.password" (get (default dict (get $reg "cluster")) "password")) }}
+{{- $amqp := default dict (get (default dict (get $cfg "events")) "amqp") }}
+{{- if regexMatch "^amqps?://[^/@]*:[^/@]+@" (toString (default "" (get $amqp "url"))) }}
+{{- include "meshlet.mustBeEnvRef" (list "events.amqp.url (password)" (regexFind "//[^@]*@" (toString (get $amqp "url")))) }}
+{{- end }}
 {{- $auth := default dict (get $cfg "auth") }}
 {{- $token := default dict (get $auth "token") }}
 {{- $secrets := get $token "secret" }}

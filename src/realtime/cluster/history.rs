@@ -8,15 +8,17 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, RedisError};
 
 use super::{Cluster, ClusterError, Envelope, Op};
+use crate::control::redis::Conn;
 use crate::realtime::delivery::{Offset, Target};
 
 /// XADD (capped) + PEXPIRE + PUBLISH in one step, so the order of the pub/sub messages is
 /// the order of the offsets. The published payload is the envelope with `"offset"` put in
-/// front (the envelope is JSON whose first byte is `{`).
+/// front (the envelope is JSON whose first byte is `{`). ARGV[4] is `PUBLISH`, or
+/// `SPUBLISH` on a cluster, where the room's history and channel share the room's slot.
 pub(super) const PUBLISH_WITH_HISTORY: &str = r#"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', KEYS[2], '{"offset":"' .. id .. '",' .. string.sub(ARGV[1], 2))
+redis.call(ARGV[4], KEYS[2], '{"offset":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 return id
 "#;
 
@@ -58,17 +60,27 @@ impl Cluster {
                     .arg(body)
                     .arg(self.history.size)
                     .arg(ttl_ms.max(1))
+                    .arg(publish_command(&conn, true))
                     .invoke_async::<String>(&mut conn)
                     .await
                     .map(Some)
             }
             (target, _) => {
-                let channel = match target {
-                    Target::Room(room) if envelope.op == Op::Message => self.keys.rt_room(room),
-                    Target::User(user) if envelope.op == Op::Message => self.keys.rt_user(user),
-                    _ => self.keys.rt_all(),
+                let (channel, sharded) = match target {
+                    Target::Room(room) if envelope.op == Op::Message => {
+                        (self.keys.rt_room(room), true)
+                    }
+                    Target::User(user) if envelope.op == Op::Message => {
+                        (self.keys.rt_user(user), true)
+                    }
+                    _ => (self.keys.rt_all(), false),
                 };
-                conn.publish::<_, _, i64>(channel, body).await.map(|_| None)
+                redis::cmd(publish_command(&conn, sharded))
+                    .arg(channel)
+                    .arg(body)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| None)
             }
         };
         result.map_err(|e| self.failed(e))
@@ -120,5 +132,15 @@ impl Cluster {
         }
         .await;
         result.map_err(|e| self.failed(e))
+    }
+}
+
+/// Room and user channels are sharded on a cluster (`SPUBLISH`: a message stays on the
+/// slot's shard instead of crossing every node); `all` and one server use `PUBLISH`.
+fn publish_command(conn: &Conn, sharded: bool) -> &'static str {
+    if sharded && conn.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
     }
 }

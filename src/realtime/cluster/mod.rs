@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use crate::control::redis::Conn;
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -188,7 +188,7 @@ impl Cluster {
     }
 
     /// The shared command connection, made on the control plane when missing.
-    async fn conn(&self) -> Result<MultiplexedConnection, ClusterError> {
+    async fn conn(&self) -> Result<Conn, ClusterError> {
         Ok(self.link.get().await?)
     }
 

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
+use crate::control::redis::Conn;
 use redis::{AsyncCommands, RedisError, RedisResult};
 use tokio::sync::mpsc;
 
@@ -261,7 +261,7 @@ impl Cluster {
     }
 
     /// Removes the presence entries of meshlets whose liveness key has expired.
-    async fn sweep_dead(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    async fn sweep_dead(&self, conn: &mut Conn) -> RedisResult<()> {
         let instances: Vec<String> = conn.smembers(self.keys.rt_instances()).await?;
         for instance in instances.iter().filter(|i| **i != self.instance) {
             let alive: bool = conn.exists(self.keys.rt_alive(instance)).await?;

@@ -145,7 +145,7 @@ impl Cluster {
 
     async fn mark_start(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut crate::control::redis::Conn,
         room: &Arc<str>,
         resume: &mut Resume,
     ) -> Result<(), ClusterError> {

@@ -9,15 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 
 use super::resume::Resume;
 use super::{Channel, Cluster, ClusterError, Dispatch, Envelope};
-use crate::control::redis::{Backoff, Outage, REDIS_IO_TIMEOUT};
+use crate::control::redis::{Backoff, Outage, PubSub};
 use crate::control::Shutdown;
 
 /// How often the subscriber connection is pinged to find a half-open socket.
@@ -93,7 +91,7 @@ impl Cluster {
         backoff: &mut Backoff,
         shutdown: &mut Shutdown,
     ) -> Result<(), ClusterError> {
-        let (mut sink, mut stream, mut subscribed) = self.connect().await?;
+        let (mut pubsub, mut subscribed) = self.connect().await?;
         // Before any live message of this session: what the last one's loss let through.
         self.fill_gaps(&mut carry.resume, dispatch).await?;
         outage.recovered();
@@ -107,7 +105,7 @@ impl Cluster {
         ping.reset();
         loop {
             tokio::select! {
-                msg = stream.next() => {
+                msg = pubsub.next() => {
                     let Some(msg) = msg else {
                         return Err(ClusterError::Redis(RedisError::from(std::io::Error::new(
                             std::io::ErrorKind::ConnectionReset,
@@ -122,12 +120,10 @@ impl Cluster {
                 }
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
-                    self.apply(cmd, commands, &mut sink, &mut subscribed, &mut carry.waiting, &mut carry.resume).await?;
+                    self.apply(cmd, commands, &mut pubsub, &mut subscribed, &mut carry.waiting, &mut carry.resume).await?;
                 }
                 _ = ping.tick() => {
-                    timeout(REDIS_IO_TIMEOUT, sink.ping::<redis::Value>())
-                        .await
-                        .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+                    pubsub.ping().await?;
                 }
                 () = shutdown.started() => return Ok(()),
             }
@@ -135,22 +131,16 @@ impl Cluster {
     }
 
     /// Opens the pub/sub connection and subscribes to `rt:all` and to every room and user
-    /// channel the hub holds; returns the connection's halves and the channels subscribed.
-    async fn connect(&self) -> Result<(PubSubSink, PubSubStream, HashSet<String>), ClusterError> {
-        let pubsub = timeout(REDIS_IO_TIMEOUT, self.link.client().get_async_pubsub())
-            .await
-            .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
-        let (mut sink, stream) = pubsub.split();
-        let mut subscribed: HashSet<String> = HashSet::new();
+    /// channel the hub holds; returns the session and the room and user channels held.
+    /// `all` is a plain channel; rooms and users are sharded on a cluster (docs/realtime.md).
+    async fn connect(&self) -> Result<(PubSub, HashSet<String>), ClusterError> {
+        let mut pubsub = self.link.pubsub().await?;
+        pubsub.subscribe(&[self.keys.rt_all()]).await?;
         let (rooms, users) = self.hub.held();
-        let mut wanted = vec![self.keys.rt_all()];
-        wanted.extend(rooms.iter().map(|r| self.keys.rt_room(r)));
+        let mut wanted: Vec<String> = rooms.iter().map(|r| self.keys.rt_room(r)).collect();
         wanted.extend(users.iter().map(|u| self.keys.rt_user(u)));
-        timeout(REDIS_IO_TIMEOUT, sink.subscribe(&wanted))
-            .await
-            .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
-        subscribed.extend(wanted);
-        Ok((sink, stream, subscribed))
+        pubsub.subscribe_sharded(&wanted).await?;
+        Ok((pubsub, wanted.into_iter().collect()))
     }
 
     /// Applies `first` and the commands queued behind it: subscribes the channels asked
@@ -160,7 +150,7 @@ impl Cluster {
         &self,
         first: Command,
         commands: &mut mpsc::UnboundedReceiver<Command>,
-        sink: &mut PubSubSink,
+        pubsub: &mut PubSub,
         subscribed: &mut HashSet<String>,
         waiting: &mut Vec<oneshot::Sender<()>>,
         resume: &mut Resume,
@@ -188,9 +178,7 @@ impl Cluster {
             }
         }
         if !subscribe.is_empty() {
-            timeout(REDIS_IO_TIMEOUT, sink.subscribe(&subscribe))
-                .await
-                .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+            pubsub.subscribe_sharded(&subscribe).await?;
             subscribed.extend(subscribe);
         }
         for ack in waiting.drain(..) {
@@ -213,9 +201,7 @@ impl Cluster {
             .filter(|name| subscribed.remove(name))
             .collect();
         if !unused.is_empty() {
-            timeout(REDIS_IO_TIMEOUT, sink.unsubscribe(&unused))
-                .await
-                .map_err(|_| ClusterError::Timeout(REDIS_IO_TIMEOUT))??;
+            pubsub.unsubscribe_sharded(&unused).await?;
         }
         Ok(())
     }

@@ -1,0 +1,328 @@
+//! Where the control plane's Redis is (docs/scaling.md): one server, a master found through
+//! Sentinel, or a Redis Cluster; and how a connection to it is opened. Sentinel is asked
+//! anew at every connect, so a reconnect after a failover lands on the new master without
+//! a restart; a "master" that answers `ROLE` as a replica is refused the same way.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    ProtocolVersion, RedisConnectionInfo, RedisError, RedisResult, TlsMode,
+};
+use tokio::time::timeout;
+
+use super::conn::Conn;
+use super::REDIS_IO_TIMEOUT;
+use crate::config::{ClusterConfig, SentinelConfig, Store};
+
+/// The Redis the control plane talks to (no I/O until a connection is asked for).
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One server (`registry.redis`); boxed, a client is large beside the others.
+    Server(Box<Client>),
+    /// The master a set of sentinels names (`registry.sentinel`).
+    Sentinel(std::sync::Arc<Sentinels>),
+    /// A Redis Cluster (`registry.cluster`).
+    Cluster(ClusterTarget),
+}
+
+/// A cluster's seed nodes and credentials; every connection is its own `ClusterClient`
+/// so that a pub/sub session gets a push channel of its own.
+#[derive(Clone, Debug)]
+pub struct ClusterTarget {
+    nodes: Vec<ConnectionInfo>,
+    tls: bool,
+}
+
+impl Target {
+    /// The target `store` names.
+    pub fn new(store: Store<'_>) -> RedisResult<Target> {
+        match store {
+            Store::Server(url) => Ok(Target::Server(Box::new(Client::open(url.expose())?))),
+            Store::Sentinel(s) => Ok(Target::Sentinel(std::sync::Arc::new(Sentinels::new(s)?))),
+            Store::Cluster(c) => Ok(Target::Cluster(ClusterTarget::new(c)?)),
+        }
+    }
+
+    /// One server at `url` (operators' commands given `--redis URL`).
+    pub fn server(url: &str) -> RedisResult<Target> {
+        Ok(Target::Server(Box::new(Client::open(url)?)))
+    }
+
+    /// Whether this is a Redis Cluster (multi-key pipelines split, sharded pub/sub).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+
+    /// Whether writes have replicas worth a `WAIT` (Sentinel and Cluster; docs/events.md).
+    pub fn is_replicated(&self) -> bool {
+        !matches!(self, Target::Server(_))
+    }
+
+    /// A new connection for commands, replies bounded by `response_timeout`.
+    pub async fn connect(&self, response_timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Target::Server(client) => Ok(Conn::Server(
+                multiplexed(client, response_timeout).await?,
+            )),
+            Target::Sentinel(sentinels) => {
+                let client = sentinels.master().await?;
+                let mut conn = multiplexed(&client, response_timeout).await?;
+                ensure_master(&mut conn).await?;
+                Ok(Conn::Server(conn))
+            }
+            Target::Cluster(cluster) => {
+                let client = cluster.builder(response_timeout).build()?;
+                let conn = timeout(REDIS_IO_TIMEOUT * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| timed_out("cluster connect"))??;
+                Ok(Conn::Cluster(conn))
+            }
+        }
+    }
+
+    /// The client of the one server to open a pub/sub connection on (Sentinel: today's
+    /// master); `None` on a cluster, which subscribes through [`ClusterTarget`].
+    pub async fn pubsub_client(&self) -> RedisResult<Option<Client>> {
+        match self {
+            Target::Server(client) => Ok(Some(Client::clone(client))),
+            Target::Sentinel(sentinels) => Ok(Some(sentinels.master().await?)),
+            Target::Cluster(_) => Ok(None),
+        }
+    }
+
+    /// The cluster's description, when this is one.
+    pub fn cluster(&self) -> Option<&ClusterTarget> {
+        match self {
+            Target::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+async fn multiplexed(
+    client: &Client,
+    response_timeout: Duration,
+) -> RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_IO_TIMEOUT))
+        .set_response_timeout(Some(response_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// A demoted master (after a failover, before its sentinels reconfigure it) still accepts
+/// connections: writes there would be refused or lost, so it is not used.
+async fn ensure_master(conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    let role: redis::Value = redis::cmd("ROLE").query_async(conn).await?;
+    let is_master = match &role {
+        redis::Value::Array(items) => matches!(items.first(),
+            Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"),
+        _ => false,
+    };
+    if is_master {
+        Ok(())
+    } else {
+        Err(RedisError::from((
+            ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "the server sentinel named is not a master (yet)",
+        )))
+    }
+}
+
+fn timed_out(what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// How to reach a data node: credentials and TLS shared by every node of a set.
+#[derive(Clone, Debug)]
+struct NodeAuth {
+    username: Option<String>,
+    password: Option<String>,
+    tls: bool,
+    protocol: ProtocolVersion,
+}
+
+impl NodeAuth {
+    fn info(&self, host: &str, port: u16) -> ConnectionInfo {
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        };
+        let mut redis = RedisConnectionInfo::default().set_protocol(self.protocol);
+        if let Some(user) = &self.username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            redis = redis.set_password(password);
+        }
+        // `(host, port)` into an address cannot fail: nothing is parsed.
+        let base = (host, port).into_connection_info().unwrap_or_else(|_| {
+            unreachable!("a (host, port) pair is always a connection info")
+        });
+        base.set_addr(addr).set_redis_settings(redis)
+    }
+}
+
+/// Splits `host:port` (the config checked its shape at load).
+fn host_port(node: &str) -> RedisResult<(String, u16)> {
+    let bad = || {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "expected host:port",
+            node.to_owned(),
+        ))
+    };
+    let (host, port) = node.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_owned(), port))
+}
+
+/// A set of sentinels watching one master.
+#[derive(Debug)]
+pub struct Sentinels {
+    master_name: String,
+    sentinels: Vec<Client>,
+    data: NodeAuth,
+    /// The sentinel that answered last: asked first next time.
+    last_good: AtomicUsize,
+}
+
+impl Sentinels {
+    fn new(config: &SentinelConfig) -> RedisResult<Sentinels> {
+        let sentinel_auth = NodeAuth {
+            username: None,
+            password: config
+                .sentinel_password
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
+            tls: config.tls,
+            protocol: ProtocolVersion::RESP2,
+        };
+        let sentinels = config
+            .nodes
+            .iter()
+            .map(|n| {
+                let (host, port) = host_port(n.as_str())?;
+                Client::open(sentinel_auth.info(&host, port))
+            })
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok(Sentinels {
+            master_name: config.master.to_string(),
+            sentinels,
+            data: NodeAuth {
+                username: config.username.as_ref().map(|u| u.to_string()),
+                password: config.password.as_ref().map(|s| s.expose().to_owned()),
+                tls: config.tls,
+                protocol: ProtocolVersion::RESP2,
+            },
+            last_good: AtomicUsize::new(0),
+        })
+    }
+
+    /// A client for the master today's sentinels name: each sentinel is asked in turn,
+    /// starting with the one that answered last, until one knows the master.
+    pub async fn master(&self) -> RedisResult<Client> {
+        let start = self.last_good.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for i in 0..self.sentinels.len() {
+            let index = (start + i) % self.sentinels.len();
+            match self.ask(&self.sentinels[index]).await {
+                Ok((host, port)) => {
+                    self.last_good.store(index, Ordering::Relaxed);
+                    return Client::open(self.data.info(&host, port));
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            RedisError::from((ErrorKind::InvalidClientConfig, "no sentinel configured"))
+        }))
+    }
+
+    async fn ask(&self, sentinel: &Client) -> RedisResult<(String, u16)> {
+        let mut conn = multiplexed(sentinel, REDIS_IO_TIMEOUT).await?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await?;
+        addr.ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "the sentinel does not know this master (registry.sentinel.master?)",
+                self.master_name.clone(),
+            ))
+        })
+    }
+
+    /// The monitored master's name.
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+}
+
+impl ClusterTarget {
+    fn new(config: &ClusterConfig) -> RedisResult<ClusterTarget> {
+        let auth = NodeAuth {
+            username: config.username.as_ref().map(|u| u.to_string()),
+            password: config.password.as_ref().map(|s| s.expose().to_owned()),
+            tls: config.tls,
+            // Sharded pub/sub arrives as RESP3 pushes on a cluster connection.
+            protocol: ProtocolVersion::RESP3,
+        };
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| host_port(n.as_str()).map(|(h, p)| auth.info(&h, p)))
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok(ClusterTarget {
+            nodes,
+            tls: config.tls,
+        })
+    }
+
+    /// A client builder with meshlet's timeouts; the caller may add a push sender.
+    pub fn builder(&self, response_timeout: Duration) -> ClusterClientBuilder {
+        let builder = ClusterClientBuilder::new(self.nodes.clone());
+        // Certificates come from the webpki roots, as for a single `rediss://` server.
+        let builder = if self.tls {
+            builder.tls(TlsMode::Secure)
+        } else {
+            builder
+        };
+        builder
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(REDIS_IO_TIMEOUT)
+            .response_timeout(response_timeout)
+            // Fail a command within a few seconds of a node's loss rather than retrying
+            // for long: callers have their own retry and backoff (docs/scaling.md).
+            .retries(3)
+    }
+
+    /// A connection (its own client) whose pushes (pub/sub messages, disconnections) go to
+    /// `pushes`.
+    pub async fn pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> RedisResult<redis::cluster_async::ClusterConnection> {
+        let client: ClusterClient = self
+            .builder(REDIS_IO_TIMEOUT)
+            .push_sender(pushes)
+            .build()?;
+        timeout(REDIS_IO_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| timed_out("cluster connect"))?
+    }
+}

@@ -147,8 +147,17 @@ impl Publisher {
             return Ok(Vec::new());
         }
         if self.link.target().is_cluster() {
-            return self.publish_each(events).await;
+            return self.publish_by_type(events).await;
         }
+        let events: Vec<&NewEvent> = events.iter().collect();
+        self.pipeline(&events).await
+    }
+
+    /// One pipeline of publish scripts and, under Sentinel/Cluster, one WAIT after it.
+    async fn pipeline(
+        &self,
+        events: &[&NewEvent],
+    ) -> Result<Vec<Result<Published, RedisError>>, RedisError> {
         let minid = self.minid();
         let invocations: Vec<_> = events.iter().map(|e| self.invocation(e, &minid)).collect();
         let mut pipe = redis::pipe();
@@ -189,19 +198,40 @@ impl Publisher {
             .collect())
     }
 
-    /// A batch on a cluster: its types live on different nodes, so each event is its own
-    /// script call (all in flight at once), each waited for on its own node.
-    async fn publish_each(
+    /// A batch on a cluster: the events of one type share a slot (the type is the hash
+    /// tag), so each type is one pipeline and one WAIT on its node, all types at once; the
+    /// answers are put back in the batch's order.
+    async fn publish_by_type(
         &self,
         events: &[NewEvent],
     ) -> Result<Vec<Result<Published, RedisError>>, RedisError> {
-        let calls = events.iter().map(|event| async move {
-            match self.publish(event).await {
-                Err(e) if crate::control::redis::is_dead(&e) => Err(e),
-                other => Ok(other),
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match groups.iter_mut().find(|(t, _)| *t == event.event_type) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((&event.event_type, vec![i])),
             }
+        }
+        let runs = groups.iter().map(|(_, members)| {
+            let batch: Vec<&NewEvent> = members.iter().map(|&i| &events[i]).collect();
+            async move { self.pipeline(&batch).await }
         });
-        futures_util::future::try_join_all(calls).await
+        let answers = futures_util::future::try_join_all(runs).await?;
+        let mut ordered: Vec<Option<Result<Published, RedisError>>> =
+            (0..events.len()).map(|_| None).collect();
+        for ((_, members), replies) in groups.iter().zip(answers) {
+            for (&i, reply) in members.iter().zip(replies) {
+                ordered[i] = Some(reply);
+            }
+        }
+        Ok(ordered
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(RedisError::from((redis::ErrorKind::Client, "no reply for this line")))
+                })
+            })
+            .collect())
     }
 
     fn invocation<'a>(&self, event: &NewEvent, minid: &str) -> redis::ScriptInvocation<'a> {

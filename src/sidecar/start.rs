@@ -414,7 +414,12 @@ pub(super) fn log_started(config: &Config, shared: &Shared, addresses: &Addresse
         api = %addresses.api,
         telemetry = %addresses.telemetry,
         workers = config.worker_count(),
-        registry = if config.registry.redis.is_some() { "redis" } else { "static" },
+        registry = match config.registry.store() {
+            Some(crate::config::Store::Server(_)) => "redis",
+            Some(crate::config::Store::Sentinel(_)) => "sentinel",
+            Some(crate::config::Store::Cluster(_)) => "cluster",
+            None => "static",
+        },
         "meshlet started"
     );
 }

@@ -35,7 +35,8 @@ pub struct Link {
     /// Where the connection's driver task lives: the runtime the link was made on (the
     /// control plane), whichever runtime later asks for the connection.
     home: Option<Handle>,
-    current: Mutex<Option<Conn>>,
+    /// The connection and the master-switch count it was made under ([`Target::switches`]).
+    current: Mutex<Option<(Conn, u64)>>,
     /// Serializes reconnects: one connect for many waiting callers, not a stampede.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -76,8 +77,9 @@ impl Link {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
+        let switches = self.target.switches();
         let conn = self.connect().await?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((conn.clone(), switches));
         Ok(conn)
     }
 
@@ -110,11 +112,17 @@ impl Link {
             .take();
     }
 
+    /// The connection, unless the master switched since it was made.
     fn cached(&self) -> Option<Conn> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            Some((conn, made_under)) if *made_under == self.target.switches() => Some(conn.clone()),
+            Some(_) => {
+                current.take();
+                None
+            }
+            None => None,
+        }
     }
 }
 

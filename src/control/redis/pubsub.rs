@@ -27,6 +27,9 @@ enum Inner {
     Server {
         sink: PubSubSink,
         stream: PubSubStream,
+        /// Sentinel: fires when the master switches; this session is then on a demoted
+        /// master, which no longer hears what is published.
+        switched: Option<tokio::sync::watch::Receiver<u64>>,
     },
     Cluster {
         conn: ClusterConnection,
@@ -56,13 +59,18 @@ impl PubSub {
                 },
             });
         }
+        let switched = target.switched();
         let client = target
             .pubsub_client()
             .await?
             .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "no pub/sub client")))?;
         let (sink, stream) = client.get_async_pubsub().await?.split();
         Ok(PubSub {
-            inner: Inner::Server { sink, stream },
+            inner: Inner::Server {
+                sink,
+                stream,
+                switched,
+            },
         })
     }
 
@@ -127,7 +135,19 @@ impl PubSub {
     /// Cancel-safe: it may sit in a `select!` beside other work.
     pub async fn next(&mut self) -> Option<Msg> {
         match &mut self.inner {
-            Inner::Server { stream, .. } => stream.next().await,
+            Inner::Server {
+                stream, switched, ..
+            } => match switched {
+                None => stream.next().await,
+                Some(switch) => tokio::select! {
+                    msg = stream.next() => msg,
+                    changed = switch.changed() => match changed {
+                        Ok(()) => None,
+                        // The sentinel set is gone (shutdown): only the stream matters.
+                        Err(_) => stream.next().await,
+                    },
+                },
+            },
             Inner::Cluster {
                 pushes, released, ..
             } => loop {

@@ -69,6 +69,7 @@ impl Target {
                 multiplexed(client, response_timeout).await?,
             )),
             Target::Sentinel(sentinels) => {
+                sentinels.watch_switches(sentinels);
                 let client = sentinels.master().await?;
                 let mut conn = multiplexed(&client, response_timeout).await?;
                 ensure_master(&mut conn).await?;
@@ -91,6 +92,23 @@ impl Target {
             Target::Server(client) => Ok(Some(Client::clone(client))),
             Target::Sentinel(sentinels) => Ok(Some(sentinels.master().await?)),
             Target::Cluster(_) => Ok(None),
+        }
+    }
+
+    /// How many times the master changed since start (Sentinel's `+switch-master`; always
+    /// 0 elsewhere): a connection made under an older count is to a demoted master.
+    pub fn switches(&self) -> u64 {
+        match self {
+            Target::Sentinel(s) => *s.switches.borrow(),
+            _ => 0,
+        }
+    }
+
+    /// Fires at the next master switch (Sentinel only; never elsewhere).
+    pub fn switched(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Target::Sentinel(s) => Some(s.switches.subscribe()),
+            _ => None,
         }
     }
 
@@ -197,6 +215,12 @@ pub struct Sentinels {
     data: NodeAuth,
     /// The sentinel that answered last: asked first next time.
     last_good: AtomicUsize,
+    /// Counts `+switch-master` announcements of this master. A planned failover
+    /// (`SENTINEL FAILOVER`) leaves the old master answering as one for seconds, with no
+    /// replica: writes there are lost when it is demoted. So every connection is dropped
+    /// at the switch, not at the first error (docs/scaling.md).
+    switches: tokio::sync::watch::Sender<u64>,
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl Sentinels {
@@ -228,7 +252,17 @@ impl Sentinels {
                 protocol: ProtocolVersion::RESP2,
             },
             last_good: AtomicUsize::new(0),
+            switches: tokio::sync::watch::Sender::new(0),
+            watching: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Starts, once, the task that listens for `+switch-master` on the sentinels. It holds
+    /// only a weak reference and ends when the set is dropped.
+    fn watch_switches(&self, this: &std::sync::Arc<Sentinels>) {
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(follow_switches(std::sync::Arc::downgrade(this)));
+        }
     }
 
     /// A client for the master today's sentinels name: each sentinel is asked in turn,
@@ -324,5 +358,62 @@ impl ClusterTarget {
         timeout(REDIS_IO_TIMEOUT * 2, client.get_async_connection())
             .await
             .map_err(|_| timed_out("cluster connect"))?
+    }
+}
+
+/// Listens on one sentinel after another for `+switch-master` of the watched master and
+/// bumps [`Sentinels::switches`] at each.
+async fn follow_switches(set: std::sync::Weak<Sentinels>) {
+    let mut backoff = super::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut index = 0usize;
+    loop {
+        let (client, name) = match set.upgrade() {
+            Some(s) => (
+                s.sentinels[index % s.sentinels.len()].clone(),
+                s.master_name.clone(),
+            ),
+            None => return,
+        };
+        match listen_for_switches(&client, &name, &set).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "sentinel switch listener lost; trying the next sentinel"),
+        }
+        index += 1;
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// `Ok` when the set was dropped; `Err` when this sentinel's connection failed.
+async fn listen_for_switches(
+    sentinel: &Client,
+    master: &str,
+    set: &std::sync::Weak<Sentinels>,
+) -> RedisResult<()> {
+    use futures_util::StreamExt;
+    let mut pubsub = timeout(REDIS_IO_TIMEOUT, sentinel.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out("sentinel connect"))??;
+    timeout(REDIS_IO_TIMEOUT, pubsub.subscribe("+switch-master"))
+        .await
+        .map_err(|_| timed_out("sentinel subscribe"))??;
+    let mut messages = pubsub.into_on_message();
+    loop {
+        // Wakes now and then to notice the set is gone.
+        let msg = match timeout(Duration::from_secs(5), messages.next()).await {
+            Err(_) if set.strong_count() == 0 => return Ok(()),
+            Err(_) => continue,
+            Ok(None) => return Err(timed_out("sentinel connection closed")),
+            Ok(Some(msg)) => msg,
+        };
+        // `<master name> <old ip> <old port> <new ip> <new port>`
+        let payload: String = msg.get_payload().unwrap_or_default();
+        if payload.split(' ').next() != Some(master) {
+            continue;
+        }
+        let Some(this) = set.upgrade() else {
+            return Ok(());
+        };
+        this.switches.send_modify(|n| *n += 1);
+        tracing::warn!(master, switch = %payload, "sentinel switched the master; reconnecting to the new one");
     }
 }

@@ -10,7 +10,7 @@ use redis::RedisError;
 use super::envelope::{now_ms, NewEvent};
 use super::scripts::PUBLISH;
 use crate::control::keys::Keys;
-use crate::control::redis::{Conn, Link};
+use crate::control::redis::{Conn, Link, Target};
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -84,6 +84,19 @@ impl Publisher {
         }
         let wanted = r.replicas.min(conn.connected_replicas(key).await?);
         if wanted == 0 {
+            if let Target::Sentinel(sentinels) = self.link.target() {
+                let addr = conn.master_addr().unwrap_or_default().to_owned();
+                if !sentinels.confirms_master(&addr).await {
+                    // Failed over, or being failed over: what is written here is lost when
+                    // this server is demoted. The app's retry lands on the new master.
+                    self.link.reset();
+                    return Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "replication",
+                        "no replica, and the sentinels do not confirm this master".to_owned(),
+                    )));
+                }
+            }
             r.unreplicated.inc();
             let now = now_ms() / 1000;
             let last = r.warned_at.swap(now, std::sync::atomic::Ordering::Relaxed);

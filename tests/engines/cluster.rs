@@ -155,10 +155,11 @@ async fn under_load(disrupt: impl FnOnce(&mut ClusterSet, &str) -> Handover) {
     .await;
     let log = load.finish().await;
     eprintln!(
-        "load: {} acknowledged, {} refused, {} duplicates; first write after the handover {:?}, hub back {:?}",
+        "load: {} acknowledged, {} refused, {} duplicates, longest wait for an answer {:?}; first write after the handover {:?}, hub back {:?}",
         log.acked.len(),
         log.refused.len(),
         log.duplicates.len(),
+        log.longest_silence(),
         first_ack.map(|t| t - done),
         hub_back.map(|t| t - done),
     );

@@ -419,6 +419,14 @@ impl LoadLog {
         self.acked.iter().map(|(_, t)| *t).find(|t| *t >= at)
     }
 
+    /// The longest time between two answers (how long publishes hung at worst).
+    pub fn longest_silence(&self) -> Duration {
+        let mut at: Vec<Instant> = self.acked.iter().map(|(_, t)| *t).collect();
+        at.extend(self.refused.iter().map(|(_, _, t)| *t));
+        at.sort();
+        at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+
     pub fn acked_ids(&self) -> HashSet<String> {
         self.acked.iter().map(|(id, _)| id.clone()).collect()
     }

@@ -484,6 +484,33 @@ impl SentinelSet {
         master
     }
 
+    /// A planned failover: `SENTINEL FAILOVER` on the first running sentinel. The old master
+    /// keeps running (and answering as a master until the sentinels demote it); returns it.
+    /// [`SentinelSet::wait_switch`] then waits for the new one.
+    pub fn fail_over(&mut self) -> SocketAddr {
+        let master = self.master_addr();
+        let sentinel = self
+            .sentinels
+            .iter()
+            .find(|s| s.is_running())
+            .expect("a running sentinel");
+        let reply: redis::RedisResult<String> = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query(&mut sentinel.try_conn().expect("the sentinel answers"));
+        assert_eq!(reply.as_deref(), Ok("OK"), "SENTINEL FAILOVER");
+        // What `wait_switch` waits to see replaced (nothing was killed).
+        self.killed = Some(master);
+        master
+    }
+
+    /// Waits until the server at `addr` answers as a replica (a demoted master).
+    pub fn wait_replica(&self, addr: SocketAddr, within: Duration) {
+        wait_for("the old master is a replica", within, || {
+            (role(addr, self.auth.password.as_deref()).as_deref() == Some("slave")).then_some(())
+        });
+    }
+
     /// Waits (up to `within`) until a sentinel names a master other than the one
     /// [`SentinelSet::kill_master`] killed; `at` is when that was first seen. Returns only
     /// once every sentinel names it and it answers as a master, so a test may use it at once.

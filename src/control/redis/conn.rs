@@ -17,8 +17,9 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind
 /// A connection to the control plane's Redis.
 #[derive(Clone)]
 pub enum Conn {
-    /// One server (or today's master of a Sentinel set).
-    Server(MultiplexedConnection),
+    /// One server, or (with its `host:port` as the sentinels named it) the master of a
+    /// Sentinel set.
+    Server(MultiplexedConnection, Option<std::sync::Arc<str>>),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
@@ -26,7 +27,7 @@ pub enum Conn {
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Conn::Server(_) => f.write_str("Conn::Server"),
+            Conn::Server(..) => f.write_str("Conn::Server"),
             Conn::Cluster(_) => f.write_str("Conn::Cluster"),
         }
     }
@@ -35,7 +36,7 @@ impl std::fmt::Debug for Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Server(c, _) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -47,14 +48,14 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Server(c, _) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => Box::pin(cluster_pipeline(c, pipeline, offset, count)),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Server(c) => c.get_db(),
+            Conn::Server(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -120,7 +121,7 @@ impl Conn {
 
     async fn on_master_of(&mut self, key: &str, cmd: Cmd) -> RedisResult<Value> {
         match self {
-            Conn::Server(c) => cmd.query_async(c).await,
+            Conn::Server(c, _) => cmd.query_async(c).await,
             Conn::Cluster(c) => {
                 let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
                 c.route_command(
@@ -129,6 +130,14 @@ impl Conn {
                 )
                 .await
             }
+        }
+    }
+
+    /// The `host:port` the sentinels named when this connection was made (Sentinel only).
+    pub fn master_addr(&self) -> Option<&str> {
+        match self {
+            Conn::Server(_, addr) => addr.as_deref(),
+            Conn::Cluster(_) => None,
         }
     }
 

@@ -67,13 +67,14 @@ impl Target {
         match self {
             Target::Server(client) => Ok(Conn::Server(
                 multiplexed(client, response_timeout).await?,
+                None,
             )),
             Target::Sentinel(sentinels) => {
                 sentinels.watch_switches(sentinels);
-                let client = sentinels.master().await?;
+                let (client, addr) = sentinels.master().await?;
                 let mut conn = multiplexed(&client, response_timeout).await?;
                 ensure_master(&mut conn).await?;
-                Ok(Conn::Server(conn))
+                Ok(Conn::Server(conn, Some(addr.into())))
             }
             Target::Cluster(cluster) => {
                 let client = cluster.builder(response_timeout).build()?;
@@ -90,7 +91,7 @@ impl Target {
     pub async fn pubsub_client(&self) -> RedisResult<Option<Client>> {
         match self {
             Target::Server(client) => Ok(Some(Client::clone(client))),
-            Target::Sentinel(sentinels) => Ok(Some(sentinels.master().await?)),
+            Target::Sentinel(sentinels) => Ok(Some(sentinels.master().await?.0)),
             Target::Cluster(_) => Ok(None),
         }
     }
@@ -265,9 +266,9 @@ impl Sentinels {
         }
     }
 
-    /// A client for the master today's sentinels name: each sentinel is asked in turn,
-    /// starting with the one that answered last, until one knows the master.
-    pub async fn master(&self) -> RedisResult<Client> {
+    /// A client for the master today's sentinels name, and its `host:port`: each sentinel
+    /// is asked in turn, starting with the one that answered last, until one knows it.
+    pub async fn master(&self) -> RedisResult<(Client, String)> {
         let start = self.last_good.load(Ordering::Relaxed);
         let mut last_error = None;
         for i in 0..self.sentinels.len() {
@@ -275,7 +276,8 @@ impl Sentinels {
             match self.ask(&self.sentinels[index]).await {
                 Ok((host, port)) => {
                     self.last_good.store(index, Ordering::Relaxed);
-                    return Client::open(self.data.info(&host, port));
+                    let client = Client::open(self.data.info(&host, port))?;
+                    return Ok((client, format!("{host}:{port}")));
                 }
                 Err(e) => last_error = Some(e),
             }
@@ -299,6 +301,44 @@ impl Sentinels {
                 self.master_name.clone(),
             ))
         })
+    }
+
+    /// Whether the server at `addr` (`host:port`) is, by every sentinel that answers,
+    /// this set's master with no failover going on. Asked before acknowledging a write
+    /// that no replica confirmed: a master with no replica is also what the old master
+    /// looks like from its replica's promotion until its demotion (a planned failover, or
+    /// a switch not yet announced), and a write there is lost when it is demoted. Only a
+    /// failover's leader flags `failover_in_progress`, and sentinels learn a switch at
+    /// different moments, so all are asked, at once, within 500 ms; a sentinel that does
+    /// not answer is not counted, and none answering is a no.
+    pub async fn confirms_master(&self, addr: &str) -> bool {
+        let asks = self.sentinels.iter().map(|sentinel| async move {
+            let mut conn = multiplexed(sentinel, REDIS_IO_TIMEOUT).await.ok()?;
+            let fields: Vec<String> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(&self.master_name)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1))
+                    .map(String::as_str)
+                    .unwrap_or("")
+            };
+            let named = format!("{}:{}", field("ip"), field("port"));
+            Some(!field("flags").contains("failover_in_progress") && named == addr)
+        });
+        let answers = timeout(
+            Duration::from_millis(500),
+            futures_util::future::join_all(asks),
+        )
+        .await
+        .unwrap_or_default();
+        let answered: Vec<bool> = answers.into_iter().flatten().collect();
+        !answered.is_empty() && answered.iter().all(|ok| *ok)
     }
 
     /// The monitored master's name.

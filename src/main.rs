@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use meshlet::config::{Dur, LoadedConfig};
-use meshlet::operator;
 use meshlet::control::redis::Target as RedisTarget;
+use meshlet::operator;
 use meshlet::sidecar::Sidecar;
 use meshlet::telemetry::logging::{self, LogFormat};
 
@@ -494,9 +494,11 @@ fn registry_target(target: &RegistryTarget) -> Result<(RedisTarget, String), Str
         (Some(url), _) => RedisTarget::server(url).map_err(|e| format!("--redis: {e}"))?,
         (None, Some(store)) => RedisTarget::new(store).map_err(|e| format!("registry: {e}"))?,
         (None, None) => {
-            return Err("no Redis: pass --redis URL or a --config with registry.redis, \
+            return Err(
+                "no Redis: pass --redis URL or a --config with registry.redis, \
                  registry.sentinel or registry.cluster"
-                .into())
+                    .into(),
+            )
         }
     };
     let prefix = target

@@ -186,7 +186,10 @@ fn validate_store(r: &crate::config::RegistryConfig) -> Result<(), Violation> {
     }
     if let Some(s) = &r.sentinel {
         if s.master.as_str().is_empty() {
-            return fail("registry.sentinel.master".into(), "must name the monitored master");
+            return fail(
+                "registry.sentinel.master".into(),
+                "must name the monitored master",
+            );
         }
         check_nodes("registry.sentinel.nodes", &s.nodes)?;
     }
@@ -201,7 +204,10 @@ fn check_nodes(key: &str, nodes: &[crate::config::Text]) -> Result<(), Violation
         return fail(key.into(), "needs at least one `host:port`");
     }
     for node in nodes {
-        let port = node.as_str().rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        let port = node
+            .as_str()
+            .rsplit_once(':')
+            .map(|(_, p)| p.parse::<u16>());
         if !matches!(port, Some(Ok(p)) if p > 0) || node.as_str().contains('/') {
             return Err((
                 key.into(),
@@ -218,7 +224,10 @@ fn validate_amqp(e: &crate::config::EventsConfig) -> Result<(), Violation> {
     if let Some(url) = &amqp.url {
         let u = url.expose();
         if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
-            return fail("events.amqp.url".into(), "must start with amqp:// or amqps://");
+            return fail(
+                "events.amqp.url".into(),
+                "must start with amqp:// or amqps://",
+            );
         }
     }
     if amqp.prefetch == 0 {
@@ -631,7 +640,10 @@ mod tests {
         assert!(e.contains("registry.cluster.nodes"), "{e}");
         assert!(e.contains("`127.0.0.1`"), "{e}");
         let e = err("service: {name: orders}\nregistry:\n  sentinel: {master: m, nodes: []}\n");
-        assert!(e.contains("registry.sentinel.nodes: needs at least one"), "{e}");
+        assert!(
+            e.contains("registry.sentinel.nodes: needs at least one"),
+            "{e}"
+        );
         let e = err("service: {name: orders}\nregistry:\n  sentinel: {nodes: [\"a:1\"]}\n");
         assert!(e.contains("missing field `master`"), "{e}");
     }

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use features::{
-    AmqpConfig, AmqpUrl, ClientPublish, EventBroker, EventsConfig, History, OtlpConfig, OtlpProtocol, RealtimeAuth, RealtimeConfig,
-    StreamStart, Subscription, TelemetryConfig,
+    AmqpConfig, AmqpUrl, ClientPublish, EventBroker, EventsConfig, History, OtlpConfig,
+    OtlpProtocol, RealtimeAuth, RealtimeConfig, StreamStart, Subscription, TelemetryConfig,
 };
 pub use load::{content_hash, ConfigError, ConfigWarning, LoadedConfig, MIN_SECRET_BYTES};
 pub use policy::{

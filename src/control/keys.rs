@@ -180,7 +180,10 @@ mod tests {
             k.event_dedupe("trade.executed", "orders", "ev-1"),
             k.event_dedupe("trade.executed", "billing", "ev-1")
         );
-        assert_eq!(k.dead_letters("trade.executed"), "mesh:dlq:{trade.executed}");
+        assert_eq!(
+            k.dead_letters("trade.executed"),
+            "mesh:dlq:{trade.executed}"
+        );
         // docs/realtime.md: every hub key under the service's name
         let h = k.hub("chat");
         assert_eq!(h.rt_all(), "mesh:rt:chat:all");

@@ -101,7 +101,10 @@ impl Publisher {
             let now = now_ms() / 1000;
             let last = r.warned_at.swap(now, std::sync::atomic::Ordering::Relaxed);
             if now.saturating_sub(last) >= 60 {
-                tracing::warn!(key, "events acknowledged with no replica connected: a failover now would lose them");
+                tracing::warn!(
+                    key,
+                    "events acknowledged with no replica connected: a failover now would lose them"
+                );
             }
             return Ok(());
         }
@@ -241,7 +244,10 @@ impl Publisher {
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
-                    Err(RedisError::from((redis::ErrorKind::Client, "no reply for this line")))
+                    Err(RedisError::from((
+                        redis::ErrorKind::Client,
+                        "no reply for this line",
+                    )))
                 })
             })
             .collect())

@@ -237,7 +237,9 @@ pub async fn run(config_path: &Path, api: Option<SocketAddr>) -> Result<(), Oper
     report.checking("clock");
     let check = match &mut conn {
         Some(conn) => clock_check(conn).await,
-        None if config.registry.store().is_none() => Check::skip("no registry.redis to compare with"),
+        None if config.registry.store().is_none() => {
+            Check::skip("no registry.redis to compare with")
+        }
         None => Check::skip("needs the Redis check to pass"),
     };
     report.done("clock", &check);
@@ -432,11 +434,7 @@ fn redis_failure(e: &RedisError) -> String {
 
 /// This pod's entry in the registry: by the instance id the local API named, else by the
 /// address it advertises (docs/registry.md, "How meshlet registers itself").
-async fn registration_check(
-    conn: &mut Conn,
-    config: &Config,
-    instance_id: Option<&str>,
-) -> Check {
+async fn registration_check(conn: &mut Conn, config: &Config, instance_id: Option<&str>) -> Check {
     let service = config.service.name.to_string();
     let keys = Keys::new(&config.registry.prefix.to_string());
     let read = schema::read_services(conn, &keys, std::slice::from_ref(&service), true);

@@ -142,11 +142,7 @@ impl Watcher {
         }
     }
 
-    async fn resync_all(
-        &self,
-        conn: &mut Conn,
-        state: &mut State,
-    ) -> redis::RedisResult<()> {
+    async fn resync_all(&self, conn: &mut Conn, state: &mut State) -> redis::RedisResult<()> {
         let names = schema::service_names(conn, &self.keys).await?;
         // Services that vanished from the set are re-read too, so they empty out.
         let mut all: Vec<String> = names.clone();

@@ -100,7 +100,12 @@ async fn split(conn: &ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec
 impl Conn {
     /// `WAIT numreplicas timeout` after a write to `key`, on the connection that wrote it
     /// (on a cluster: the master of the key's slot). Returns the replicas that confirmed.
-    pub async fn wait_replicas(&mut self, key: &str, replicas: u32, timeout_ms: u64) -> RedisResult<u32> {
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<u32> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(timeout_ms);
         let reply = self.on_master_of(key, cmd).await?;

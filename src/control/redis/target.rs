@@ -186,9 +186,9 @@ impl NodeAuth {
             redis = redis.set_password(password);
         }
         // `(host, port)` into an address cannot fail: nothing is parsed.
-        let base = (host, port).into_connection_info().unwrap_or_else(|_| {
-            unreachable!("a (host, port) pair is always a connection info")
-        });
+        let base = (host, port)
+            .into_connection_info()
+            .unwrap_or_else(|_| unreachable!("a (host, port) pair is always a connection info"));
         base.set_addr(addr).set_redis_settings(redis)
     }
 }
@@ -391,10 +391,7 @@ impl ClusterTarget {
         &self,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
     ) -> RedisResult<redis::cluster_async::ClusterConnection> {
-        let client: ClusterClient = self
-            .builder(REDIS_IO_TIMEOUT)
-            .push_sender(pushes)
-            .build()?;
+        let client: ClusterClient = self.builder(REDIS_IO_TIMEOUT).push_sender(pushes).build()?;
         timeout(REDIS_IO_TIMEOUT * 2, client.get_async_connection())
             .await
             .map_err(|_| timed_out("cluster connect"))?
@@ -416,7 +413,9 @@ async fn follow_switches(set: std::sync::Weak<Sentinels>) {
         };
         match listen_for_switches(&client, &name, &set).await {
             Ok(()) => return,
-            Err(e) => tracing::debug!(error = %e, "sentinel switch listener lost; trying the next sentinel"),
+            Err(e) => {
+                tracing::debug!(error = %e, "sentinel switch listener lost; trying the next sentinel")
+            }
         }
         index += 1;
         tokio::time::sleep(backoff.next_delay()).await;

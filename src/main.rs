@@ -242,7 +242,8 @@ fn main() -> ExitCode {
         Command::Run(_) => LogFormat::Json,
         _ => LogFormat::Pretty,
     };
-    logging::init(cli.log_format.unwrap_or(default_format));
+    // Dropped on every return below: writes out the buffered log lines.
+    let _logs = logging::init(cli.log_format.unwrap_or(default_format));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -276,6 +277,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            logging::flush(); // the log lines first, then the reason
             eprintln!("meshlet: {message}");
             ExitCode::from(2)
         }

@@ -446,3 +446,120 @@ async fn tap_piped_shows_each_request_as_a_line() {
     child.kill().await.unwrap();
     caller.shutdown().await;
 }
+
+/// GET `path` with Host `inventory` through the outbound listener; `None` until it answers.
+async fn try_get(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    let req = http::Request::get(path)
+        .header("host", "inventory")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(2), send(addr, req)).await;
+    answer.ok()?.ok().map(|a| a.status.as_u16())
+}
+
+/// With the default log level (an access line per request) lines go through the log
+/// buffer (docs/metrics.md, "Logs"): each shows up on stderr within about a second, and a
+/// clean exit after SIGTERM writes every line still buffered, whole.
+#[tokio::test]
+async fn default_logging_shows_access_lines_within_a_second_and_all_of_them_on_exit() {
+    let app = Upstream::start("inventory").await;
+    let (outbound, api, telemetry) = (free_port(), free_port(), free_port());
+    let f = write_config(&format!(
+        "service: {{name: caller}}\nworkers: 1\nshutdown_grace: 1s\nlisten: {{outbound: 127.0.0.1:{outbound}, api: 127.0.0.1:{api}, telemetry: 127.0.0.1:{telemetry}}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        app.addr
+    ));
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(f.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stderr read line by line on a thread, each line with the time it arrived.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = format!("127.0.0.1:{outbound}").parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async move {
+            try_get(addr, "/ready-probe").await == Some(200)
+        })
+        .await,
+        "meshlet answers"
+    );
+
+    // One request: its access line arrives within the flush period (1 s) and some slack.
+    let asked = Instant::now();
+    assert_eq!(try_get(addr, "/one").await, Some(200));
+    let mut seen = Vec::new();
+    let arrived = loop {
+        let left = Duration::from_secs(3).saturating_sub(asked.elapsed());
+        match rx.recv_timeout(left) {
+            Ok((at, line)) => {
+                let hit = line.contains("\"path\":\"/one\"");
+                seen.push(line);
+                if hit {
+                    break at;
+                }
+            }
+            Err(_) => panic!("no access line for /one within 3 s; stderr so far: {seen:?}"),
+        }
+    };
+    assert!(
+        arrived.duration_since(asked) < Duration::from_millis(1600),
+        "the access line took {:?}",
+        arrived.duration_since(asked)
+    );
+
+    // Many requests, then SIGTERM at once: every line is on stderr after the clean exit.
+    const MANY: usize = 300;
+    for i in 0..MANY {
+        assert_eq!(try_get(addr, &format!("/many/{i}")).await, Some(200));
+    }
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "meshlet did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    reader.join().unwrap(); // stderr closed: everything written was read
+    seen.extend(rx.try_iter().map(|(_, line)| line));
+    for line in &seen {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "a whole JSON line: {line}"
+        );
+    }
+    let mut paths: Vec<&str> = seen
+        .iter()
+        .filter(|l| l.contains("\"meshlet::access\""))
+        .filter_map(|l| l.split("\"path\":\"/many/").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    assert_eq!(
+        paths.len(),
+        MANY,
+        "one access line per request after the exit"
+    );
+}

@@ -1,8 +1,12 @@
 //! Structured logs with `tracing`: JSON for machines or pretty for people, filtered by
 //! `RUST_LOG` (default `info`). Access lines use the target `meshlet::access`, so
-//! `RUST_LOG=info,meshlet::access=off` silences them alone.
+//! `RUST_LOG=info,meshlet::access=off` silences them alone. Lines reach stderr through a
+//! buffer written at least once a second (`log_buffer`); [`init`]'s guard writes the rest
+//! when `main` returns.
 
 use tracing_subscriber::EnvFilter;
+
+use super::log_buffer::{self, Buffered};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -14,12 +18,31 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber; a second call is a no-op (tests start many sidecars).
-pub fn init(format: LogFormat) {
+/// Writes every buffered log line to stderr when dropped: `main` holds it, so each of its
+/// return paths (a clean exit after SIGTERM included) loses no line.
+#[must_use = "buffered log lines are written when this guard is dropped"]
+#[derive(Debug)]
+pub struct FlushOnDrop(());
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+/// Writes every log line buffered so far to stderr before returning.
+pub fn flush() {
+    log_buffer::flush();
+}
+
+/// Installs the global subscriber, writing through the log buffer; a second call installs
+/// nothing (tests start many sidecars). Keep the guard until the process is done logging.
+pub fn init(format: LogFormat) -> FlushOnDrop {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    log_buffer::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(Buffered);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -28,4 +51,5 @@ pub fn init(format: LogFormat) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+    FlushOnDrop(())
 }

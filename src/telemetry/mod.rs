@@ -3,6 +3,7 @@
 //! listener (15020) and the local API (15000); the routes are in `sidecar`.
 
 pub(crate) mod access;
+pub(crate) mod log_buffer;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod otlp;

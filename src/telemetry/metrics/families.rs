@@ -233,6 +233,7 @@ pub(super) fn register_process_families(registry: &Registry) {
     ));
     info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     register(registry, info);
+    register(registry, crate::telemetry::log_buffer::dropped_counter());
     #[cfg(target_os = "linux")]
     register_boxed(
         registry,

@@ -554,7 +554,7 @@ async fn memory(o: &Options) -> Result<String, BenchError> {
     }
     let after = used_memory(&mut conn).await?;
     let stored: u64 = redis::cmd("XLEN")
-        .arg("mesh:events:bench.memory")
+        .arg("mesh:events:{bench.memory}")
         .query_async(&mut conn)
         .await?;
 

@@ -563,3 +563,72 @@ async fn default_logging_shows_access_lines_within_a_second_and_all_of_them_on_e
         "one access line per request after the exit"
     );
 }
+
+/// stderr of a `meshlet run` started with `env` and `args` that answered one request for
+/// `/probe` and then `/seen`, after its clean exit.
+async fn stderr_after_one_request(env: &[(&str, &str)], args: &[&str]) -> String {
+    let app = Upstream::start("inventory").await;
+    let (outbound, api, telemetry) = (free_port(), free_port(), free_port());
+    let f = write_config(&format!(
+        "service: {{name: caller}}\nworkers: 1\nshutdown_grace: 1s\nlisten: {{outbound: 127.0.0.1:{outbound}, api: 127.0.0.1:{api}, telemetry: 127.0.0.1:{telemetry}}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        app.addr
+    ));
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["run", "--config"])
+        .arg(f.path())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+    let addr = format!("127.0.0.1:{outbound}").parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async move {
+            try_get(addr, "/probe").await == Some(200)
+        })
+        .await,
+        "meshlet answers"
+    );
+    assert_eq!(try_get(addr, "/seen").await, Some(200));
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "meshlet did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.join().unwrap()
+}
+
+/// The access line's own JSON encoder (docs/metrics.md, "Logs") still obeys `RUST_LOG`, and
+/// the pretty format still writes it through `tracing`.
+#[tokio::test]
+async fn access_lines_follow_rust_log_and_the_pretty_format() {
+    let off = stderr_after_one_request(&[("RUST_LOG", "info,meshlet::access=off")], &[]).await;
+    assert!(
+        off.contains("\"level\":\"INFO\""),
+        "other lines stay: {off}"
+    );
+    assert!(!off.contains("meshlet::access"), "no access line: {off}");
+
+    let pretty =
+        stderr_after_one_request(&[("RUST_LOG", "info")], &["--log-format", "pretty"]).await;
+    let line = pretty
+        .lines()
+        .find(|l| l.contains("meshlet::access") && l.contains("/seen"))
+        .unwrap_or_else(|| panic!("an access line for /seen: {pretty}"));
+    assert!(!line.starts_with('{'), "pretty, not JSON: {line}");
+}

@@ -229,6 +229,15 @@ fn validate_amqp(e: &crate::config::EventsConfig) -> Result<(), Violation> {
                 "must start with amqp:// or amqps://",
             );
         }
+        // Refused here, not at every connect of a broker outage that never ends. The
+        // parser's messages name the fault (a bad port, bad escapes), never the URL and
+        // its password.
+        if let Err(e) = u.parse::<lapin::uri::AMQPUri>() {
+            return Err((
+                "events.amqp.url".into(),
+                format!("not a valid AMQP URL: {e}"),
+            ));
+        }
     }
     if amqp.prefetch == 0 {
         return fail("events.amqp.prefetch".into(), "must be at least 1");
@@ -771,6 +780,9 @@ mod tests {
             e.contains("events.amqp.url: must start with amqp://"),
             "{e}"
         );
+        let e = err("service: {name: orders}\nevents: {broker: amqp, amqp: {url: \"amqp://u:s3cret@rabbit:99999/%2f\"}}\n");
+        assert!(e.contains("events.amqp.url: not a valid AMQP URL"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
         let e = err("service: {name: orders}\nevents: {broker: kafka}\n");
         assert!(e.contains("events.broker"), "{e}");
         let text = "service: {name: orders}\nevents:\n  broker: amqp\n  amqp: {url: \"amqp://meshlet:s3cret@rabbit:5672/%2f\"}\n";

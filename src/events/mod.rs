@@ -177,6 +177,7 @@ impl Streams {
             metrics: metrics.subscription(sub.event_type.as_str()),
             retention: self.retention,
             slots: Arc::new(Semaphore::new(concurrency)),
+            acks: Arc::new(Semaphore::new(deliver::ACKS_IN_FLIGHT)),
         }))
     }
 }

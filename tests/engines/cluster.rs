@@ -210,3 +210,84 @@ async fn under_load(disrupt: impl FnOnce(&mut ClusterSet, &str) -> Handover) {
     orders.shutdown().await;
     ledger.shutdown().await;
 }
+
+/// A room's last client leaves and a new one joins before the hub's pub/sub session read
+/// the `sunsubscribe` push of the leave: that push is the session's own, not a slot that
+/// moved, so the session goes on and hears the room (docs/realtime.md). Ending it would
+/// resubscribe every channel and replay every room's history at each such churn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_and_joined_again_keeps_its_pubsub_session() {
+    use meshlet::config::{ClusterConfig, Store, Text};
+    use meshlet::control::redis::{PubSub, Target};
+
+    let _one = ONE_SET_AT_A_TIME.lock().await;
+    let set = blocking(ClusterSet::start);
+    let config = ClusterConfig {
+        nodes: set
+            .masters()
+            .iter()
+            .map(|a| Text::from(a.to_string().as_str()))
+            .collect(),
+        password: None,
+        username: None,
+        tls: false,
+    };
+    let target = Target::new(Store::Cluster(&config)).unwrap();
+    let mut pubsub = PubSub::open(&target).await.expect("a pub/sub session");
+    let channel = vec!["mesh:rt:chat:room:{churn}".to_owned()];
+    pubsub.subscribe_sharded(&channel).await.unwrap();
+    pubsub.unsubscribe_sharded(&channel).await.unwrap();
+    pubsub.subscribe_sharded(&channel).await.unwrap();
+    let mut conn = set.conn_for("{churn}");
+    let heard: i64 = redis::cmd("SPUBLISH")
+        .arg(&channel[0])
+        .arg("hello")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(heard, 1, "the session is subscribed again");
+    let msg = tokio::time::timeout(Duration::from_secs(5), pubsub.next())
+        .await
+        .expect("an answer within 5 s")
+        .expect("the session goes on after its own sunsubscribe");
+    assert_eq!(msg.get_payload::<String>().unwrap(), "hello");
+}
+
+/// A meshlet holding many rooms and users resubscribes them all after a reconnect. Sent
+/// one after another within one 2 s bound, 20,000 never made it (about 13,000 fit on
+/// loopback, a few thousand across a network): every new session was cut short the same
+/// way and the hub never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_sharded_channels_are_resubscribed() {
+    use meshlet::config::{ClusterConfig, Store, Text};
+    use meshlet::control::redis::{PubSub, Target};
+
+    let _one = ONE_SET_AT_A_TIME.lock().await;
+    let set = blocking(ClusterSet::start);
+    let config = ClusterConfig {
+        nodes: set
+            .masters()
+            .iter()
+            .map(|a| Text::from(a.to_string().as_str()))
+            .collect(),
+        password: None,
+        username: None,
+        tls: false,
+    };
+    let target = Target::new(Store::Cluster(&config)).unwrap();
+    let mut pubsub = PubSub::open(&target).await.expect("a pub/sub session");
+    let channels: Vec<String> = (0..20_000)
+        .map(|i| format!("mesh:rt:chat:user:{{u{i}}}"))
+        .collect();
+    let started = Instant::now();
+    let subscribed = pubsub.subscribe_sharded(&channels).await;
+    let took = started.elapsed();
+    assert!(subscribed.is_ok(), "{subscribed:?} after {took:?}");
+    let last = channels.last().unwrap();
+    let mut conn = set.conn_for(&format!("{{u{}}}", 19_999));
+    let heard: i64 = redis::cmd("SPUBLISH")
+        .arg(last)
+        .arg("hi")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(heard, 1);
+}

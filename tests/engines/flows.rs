@@ -19,8 +19,8 @@ use crate::support::events::{subscription, Deliveries};
 use crate::support::realtime::{join, join_as, next, post, try_next, Ws, SECRET};
 use crate::support::redis_sets::RedisSet;
 use crate::support::{
-    callee_and_caller, eventually, get_via, send, until_status, Answer, MeshletSpec, Pair,
-    RecordedRequest, RecordingApp, Upstream,
+    callee_and_caller, eventually, get_host, get_via, send, until_status, Answer, MeshletSpec,
+    Pair, RecordedRequest, RecordingApp, Upstream,
 };
 
 /// The stream of `event_type`: its type is a hash tag, on every backend (docs/events.md).
@@ -317,6 +317,23 @@ pub async fn hub_broadcasts_across_two_meshlets(set: &dyn RedisSet, room: &str) 
     );
     assert!(!set.subscribed_channels(!sharded).contains(&room_channel));
     assert!(set.subscribed_channels(false).contains("mesh:rt:chat:all"));
+    // `GET /v1/rooms` reads every live meshlet's room set (docs/realtime.md): on a cluster
+    // those sets sit in different slots, so no one multi-key command may read them.
+    let listed = eventually(Duration::from_secs(5), || async {
+        let rooms = get_host(a.addresses.api, "localhost", "/v1/rooms").await;
+        rooms.status == 200
+            && rooms.json()["rooms"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["room"] == room && r["clients"] == 2))
+    })
+    .await;
+    let last = get_host(a.addresses.api, "localhost", "/v1/rooms").await;
+    assert!(
+        listed,
+        "GET /v1/rooms lists {room} with 2 clients: {} {}",
+        last.status,
+        String::from_utf8_lossy(&last.body)
+    );
     let sent = post(
         b.addresses.api,
         "/v1/broadcast",

@@ -265,3 +265,39 @@ async fn a_planned_failover_loses_no_acknowledged_event() {
     );
     orders.shutdown().await;
 }
+
+/// `Sentinels::confirms_master` (asked before acknowledging a publish no replica confirmed)
+/// counts the sentinels that answer: one hung sentinel (it accepts connections and never
+/// replies) must not veto the others' answer and turn every such publish into a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_sentinel_does_not_veto_the_others_confirmation() {
+    use meshlet::config::{SentinelConfig, Store, Text};
+    use meshlet::control::redis::Target;
+
+    let _one = ONE_SET_AT_A_TIME.lock().await;
+    let set = blocking(SentinelSet::start);
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("a local listener");
+    let mut nodes: Vec<Text> = set
+        .sentinel_addrs()
+        .iter()
+        .map(|a| Text::from(a.to_string().as_str()))
+        .collect();
+    nodes.push(Text::from(hung.local_addr().unwrap().to_string().as_str()));
+    let config = SentinelConfig {
+        master: Text::from(crate::support::redis_sets::MASTER_NAME),
+        nodes,
+        password: None,
+        username: None,
+        sentinel_password: None,
+        tls: false,
+    };
+    let Target::Sentinel(sentinels) = Target::new(Store::Sentinel(&config)).unwrap() else {
+        panic!("a sentinel target");
+    };
+    let master = set.master_addr().to_string();
+    assert!(
+        sentinels.confirms_master(&master).await,
+        "three answering sentinels name {master}; the hung fourth must not count"
+    );
+    assert!(!sentinels.confirms_master("127.0.0.1:1").await);
+}

@@ -7,9 +7,9 @@
 //! channel's slot moved. The caller then opens a new session and fills the gap from what
 //! Redis kept (the registry resyncs, the hub replays room history).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{Msg, PushInfo, PushKind, RedisError, RedisResult, Value};
@@ -34,8 +34,11 @@ enum Inner {
     Cluster {
         conn: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
-        /// Sharded channels this session let go of: their `sunsubscribe` is expected.
-        released: HashSet<Vec<u8>>,
+        /// Sharded channels this session let go of, with how many of their `sunsubscribe`
+        /// pushes are still to come. Counted, and kept through a new subscription: a
+        /// channel left and joined again before [`PubSub::next`] read the leave's push
+        /// still gets that push, and it must not read as a slot that moved.
+        released: HashMap<Vec<u8>, u32>,
     },
 }
 
@@ -55,7 +58,7 @@ impl PubSub {
                 inner: Inner::Cluster {
                     conn,
                     pushes,
-                    released: HashSet::new(),
+                    released: HashMap::new(),
                 },
             });
         }
@@ -93,22 +96,11 @@ impl PubSub {
         if channels.is_empty() {
             return Ok(());
         }
-        bounded(async {
-            match &mut self.inner {
-                Inner::Server { sink, .. } => sink.subscribe(channels).await,
-                Inner::Cluster { conn, released, .. } => {
-                    for c in channels {
-                        released.remove(c.as_bytes());
-                    }
-                    // One slot per command: a cluster refuses SSUBSCRIBE across slots.
-                    for c in channels {
-                        conn.ssubscribe(c).await?;
-                    }
-                    Ok(())
-                }
-            }
-        })
-        .await
+        match &mut self.inner {
+            Inner::Server { sink, .. } => bounded(sink.subscribe(channels)).await,
+            // One slot per command: a cluster refuses SSUBSCRIBE across slots.
+            Inner::Cluster { conn, .. } => each_at_once(conn, channels, true).await,
+        }
     }
 
     /// Leaves sharded channels (plain ones elsewhere).
@@ -116,19 +108,15 @@ impl PubSub {
         if channels.is_empty() {
             return Ok(());
         }
-        bounded(async {
-            match &mut self.inner {
-                Inner::Server { sink, .. } => sink.unsubscribe(channels).await,
-                Inner::Cluster { conn, released, .. } => {
-                    for c in channels {
-                        released.insert(c.as_bytes().to_vec());
-                        conn.sunsubscribe(c).await?;
-                    }
-                    Ok(())
+        match &mut self.inner {
+            Inner::Server { sink, .. } => bounded(sink.unsubscribe(channels)).await,
+            Inner::Cluster { conn, released, .. } => {
+                for c in channels {
+                    *released.entry(c.as_bytes().to_vec()).or_default() += 1;
                 }
+                each_at_once(conn, channels, false).await
             }
-        })
-        .await
+        }
     }
 
     /// The next message; `None` when the session has ended (see the module doc).
@@ -165,7 +153,7 @@ impl PubSub {
                             _ => Vec::new(),
                         };
                         // One we did not let go of: its slot moved to another node.
-                        if !released.remove(&channel) {
+                        if !take_released(released, &channel) {
                             return None;
                         }
                     }
@@ -187,6 +175,51 @@ impl PubSub {
             }
         })
         .await
+    }
+}
+
+/// Sharded (un)subscriptions in flight at once on a cluster session. Many more make each
+/// slower (redis-rs matches every confirmation against those pending).
+const IN_FLIGHT: usize = 64;
+
+/// `SSUBSCRIBE` (or `SUNSUBSCRIBE`) each channel on its own, [`IN_FLIGHT`] at a time,
+/// each within [`REDIS_IO_TIMEOUT`]. Not the whole within it: a meshlet holding tens of
+/// thousands of rooms and users would never finish resubscribing and never get its hub
+/// back (a new session, cut short the same way, after every backoff).
+async fn each_at_once(
+    conn: &ClusterConnection,
+    channels: &[String],
+    subscribe: bool,
+) -> RedisResult<()> {
+    // Owned names and connections: borrowed ones make the future not provably `Send`.
+    let sends = channels.iter().cloned().map(|c| {
+        let mut conn = conn.clone();
+        async move {
+            if subscribe {
+                bounded(conn.ssubscribe(c)).await
+            } else {
+                bounded(conn.sunsubscribe(c)).await
+            }
+        }
+    });
+    futures_util::stream::iter(sends)
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+/// Counts off one `sunsubscribe` push this session asked for; `false` when none was due.
+fn take_released(released: &mut HashMap<Vec<u8>, u32>, channel: &[u8]) -> bool {
+    match released.get_mut(channel) {
+        Some(due) if *due > 1 => {
+            *due -= 1;
+            true
+        }
+        Some(_) => {
+            released.remove(channel);
+            true
+        }
+        None => false,
     }
 }
 

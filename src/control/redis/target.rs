@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 use super::conn::Conn;
 use super::REDIS_IO_TIMEOUT;
-use crate::config::{ClusterConfig, SentinelConfig, Store};
+use crate::config::{ClusterConfig, Secret, SentinelConfig, Store};
 
 /// The Redis the control plane talks to (no I/O until a connection is asked for).
 #[derive(Clone, Debug)]
@@ -157,13 +157,26 @@ fn timed_out(what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
-/// How to reach a data node: credentials and TLS shared by every node of a set.
-#[derive(Clone, Debug)]
+/// How to reach a data node: credentials and TLS shared by every node of a set. Its
+/// Debug hides the password, as redis-rs does in a connection's (a [`Target`] or a
+/// [`super::Link`] printed must not show it).
+#[derive(Clone)]
 struct NodeAuth {
     username: Option<String>,
     password: Option<String>,
     tls: bool,
     protocol: ProtocolVersion,
+}
+
+impl std::fmt::Debug for NodeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
 }
 
 impl NodeAuth {
@@ -193,6 +206,15 @@ impl NodeAuth {
     }
 }
 
+/// A configured password; an empty one (`${VAR:-}` with the variable unset) is none.
+/// Sent, it would be `AUTH ""`, which a server or sentinel without a password refuses,
+/// failing every connection.
+fn password(secret: Option<&Secret>) -> Option<String> {
+    secret
+        .map(|s| s.expose().to_owned())
+        .filter(|p| !p.is_empty())
+}
+
 /// Splits `host:port` (the config checked its shape at load).
 fn host_port(node: &str) -> RedisResult<(String, u16)> {
     let bad = || {
@@ -207,6 +229,9 @@ fn host_port(node: &str) -> RedisResult<(String, u16)> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Ok((host.to_owned(), port))
 }
+
+/// Longest [`Sentinels::confirms_master`] waits for one sentinel's answer.
+const CONFIRM_WAIT: Duration = Duration::from_millis(500);
 
 /// A set of sentinels watching one master.
 #[derive(Debug)]
@@ -228,10 +253,7 @@ impl Sentinels {
     fn new(config: &SentinelConfig) -> RedisResult<Sentinels> {
         let sentinel_auth = NodeAuth {
             username: None,
-            password: config
-                .sentinel_password
-                .as_ref()
-                .map(|s| s.expose().to_owned()),
+            password: password(config.sentinel_password.as_ref()),
             tls: config.tls,
             protocol: ProtocolVersion::RESP2,
         };
@@ -248,7 +270,7 @@ impl Sentinels {
             sentinels,
             data: NodeAuth {
                 username: config.username.as_ref().map(|u| u.to_string()),
-                password: config.password.as_ref().map(|s| s.expose().to_owned()),
+                password: password(config.password.as_ref()),
                 tls: config.tls,
                 protocol: ProtocolVersion::RESP2,
             },
@@ -310,35 +332,43 @@ impl Sentinels {
     /// a switch not yet announced), and a write there is lost when it is demoted. Only a
     /// failover's leader flags `failover_in_progress`, and sentinels learn a switch at
     /// different moments, so all are asked, at once, within 500 ms; a sentinel that does
-    /// not answer is not counted, and none answering is a no.
+    /// not answer in that time is not counted (the bound is per sentinel: one hung
+    /// sentinel must not discard the others' answers), and none answering is a no.
     pub async fn confirms_master(&self, addr: &str) -> bool {
         let asks = self.sentinels.iter().map(|sentinel| async move {
-            let mut conn = multiplexed(sentinel, REDIS_IO_TIMEOUT).await.ok()?;
-            let fields: Vec<String> = redis::cmd("SENTINEL")
-                .arg("MASTER")
-                .arg(&self.master_name)
-                .query_async(&mut conn)
+            timeout(CONFIRM_WAIT, self.names_master(sentinel, addr))
                 .await
-                .ok()?;
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == name)
-                    .and_then(|kv| kv.get(1))
-                    .map(String::as_str)
-                    .unwrap_or("")
-            };
-            let named = format!("{}:{}", field("ip"), field("port"));
-            Some(!field("flags").contains("failover_in_progress") && named == addr)
+                .ok()
+                .flatten()
         });
-        let answers = timeout(
-            Duration::from_millis(500),
-            futures_util::future::join_all(asks),
-        )
-        .await
-        .unwrap_or_default();
-        let answered: Vec<bool> = answers.into_iter().flatten().collect();
+        let answered: Vec<bool> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         !answered.is_empty() && answered.iter().all(|ok| *ok)
+    }
+
+    /// Whether `sentinel` names `addr` as this set's master with no failover going on;
+    /// `None` when it does not answer.
+    async fn names_master(&self, sentinel: &Client, addr: &str) -> Option<bool> {
+        let mut conn = multiplexed(sentinel, REDIS_IO_TIMEOUT).await.ok()?;
+        let fields: Vec<String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == name)
+                .and_then(|kv| kv.get(1))
+                .map(String::as_str)
+                .unwrap_or("")
+        };
+        let named = format!("{}:{}", field("ip"), field("port"));
+        Some(!field("flags").contains("failover_in_progress") && named == addr)
     }
 
     /// The monitored master's name.
@@ -351,7 +381,7 @@ impl ClusterTarget {
     fn new(config: &ClusterConfig) -> RedisResult<ClusterTarget> {
         let auth = NodeAuth {
             username: config.username.as_ref().map(|u| u.to_string()),
-            password: config.password.as_ref().map(|s| s.expose().to_owned()),
+            password: password(config.password.as_ref()),
             tls: config.tls,
             // Sharded pub/sub arrives as RESP3 pushes on a cluster connection.
             protocol: ProtocolVersion::RESP3,
@@ -454,5 +484,65 @@ async fn listen_for_switches(
         };
         this.switches.send_modify(|n| *n += 1);
         tracing::warn!(master, switch = %payload, "sentinel switched the master; reconnecting to the new one");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Text;
+
+    #[test]
+    fn an_empty_password_is_no_password() {
+        let config = SentinelConfig {
+            master: Text::from("mymaster"),
+            nodes: vec![Text::from("127.0.0.1:26379")],
+            password: Some(Secret::from("")),
+            username: None,
+            sentinel_password: Some(Secret::from("")),
+            tls: false,
+        };
+        let set = Sentinels::new(&config).expect("a valid set");
+        let sentinel = set.sentinels[0].get_connection_info().redis_settings();
+        assert_eq!(sentinel.password(), None);
+        assert_eq!(set.data.password, None);
+        let config = SentinelConfig {
+            password: Some(Secret::from("pw")),
+            ..config
+        };
+        assert_eq!(
+            Sentinels::new(&config)
+                .expect("a valid set")
+                .data
+                .password
+                .as_deref(),
+            Some("pw")
+        );
+    }
+
+    #[test]
+    fn a_printed_target_hides_its_passwords() {
+        let config = SentinelConfig {
+            master: Text::from("mymaster"),
+            nodes: vec![Text::from("127.0.0.1:26379")],
+            password: Some(Secret::from("data-s3cret")),
+            username: None,
+            sentinel_password: Some(Secret::from("sentinel-s3cret")),
+            tls: false,
+        };
+        let target = Target::new(Store::Sentinel(&config)).expect("a valid target");
+        let shown = format!("{target:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let cluster = ClusterConfig {
+            nodes: vec![Text::from("127.0.0.1:7000")],
+            password: Some(Secret::from("cluster-s3cret")),
+            username: None,
+            tls: false,
+        };
+        let shown = format!(
+            "{:?}",
+            Target::new(Store::Cluster(&cluster)).expect("valid")
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

@@ -44,7 +44,7 @@ impl Subscriber {
             match answer.verdict() {
                 Verdict::Ack => {
                     self.metrics.ok.inc();
-                    self.ack(&entry.id).await;
+                    self.ack_after_return(entry.id).await;
                     return;
                 }
                 Verdict::Reject => {
@@ -174,6 +174,24 @@ impl Subscriber {
             .invoke_async(&mut conn)
             .await?;
         Ok(reply::redelivered(&reply))
+    }
+
+    /// XACKs `id` on a task of its own, so the delivery's slot is free at once (the next
+    /// entry is read meanwhile); awaited in place when [`super::ACKS_IN_FLIGHT`] are out.
+    /// At shutdown [`Subscriber::run`] waits for them; one that never lands leaves the
+    /// entry pending, delivered again later: at least once either way.
+    async fn ack_after_return(self: &Arc<Self>, id: String) {
+        match self.acks.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.ack(&id).await;
+                    drop(permit);
+                });
+            }
+            // Too many out (Redis slow): this delivery waits for its own, as before.
+            Err(_) => self.ack(&id).await,
+        }
     }
 
     async fn ack(&self, id: &str) {

@@ -75,7 +75,8 @@ impl Cluster {
     /// Rooms with a member on any live meshlet, with their member counts (every meshlet
     /// included). Read from the presence bookkeeping, never by scanning the keyspace:
     /// `SMEMBERS rt:instances`, one `EXISTS rt:alive:{i}` per meshlet (pipelined),
-    /// `SUNION` of the live meshlets' `rt:rooms:{i}`, one `HLEN rt:presence:{room}` per
+    /// `SMEMBERS` of each live meshlet's `rt:rooms:{i}` (pipelined, merged here: the sets
+    /// are in different slots of a cluster), one `HLEN rt:presence:{room}` per
     /// room (pipelined): four round trips, O(meshlets + rooms) work in Redis.
     ///
     /// Counts are the presence hashes' sizes, so entries of a meshlet that died are
@@ -105,8 +106,19 @@ impl Cluster {
                     .filter(|(_, alive)| *alive)
                     .map(|(i, _)| self.keys.rt_instance_rooms(i)),
             );
-            let names: HashSet<String> = conn.sunion(&sets).await?;
-            let mut names: Vec<String> = names.into_iter().collect();
+            // One SMEMBERS per set, not SUNION: on a cluster the sets live in different
+            // slots (no hash tag), and a pipeline is split there while SUNION is refused.
+            let mut pipe = redis::pipe();
+            for set in &sets {
+                pipe.smembers(set);
+            }
+            let members: Vec<HashSet<String>> = pipe.query_async(&mut conn).await?;
+            let mut names: Vec<String> = members
+                .into_iter()
+                .flatten()
+                .collect::<HashSet<String>>()
+                .into_iter()
+                .collect();
             names.sort();
             if names.is_empty() {
                 return Ok::<_, RedisError>(Vec::new());

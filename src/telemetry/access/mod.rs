@@ -14,6 +14,7 @@ use self::tap::Taps;
 use super::metrics::{DestinationMetrics, UNNAMED};
 use crate::identity::trace::TraceContext;
 
+mod line;
 pub mod tap;
 
 /// Who watches a request, decided once when it arrives.
@@ -102,30 +103,57 @@ impl Answered {
         self.target.as_ref().map_or("", PathAndQuery::path)
     }
 
-    /// Writes the access line and offers the request to the taps.
+    /// `duration_us` of the access line: microseconds to the response headers.
+    fn duration_us(&self) -> u64 {
+        u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// `upstream` of the access line: empty when no endpoint was tried.
+    fn upstream(&self) -> &str {
+        self.upstream.as_ref().map_or("", Authority::as_str)
+    }
+
+    /// `request_id` of the access line: empty when it is not visible ASCII.
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+
+    /// Writes the access line and offers the request to the taps. In JSON (`meshlet run`'s
+    /// default) the line is encoded straight into the log buffer ([`line`]); otherwise it
+    /// is a `tracing` event, formatted by the subscriber.
     pub fn write(mut self) {
         if self.watchers.log {
-            let upstream = self.upstream.as_ref().map_or("", Authority::as_str);
-            tracing::info!(
-                target: "meshlet::access",
-                direction = self.direction(),
-                destination = self.destination(),
-                method = %self.method,
-                path = self.path(),
-                status = self.status,
-                duration_us = u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX),
-                upstream,
-                attempts = self.attempts,
-                bytes_in = self.bytes_in,
-                bytes_out = self.bytes_out,
-                complete = self.complete,
-                request_id = self.request_id.to_str().unwrap_or(""),
-                trace_id = self.trace.trace_id(),
-            );
+            if super::logging::access_lines_direct() {
+                let now = std::time::SystemTime::now();
+                super::log_buffer::append_with(|out| line::encode(out, &self, now));
+            } else {
+                self.log_with_tracing();
+            }
         }
         // Taken out first: the line must not hold the hub it is queued in.
         if let Some(taps) = self.watchers.taps.take() {
             taps.offer(self);
         }
+    }
+
+    /// The access line as a `tracing` event (target `meshlet::access`). [`line::encode`]
+    /// writes the same JSON: a field added here must be added there too, in the same place.
+    fn log_with_tracing(&self) {
+        tracing::info!(
+            target: "meshlet::access",
+            direction = self.direction(),
+            destination = self.destination(),
+            method = %self.method,
+            path = self.path(),
+            status = self.status,
+            duration_us = self.duration_us(),
+            upstream = self.upstream(),
+            attempts = self.attempts,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            request_id = self.request_id(),
+            trace_id = self.trace.trace_id(),
+        );
     }
 }

@@ -194,6 +194,13 @@ struct PeerArgs {
     /// The peer's name in the table.
     #[arg(long, default_value = "Socket.IO")]
     name: String,
+    /// The servers' protocol (`meshlet` runs these phases alone against meshlets, e.g.
+    /// under `perf stat`; then --api is their local API and --secret their token secret).
+    #[arg(long, value_enum, default_value_t = Proto::Socketio)]
+    proto: Proto,
+    /// HS256 secret of the meshlets' `realtime.auth` (with `--proto meshlet`).
+    #[arg(long, default_value = "")]
+    secret: String,
     /// The meshlet run's results.json, for the side-by-side table.
     #[arg(long)]
     meshlet: Option<PathBuf>,
@@ -753,6 +760,7 @@ impl Fleet {
 struct Api {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     proto: Proto,
+    addr: SocketAddr,
 }
 
 impl Api {
@@ -767,7 +775,11 @@ impl Api {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Api { sender, proto })
+        Ok(Api {
+            sender,
+            proto,
+            addr,
+        })
     }
 
     async fn call(
@@ -776,6 +788,11 @@ impl Api {
         path: &str,
         body: Bytes,
     ) -> Result<(u16, Value)> {
+        // A server may close an idle keep-alive connection (node does after 5 s by
+        // default): open a new one rather than fail the run.
+        if self.sender.is_closed() {
+            *self = Api::connect_to(self.addr, self.proto).await?;
+        }
         self.sender.ready().await?;
         let req = http::Request::builder()
             .method(method)
@@ -1137,22 +1154,32 @@ async fn measured_phase(
     let mut phase = latency_phase(fleet, api, count, every, pad).await?;
     let (cpu1, busy1) = (cpu_ticks(pids), machine_ticks());
     let frames = phase["received"].as_u64().unwrap_or(0).max(1) as f64;
-    phase["server_cpu_us_per_frame"] =
-        json!(cpu1.saturating_sub(cpu0) as f64 * 1e6 / ticks_per_s() / frames);
+    let (user, sys) = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
+    let us_per_frame = |ticks: u64| ticks as f64 * 1e6 / ticks_per_s() / frames;
+    phase["server_cpu_us_per_frame"] = json!(us_per_frame(user + sys));
+    // Where it went: user space (the server's own code) or the kernel (mostly the
+    // loopback TCP send, which on loopback includes the receiver's side).
+    phase["server_user_us_per_frame"] = json!(us_per_frame(user));
+    phase["server_sys_us_per_frame"] = json!(us_per_frame(sys));
+    // The resolution of the figures above: /proc counts CPU in whole ticks.
+    phase["server_cpu_ticks"] = json!(user + sys);
     phase["machine_busy_pct"] = json!(busy_pct(busy0, busy1));
     Ok(phase)
 }
 
-/// utime + stime of `pids`, in clock ticks.
-fn cpu_ticks(pids: &[u32]) -> u64 {
+/// (utime, stime) of `pids`, summed, in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .filter_map(|s| {
             // Fields after the command (which may hold spaces) closed by ')'.
             let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+            Some((
+                rest.get(11)?.parse::<u64>().ok()?,
+                rest.get(12)?.parse::<u64>().ok()?,
+            ))
         })
-        .sum()
+        .fold((0, 0), |(u, k), (pu, pk)| (u + pu, k + pk))
 }
 
 /// USER_HZ: Linux reports 100 ticks a second to user space on every common build.
@@ -1366,13 +1393,13 @@ async fn peer(args: PeerArgs) -> Result<()> {
     }
     let pad = "x".repeat(args.pad);
     let spawn = Spawn {
-        secret: String::new(),
+        secret: args.secret.clone(),
         per_worker: args.per_worker,
-        proto: Proto::Socketio,
+        proto: args.proto,
     };
     let mut apis = Vec::new();
     for a in &args.api {
-        apis.push(Api::connect_to(*a, Proto::Socketio).await?);
+        apis.push(Api::connect_to(*a, args.proto).await?);
     }
     let n = args.ws.len();
     let zero = vec![0u64; n];
@@ -1438,6 +1465,14 @@ fn render_compare(meshlet: &Value, peer: &Value) -> String {
         _ => "–".to_owned(),
     };
     let frames = |p: &Value| format!("{}/{}", p["received"], p["expected"]);
+    let cpu = |p: &Value| {
+        format!(
+            "{} ({} user + {} sys)",
+            f(&p["server_cpu_us_per_frame"]),
+            f(&p["server_user_us_per_frame"]),
+            f(&p["server_sys_us_per_frame"])
+        )
+    };
     let a = &peer["args"];
     let mut s = format!(
         "\nHub fan-out, meshlet against {name} ({} servers each on one redis-server; {} broadcasts every {} ms to one room, {} B of padding; ratio = meshlet ÷ {name}, goal ≤ 0.5):\n\n",
@@ -1452,21 +1487,29 @@ fn render_compare(meshlet: &Value, peer: &Value) -> String {
         let null = Value::Null;
         let m = m.copied().unwrap_or(&null);
         s.push_str(&format!(
-            "| {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} / {} |\n",
+            "| {} | {} / {} | {} / {} | {} | {} | {} | {} | {} / {} | {} / {} |\n",
             p["clients"],
             f(&m["p50_ms"]),
             f(&m["p99_ms"]),
             f(&p["p50_ms"]),
             f(&p["p99_ms"]),
             ratio(&m["p99_ms"], &p["p99_ms"]),
-            f(&m["server_cpu_us_per_frame"]),
-            f(&p["server_cpu_us_per_frame"]),
+            cpu(m),
+            cpu(p),
             ratio(&m["server_cpu_us_per_frame"], &p["server_cpu_us_per_frame"]),
-            if m.is_null() { "–".to_owned() } else { frames(m) },
+            if m.is_null() {
+                "–".to_owned()
+            } else {
+                frames(m)
+            },
             frames(p),
             f(&m["machine_busy_pct"]),
             f(&p["machine_busy_pct"]),
         ));
     }
+    s.push_str(&format!(
+        "\nCPU per frame = utime + stime of both servers (/proc/PID/stat, {} ms ticks) over the phase ÷ frames the clients received; below ~100 ticks a phase's figure is coarse. Latency = receive time at the client − send time in the payload, on the same machine as the servers.\n",
+        1000.0 / ticks_per_s()
+    ));
     s
 }

@@ -226,7 +226,8 @@ def report(outdir):
             load["duration_s"] = load.get("duration_us", 0) / 1e6
     order = {t: i for i, t in enumerate(TARGET_ORDER)}
     lines = [f"## meshlet benchmark: {meta.get('workers', '?')} worker(s) per proxy", ""]
-    for key in ("date", "machine", "cpu", "kernel", "meshlet", "tools", "command", "priority", "peak RSS"):
+    for key in ("date", "machine", "cpu", "kernel", "meshlet", "tools", "command", "priority", "peak RSS",
+                "floor", "counters"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     lines += ["- access logging off everywhere: nginx `access_log off`, HAProxy without `log`, "

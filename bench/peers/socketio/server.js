@@ -68,8 +68,11 @@ function appHandler(io) {
       }
       const room = msg && msg.to && typeof msg.to.room === 'string' ? msg.to.room : null;
       const event = msg && typeof msg.event === 'string' ? msg.event : 'message';
-      (room ? io.to(room) : io).emit(event, msg ? msg.data : null);
+      // Accepted first, then fanned out, as meshlet's 202 does: the app's next broadcast
+      // is not held back while this one is written to every local socket, so both hubs
+      // get the same offered rate and a fan-out's own delay shows in the latency.
       reply(res, 202, {});
+      (room ? io.to(room) : io).emit(event, msg ? msg.data : null);
     });
   };
 }
@@ -97,6 +100,9 @@ async function main() {
     serveClient: false,
     adapter: createAdapter(pubClient, subClient),
   });
+  // The app's keep-alive connection may sit idle while thousands of clients come and go;
+  // node's default closes it after 5 s.
+  server.keepAliveTimeout = 0;
   io.on('connection', (socket) => {
     socket.on('join', (room, ack) => {
       if (typeof room !== 'string') return;

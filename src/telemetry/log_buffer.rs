@@ -48,10 +48,13 @@ thread_local! {
 /// `meshlet_log_lines_dropped_total`: one counter for the process, registered in every
 /// metrics registry made (`telemetry::metrics`).
 static DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
-    super::metrics::define(IntCounter::new(
+    // A fixed name and help of valid characters: `new` cannot fail. (Not through
+    // `metrics::define`: `metrics` registers this counter, so that would be an import cycle.)
+    IntCounter::new(
         "meshlet_log_lines_dropped_total",
         "Log lines dropped because stderr did not take them fast enough (the buffer was full).",
-    ))
+    )
+    .expect("constant metric definition is valid")
 });
 
 /// The dropped-lines counter, to register in a metrics registry.

@@ -31,13 +31,37 @@ pub struct Target {
     pub dedupe_window: Duration,
 }
 
-fn check_type(event_type: &str) -> Result<(), CliError> {
+/// A valid event type, or the error `events` commands print.
+pub(crate) fn check_type(event_type: &str) -> Result<(), CliError> {
     if valid_type(event_type) {
         Ok(())
     } else {
         Err(CliError::Input(format!(
             "invalid event type `{event_type}`: use 1-128 of A-Z a-z 0-9 . _ -"
         )))
+    }
+}
+
+/// The input of `events publish`, on either broker: a valid type, source (a service name)
+/// and event id, and a JSON payload.
+pub(crate) fn check_publish(
+    event_type: &str,
+    json: &str,
+    event_id: Option<&str>,
+    source: &str,
+) -> Result<(), CliError> {
+    check_type(event_type)?;
+    if !valid_type(source) {
+        return Err(CliError::Input(format!(
+            "invalid source `{source}`: a service name, 1-128 of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    is_json(json.as_bytes()).map_err(|e| CliError::Input(format!("payload is not JSON: {e}")))?;
+    match event_id {
+        Some(id) if !valid_event_id(id) => {
+            Err(CliError::Input(format!("invalid event id `{id}`")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -53,18 +77,7 @@ pub async fn publish(
     version: u32,
     source: &str,
 ) -> Result<(), CliError> {
-    check_type(event_type)?;
-    if !valid_type(source) {
-        return Err(CliError::Input(format!(
-            "invalid source `{source}`: a service name, 1-128 of A-Z a-z 0-9 . _ -"
-        )));
-    }
-    is_json(json.as_bytes()).map_err(|e| CliError::Input(format!("payload is not JSON: {e}")))?;
-    if let Some(id) = &event_id {
-        if !valid_event_id(id) {
-            return Err(CliError::Input(format!("invalid event id `{id}`")));
-        }
-    }
+    check_publish(event_type, json, event_id.as_deref(), source)?;
     let link = std::sync::Arc::new(Link::new(target.redis.clone()));
     let publisher = Publisher::new(
         link,

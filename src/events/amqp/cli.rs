@@ -12,7 +12,8 @@ use super::publish::AmqpPublisher;
 use super::topology::Names;
 use crate::config::{Config, EventBroker};
 use crate::control::cli::CliError;
-use crate::events::envelope::{is_json, valid_event_id, valid_type, NewEvent};
+use crate::events::cli::check_type;
+use crate::events::envelope::NewEvent;
 
 /// Where the commands act: the broker and the names of the config's service.
 pub struct AmqpTarget {
@@ -47,16 +48,6 @@ fn broker_error(e: AmqpError) -> CliError {
     CliError::Broker(e.to_string())
 }
 
-fn check_type(event_type: &str) -> Result<(), CliError> {
-    if valid_type(event_type) {
-        Ok(())
-    } else {
-        Err(CliError::Input(format!(
-            "invalid event type `{event_type}`: use 1-128 of A-Z a-z 0-9 . _ -"
-        )))
-    }
-}
-
 /// `events publish TYPE JSON [--id ID] [--version N] [--source S]`: prints
 /// `{"event_id","duplicate"}` once the broker confirmed the message.
 pub async fn publish(
@@ -67,16 +58,7 @@ pub async fn publish(
     version: u32,
     source: &str,
 ) -> Result<(), CliError> {
-    check_type(event_type)?;
-    if !valid_type(source) {
-        return Err(CliError::Input(format!(
-            "invalid source `{source}`: a service name, 1-128 of A-Z a-z 0-9 . _ -"
-        )));
-    }
-    is_json(json.as_bytes()).map_err(|e| CliError::Input(format!("payload is not JSON: {e}")))?;
-    if event_id.as_deref().is_some_and(|id| !valid_event_id(id)) {
-        return Err(CliError::Input("invalid event id".to_owned()));
-    }
+    crate::events::cli::check_publish(event_type, json, event_id.as_deref(), source)?;
     let event = NewEvent::new(
         event_type,
         event_id,

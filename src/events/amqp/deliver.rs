@@ -92,14 +92,9 @@ impl AmqpSubscriber {
         answer
     }
 
-    /// The backoff before delivery `attempt + 1`: `backoff × 2^(attempt-1)`, capped by
-    /// `max_backoff`, jittered into its upper half (as on Redis Streams).
+    /// The backoff before delivery `attempt + 1` (the same as on Redis Streams).
     fn backoff(&self, attempt: u64) -> Duration {
-        let base = self.sub.backoff.get();
-        let cap = self.sub.max_backoff.get().max(base);
-        let doublings = attempt.saturating_sub(1).min(30) as u32;
-        let ceiling = base.saturating_mul(1 << doublings).min(cap);
-        ceiling / 2 + ceiling.mul_f64(fastrand::f64() * 0.5)
+        crate::events::app::redelivery_backoff(&self.sub, attempt)
     }
 
     /// Publishes the dead letter to `{prefix}.{service}.{type}.dlq` (confirmed), then acks

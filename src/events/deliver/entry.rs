@@ -95,14 +95,9 @@ impl Subscriber {
         answer
     }
 
-    /// The backoff before delivery `attempt + 1`: `backoff × 2^(attempt-1)`, capped by
-    /// `max_backoff`, jittered into its upper half.
+    /// The backoff before delivery `attempt + 1` (`events::app::redelivery_backoff`).
     fn backoff(&self, attempt: u64) -> Duration {
-        let base = self.sub.backoff.get();
-        let cap = self.sub.max_backoff.get().max(base);
-        let doublings = attempt.saturating_sub(1).min(30) as u32;
-        let ceiling = base.saturating_mul(1 << doublings).min(cap);
-        ceiling / 2 + ceiling.mul_f64(fastrand::f64() * 0.5)
+        crate::events::app::redelivery_backoff(&self.sub, attempt)
     }
 
     /// Sleeps the backoff while keeping the entry held, then claims it again. `None`: stop

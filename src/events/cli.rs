@@ -58,9 +58,7 @@ pub(crate) fn check_publish(
     }
     is_json(json.as_bytes()).map_err(|e| CliError::Input(format!("payload is not JSON: {e}")))?;
     match event_id {
-        Some(id) if !valid_event_id(id) => {
-            Err(CliError::Input(format!("invalid event id `{id}`")))
-        }
+        Some(id) if !valid_event_id(id) => Err(CliError::Input(format!("invalid event id `{id}`"))),
         _ => Ok(()),
     }
 }

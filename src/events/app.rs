@@ -129,6 +129,16 @@ impl Poster {
     }
 }
 
+/// The pause before delivery `attempt + 1`, on either broker: `backoff × 2^(attempt-1)`,
+/// capped by `max_backoff`, jittered into its upper half (docs/events.md).
+pub(crate) fn redelivery_backoff(sub: &crate::config::Subscription, attempt: u64) -> Duration {
+    let base = sub.backoff.get();
+    let cap = sub.max_backoff.get().max(base);
+    let doublings = attempt.saturating_sub(1).min(30) as u32;
+    let ceiling = base.saturating_mul(1 << doublings).min(cap);
+    ceiling / 2 + ceiling.mul_f64(fastrand::f64() * 0.5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,14 +156,4 @@ mod tests {
         assert_eq!(Answer::Timeout.verdict(), Verdict::Retry);
         assert_eq!(Answer::ConnectError.verdict(), Verdict::Retry);
     }
-}
-
-/// The pause before delivery `attempt + 1`, on either broker: `backoff × 2^(attempt-1)`,
-/// capped by `max_backoff`, jittered into its upper half (docs/events.md).
-pub(crate) fn redelivery_backoff(sub: &crate::config::Subscription, attempt: u64) -> Duration {
-    let base = sub.backoff.get();
-    let cap = sub.max_backoff.get().max(base);
-    let doublings = attempt.saturating_sub(1).min(30) as u32;
-    let ceiling = base.saturating_mul(1 << doublings).min(cap);
-    ceiling / 2 + ceiling.mul_f64(fastrand::f64() * 0.5)
 }

@@ -4,6 +4,8 @@
 //! stops at once, and a dropped trigger counts as fired (nothing can stop the task later).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -77,6 +79,49 @@ impl Shutdown {
     }
 }
 
+/// [`Shutdown::wait`] for a task that polls it with every wake-up (a connection between
+/// its requests): once its wait is registered, a poll with the same waker only reads the
+/// channel's version, one atomic load, instead of polling the wait again (a lock in the
+/// channel's notifier each time).
+pub struct Stopping {
+    changes: watch::Receiver<bool>,
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The waker the wait was last polled with: the one shutdown wakes.
+    registered: Option<Waker>,
+}
+
+impl Future for Stopping {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let same_waker = this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        // A dropped trigger counts as a change: the wait then ends at once.
+        if same_waker && !this.changes.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        let polled = this.wait.as_mut().poll(cx);
+        if polled.is_pending() && !same_waker {
+            this.registered = Some(cx.waker().clone());
+        }
+        polled
+    }
+}
+
+impl Shutdown {
+    /// [`Shutdown::wait`] in the form that is cheap to poll often ([`Stopping`]).
+    pub fn stopping(&self) -> Stopping {
+        Stopping {
+            changes: self.0.clone(),
+            wait: Box::pin(self.wait()),
+            registered: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +137,30 @@ mod tests {
         waiting.await.unwrap();
         assert!(shutdown.is_started());
         shutdown.clone().wait().await;
+    }
+
+    #[tokio::test]
+    async fn stopping_polled_often_still_ends_when_fired() {
+        let (trigger, shutdown) = channel();
+        let mut stopping = Box::pin(shutdown.stopping());
+        // Polled repeatedly with the same waker before the trigger fires: pending each time.
+        for _ in 0..3 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        let waiting = tokio::spawn(stopping);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        trigger.fire();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the trigger")
+            .unwrap();
+        // Made after firing: ready at once.
+        tokio::time::timeout(Duration::from_secs(1), shutdown.stopping())
+            .await
+            .expect("sticky");
+        drop(trigger);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! rebuilt by the control plane on every registry or config change, then swapped in whole;
 //! a request reads it without a lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
@@ -18,7 +18,7 @@ use crate::policy::rate_limit::{InboundLimiter, RateLimiter};
 use crate::policy::DestinationState;
 use crate::registry::hygiene::{valid_name, Hygiene, Reason};
 use crate::registry::{Instance, Snapshot, Status};
-use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics};
+use crate::telemetry::metrics::{DestinationMetrics, Direction, Metrics, TableMap};
 
 /// One service as the request path sees it.
 pub struct Destination {
@@ -84,7 +84,7 @@ struct Route {
 /// Service name → destination, the prefix routes, and the identity settings: everything
 /// the request path reads from the config, immutable once built.
 pub struct RoutingTable {
-    services: HashMap<Arc<str>, Arc<Destination>>,
+    services: TableMap<Arc<str>, Arc<Destination>>,
     routes: Vec<Route>,
     /// Token signing and inbound checks.
     pub identity: Identity,
@@ -109,7 +109,7 @@ impl RoutingTable {
     /// A table with nothing in it (before the first build).
     pub fn empty(config: &Config) -> RoutingTable {
         RoutingTable {
-            services: HashMap::new(),
+            services: TableMap::default(),
             routes: Vec::new(),
             identity: Identity::from_config(config, config.tls.is_some()),
             inbound_limit: inbound_limiter(config, None),
@@ -162,7 +162,7 @@ impl RoutingTable {
         names.sort_unstable();
         names.dedup();
 
-        let mut services = HashMap::with_capacity(names.len());
+        let mut services = TableMap::with_capacity_and_hasher(names.len(), Default::default());
         for name in names {
             let old = previous.services.get(name);
             let destination = build_destination(name, config, snapshot, old, metrics, mesh_tls);

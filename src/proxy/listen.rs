@@ -50,7 +50,8 @@ pub struct HttpSettings {
     pub(super) http2: http2::Builder<TokioExecutor>,
     /// Both of the above behind hyper-util's detection, for TLS connections.
     pub(super) auto: auto::Builder<TokioExecutor>,
-    /// A client that sends no first byte for this long is disconnected.
+    /// `header_read_timeout`: a client that sends no first byte, or no whole request head,
+    /// for this long is disconnected.
     pub(super) first_byte_timeout: Duration,
     /// A parked connection with no new request for this long is closed.
     pub(super) keepalive_timeout: Duration,
@@ -85,6 +86,10 @@ pub fn http_builder(limits: &Limits) -> HttpSettings {
     }
     let mut http1 = http1::Builder::new();
     http1_settings!(http1);
+    // Plain HTTP/1.1 connections keep `header_read_timeout` on the ticks that park them
+    // (`server::Conn::run_parkable`): hyper's own clock boxes and arms a timer for every
+    // request head, about 1,100 instructions per request (docs/performance.md).
+    http1.header_read_timeout(None);
     // The read buffer's limit alone let a 100 KiB head through a 64 KiB limit (a read may
     // fill the buffer's whole spare room; tests/hostile/h1.rs): the head's own size is
     // checked too. hyper-util's auto builder (TLS) has no such setter: there the bound is

@@ -88,11 +88,6 @@ impl ConnState {
             && !self.body_unsure.load(Ordering::Relaxed)
     }
 
-    /// Whether a request arrived since `finished_before` was read.
-    pub fn request_since(&self, finished_before: u64) -> bool {
-        self.open_exchanges.load(Ordering::Relaxed) > 0 || self.finished() > finished_before
-    }
-
     /// While set, hyper's shutdown of the socket does nothing (the socket is kept).
     pub fn set_parking(&self, parking: bool) {
         self.parking.store(parking, Ordering::Relaxed);

@@ -38,6 +38,7 @@ use super::listen::HttpSettings;
 use super::park::{ConnState, OpenExchange, ParkableStream, ServedBody, PARK_AFTER};
 use super::response_body::ResponseBody;
 use crate::control::admin::{AcceptFailures, ConnectionCap, ConnectionSlot};
+use crate::control::shutdown::Stopping;
 use crate::control::Shutdown;
 use crate::identity::PeerIdentity;
 
@@ -407,7 +408,8 @@ impl<H: Handler> Conn<H> {
     async fn serve_http1(&self, stream: TcpStream) {
         let state = Arc::new(ConnState::default());
         let mut socket = ParkableStream::new(stream, state.clone());
-        let mut head_deadline = None;
+        // When hyper began waiting for the next request head (the head clock's start).
+        let mut head_from = tokio::time::Instant::now();
         loop {
             let conn = self
                 .settings
@@ -415,9 +417,7 @@ impl<H: Handler> Conn<H> {
                 .serve_connection(TokioIo::new(socket), self.service(Some(&state)))
                 .with_upgrades();
             // Boxed so that a parked connection's task does not keep room for it.
-            let parked = self
-                .run_parkable(Box::pin(conn), &state, head_deadline)
-                .await;
+            let parked = self.run_parkable(Box::pin(conn), &state, head_from).await;
             let idle_since;
             (socket, idle_since) = match parked {
                 Some(parked) => parked,
@@ -425,14 +425,13 @@ impl<H: Handler> Conn<H> {
             };
             if socket.has_unread() {
                 // Part of a head came in before the park: `header_read_timeout` still
-                // runs from the end of the last exchange (as hyper's clock did), not again
-                // from the next hyper connection's start.
-                head_deadline = Some(idle_since + self.settings.first_byte_timeout);
+                // runs from the end of the last exchange, not again from the next hyper
+                // connection's start.
+                head_from = idle_since;
                 continue;
             }
             // Nothing of a next request yet: the keep-alive limit applies while parked;
-            // once bytes arrive, the next hyper connection's own header clock does.
-            head_deadline = None;
+            // once bytes arrive, the head clock starts again.
             self.gauges.parked.inc();
             let deadline = idle_since + self.settings.keepalive_timeout;
             let woken = self.wait_parked(&socket, deadline).await;
@@ -440,24 +439,30 @@ impl<H: Handler> Conn<H> {
             if !woken {
                 return; // dropping the socket closes it
             }
+            head_from = tokio::time::Instant::now();
         }
     }
 
     /// Drives `conn` like [`Self::run`]; returns its socket instead when it was parked,
-    /// with about when its last exchange ended (to a tick). After a park, a connection
-    /// that has sent no whole request head by `head_deadline` is closed.
+    /// with about when its last exchange ended (to a tick).
+    ///
+    /// `header_read_timeout` is kept here, not by hyper (whose clock arms a timer for every
+    /// request head: [`http_builder`](super::listen::http_builder)): while no exchange is
+    /// open hyper is waiting for a head, and a connection still waiting
+    /// `header_read_timeout` after its last exchange ended (after `head_from` before its
+    /// first) is closed, at the first tick past it.
     async fn run_parkable(
         &self,
         mut conn: Pin<Box<Http1Conn<H>>>,
         state: &ConnState,
-        head_deadline: Option<tokio::time::Instant>,
+        head_from: tokio::time::Instant,
     ) -> Option<(ParkableStream, tokio::time::Instant)> {
         let mut stopping = std::pin::pin!(self.stopping());
         let tick = tokio::time::sleep(PARK_AFTER);
         let mut tick = std::pin::pin!(tick);
         let finished_before = state.finished();
         let mut finished_seen = finished_before;
-        let mut idle_since = tokio::time::Instant::now();
+        let mut idle_since = head_from;
         let mut seen = state.activity();
         let mut may_park = true;
         let ended = loop {
@@ -475,8 +480,8 @@ impl<H: Handler> Conn<H> {
                         finished_seen = state.finished();
                         idle_since = at;
                     }
-                    let late = head_deadline.is_some_and(|d| at >= d);
-                    if late && !state.request_since(finished_before) {
+                    let head_late = at >= idle_since + self.settings.first_byte_timeout;
+                    if head_late && state.open_exchanges() == 0 {
                         tracing::debug!("no request head within header_read_timeout; closing");
                         return None;
                     }
@@ -513,8 +518,8 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Resolves once the listener is told to shut down.
-    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shutdown.wait()
+    fn stopping(&self) -> Stopping {
+        self.shutdown.stopping()
     }
 
     /// Drives `conn` to its end; on shutdown lets its in-flight requests finish first.

@@ -5,8 +5,6 @@
 //! connection is shared by every request to its endpoint.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +18,7 @@ use tokio::time::Instant;
 use super::request_body::RequestBody;
 use crate::config::Protocol;
 use crate::policy::balance::Endpoint;
+use crate::telemetry::metrics::TableMap;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker: enough for every connection a
 /// busy worker holds at once (closing released ones only to dial again costs more).
@@ -82,25 +81,8 @@ impl UpstreamError {
     }
 }
 
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        // Fibonacci hashing spreads sequential keys over the table's high bits.
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+/// The pool's maps, keyed by endpoint key.
+type KeyMap<V> = TableMap<u64, V>;
 
 struct Idle {
     sender: http1::SendRequest<RequestBody>,

@@ -54,8 +54,12 @@ fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.push(b'"');
-    let mut plain = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Paths, ids and names seldom hold anything to escape: whole words of 8 bytes are
+    // checked at once, and the byte loop starts at the first word that needs it.
+    let plain = clean_prefix(bytes);
+    out.extend_from_slice(&bytes[..plain]);
+    let mut plain = plain;
+    for (i, &b) in bytes.iter().enumerate().skip(plain) {
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -80,6 +84,34 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[plain..]);
     out.push(b'"');
+}
+
+/// The length of `bytes`' longest prefix of whole 8-byte words in which no byte needs
+/// escaping (a control character, `"` or `\`).
+fn clean_prefix(bytes: &[u8]) -> usize {
+    let mut clean = 0;
+    for word in bytes.chunks_exact(8) {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(word);
+        if needs_escape(u64::from_le_bytes(le)) {
+            break;
+        }
+        clean += 8;
+    }
+    clean
+}
+
+/// Whether any byte of `word` is below 0x20, `"` or `\`. The classic word-at-a-time tests
+/// ("has a byte less than n", "has a zero byte" after an XOR): exact as to whether such a
+/// byte exists, for any bytes, UTF-8 included.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    (below_space | quote | backslash) != 0
 }
 
 thread_local! {
@@ -252,13 +284,42 @@ mod tests {
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let mut every: String = (0u8..=0x7f).map(char::from).collect();
         every.push_str("é ü ∂ 😀 \u{2028}");
-        for s in [every.as_str(), "", "plain", "\"", "\\", "\u{1f}x\u{0}"] {
+        // Escapes in every position of an 8-byte word, after clean words and at the end.
+        let mut placed = Vec::new();
+        for at in 0..20 {
+            for c in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{7f}', 'é'] {
+                let mut p: String = "abcdefgh/ijklmnop-qrst".chars().take(at).collect();
+                p.push(c);
+                p.push_str("tail1234");
+                placed.push(p);
+            }
+        }
+        let fixed = [every.as_str(), "", "plain", "\"", "\\", "\u{1f}x\u{0}"];
+        for s in fixed.into_iter().chain(placed.iter().map(String::as_str)) {
             let mut ours = Vec::new();
             string(&mut ours, s);
             assert_eq!(
                 std::str::from_utf8(&ours).unwrap(),
                 serde_json::to_string(s).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn a_word_needs_escaping_exactly_when_one_of_its_bytes_does() {
+        for b in 0u8..=255 {
+            let escaped = b < 0x20 || b == b'"' || b == b'\\';
+            for at in 0..8 {
+                for filler in [b'a', b'"' + 1, 0x20, 0x7f, 0x80, 0xff] {
+                    let mut word = [filler; 8];
+                    word[at] = b;
+                    assert_eq!(
+                        needs_escape(u64::from_le_bytes(word)),
+                        escaped,
+                        "byte {b:#x} at {at} among {filler:#x}"
+                    );
+                }
+            }
         }
     }
 

@@ -53,11 +53,16 @@ pub(super) fn encode(out: &mut Vec<u8>, a: &Answered, now: SystemTime) {
 fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.push(b'"');
-    // Paths, ids and names seldom hold anything to escape: whole words of 8 bytes are
-    // checked at once, and the byte loop starts at the first word that needs it.
+    // Paths, ids and names seldom hold anything to escape: words of 8 bytes are checked at
+    // once, and the byte loop starts only at the first word that needs it.
     let plain = clean_prefix(bytes);
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     out.extend_from_slice(&bytes[..plain]);
+    if plain == bytes.len() {
+        out.push(b'"');
+        return;
+    }
     let mut plain = plain;
     for (i, &b) in bytes.iter().enumerate().skip(plain) {
         let short: &[u8] = match b {
@@ -86,19 +91,28 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// The length of `bytes`' longest prefix of whole 8-byte words in which no byte needs
-/// escaping (a control character, `"` or `\`).
+/// The length of `bytes`' longest prefix, in steps of 8 bytes (or all of it), in which no
+/// byte needs escaping (a control character, `"` or `\`).
 fn clean_prefix(bytes: &[u8]) -> usize {
     let mut clean = 0;
-    for word in bytes.chunks_exact(8) {
+    let mut words = bytes.chunks_exact(8);
+    for word in words.by_ref() {
         let mut le = [0u8; 8];
         le.copy_from_slice(word);
         if needs_escape(u64::from_le_bytes(le)) {
-            break;
+            return clean;
         }
         clean += 8;
     }
-    clean
+    // The last few bytes, padded with a byte that needs nothing, as one more word.
+    let tail = words.remainder();
+    let mut le = [b'a'; 8];
+    le[..tail.len()].copy_from_slice(tail);
+    if needs_escape(u64::from_le_bytes(le)) {
+        clean
+    } else {
+        bytes.len()
+    }
 }
 
 /// Whether any byte of `word` is below 0x20, `"` or `\`. The classic word-at-a-time tests

@@ -457,17 +457,24 @@ async fn try_get(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
     answer.ok()?.ok().map(|a| a.status.as_u16())
 }
 
+/// A one-worker `caller` config on free ports with `inventory` at `app`, and its outbound
+/// port.
+fn caller_config(app: &Upstream) -> (tempfile::NamedTempFile, u16) {
+    let (outbound, api, telemetry) = (free_port(), free_port(), free_port());
+    let f = write_config(&format!(
+        "service: {{name: caller}}\nworkers: 1\nshutdown_grace: 1s\nlisten: {{outbound: 127.0.0.1:{outbound}, api: 127.0.0.1:{api}, telemetry: 127.0.0.1:{telemetry}}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
+        app.addr
+    ));
+    (f, outbound)
+}
+
 /// With the default log level (an access line per request) lines go through the log
 /// buffer (docs/metrics.md, "Logs"): each shows up on stderr within about a second, and a
 /// clean exit after SIGTERM writes every line still buffered, whole.
 #[tokio::test]
 async fn default_logging_shows_access_lines_within_a_second_and_all_of_them_on_exit() {
     let app = Upstream::start("inventory").await;
-    let (outbound, api, telemetry) = (free_port(), free_port(), free_port());
-    let f = write_config(&format!(
-        "service: {{name: caller}}\nworkers: 1\nshutdown_grace: 1s\nlisten: {{outbound: 127.0.0.1:{outbound}, api: 127.0.0.1:{api}, telemetry: 127.0.0.1:{telemetry}}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
-        app.addr
-    ));
+    let (f, outbound) = caller_config(&app);
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(f.path())
@@ -568,11 +575,7 @@ async fn default_logging_shows_access_lines_within_a_second_and_all_of_them_on_e
 /// `/probe` and then `/seen`, after its clean exit.
 async fn stderr_after_one_request(env: &[(&str, &str)], args: &[&str]) -> String {
     let app = Upstream::start("inventory").await;
-    let (outbound, api, telemetry) = (free_port(), free_port(), free_port());
-    let f = write_config(&format!(
-        "service: {{name: caller}}\nworkers: 1\nshutdown_grace: 1s\nlisten: {{outbound: 127.0.0.1:{outbound}, api: 127.0.0.1:{api}, telemetry: 127.0.0.1:{telemetry}}}\nregistry: {{static: {{inventory: [\"{}\"]}}}}\n",
-        app.addr
-    ));
+    let (f, outbound) = caller_config(&app);
     let mut child = Command::new(BIN)
         .args(args)
         .args(["run", "--config"])

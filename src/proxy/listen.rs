@@ -50,9 +50,9 @@ pub struct HttpSettings {
     pub(super) http2: http2::Builder<TokioExecutor>,
     /// Both of the above behind hyper-util's detection, for TLS connections.
     pub(super) auto: auto::Builder<TokioExecutor>,
-    /// `header_read_timeout`: a client that sends no first byte, or no whole request head,
-    /// for this long is disconnected.
-    pub(super) first_byte_timeout: Duration,
+    /// `limits.header_read_timeout`: a client that sends no first byte, or no whole request
+    /// head, for this long is disconnected.
+    pub(super) header_read_timeout: Duration,
     /// A parked connection with no new request for this long is closed.
     pub(super) keepalive_timeout: Duration,
 }
@@ -104,7 +104,7 @@ pub fn http_builder(limits: &Limits) -> HttpSettings {
         http1,
         http2,
         auto,
-        first_byte_timeout: limits.header_read_timeout.get(),
+        header_read_timeout: limits.header_read_timeout.get(),
         keepalive_timeout: limits.keepalive_timeout.get(),
     }
 }

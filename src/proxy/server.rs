@@ -361,7 +361,7 @@ impl<H: Handler> Conn<H> {
     /// A plain connection: HTTP/1.1 (with upgrades) or h2c, by its first bytes.
     async fn serve_tcp(self, stream: TcpStream) {
         self.gauges.open.inc();
-        match speaks_h2(&stream, self.settings.first_byte_timeout).await {
+        match speaks_h2(&stream, self.settings.header_read_timeout).await {
             // Boxed: hyper's h2 connection is large, and inline it would set the size of
             // every connection's task, parked HTTP/1.1 ones included.
             Some(true) => Box::pin(self.serve_h2(stream)).await,
@@ -480,7 +480,7 @@ impl<H: Handler> Conn<H> {
                         finished_seen = state.finished();
                         idle_since = at;
                     }
-                    let head_late = at >= idle_since + self.settings.first_byte_timeout;
+                    let head_late = at >= idle_since + self.settings.header_read_timeout;
                     if head_late && state.open_exchanges() == 0 {
                         tracing::debug!("no request head within header_read_timeout; closing");
                         return None;

@@ -211,17 +211,11 @@ async fn under_load(disrupt: impl FnOnce(&mut ClusterSet, &str) -> Handover) {
     ledger.shutdown().await;
 }
 
-/// A room's last client leaves and a new one joins before the hub's pub/sub session read
-/// the `sunsubscribe` push of the leave: that push is the session's own, not a slot that
-/// moved, so the session goes on and hears the room (docs/realtime.md). Ending it would
-/// resubscribe every channel and replay every room's history at each such churn.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_left_and_joined_again_keeps_its_pubsub_session() {
+/// A pub/sub session on `set`, opened through meshlet's own Redis target (no password).
+async fn cluster_pubsub(set: &ClusterSet) -> meshlet::control::redis::PubSub {
     use meshlet::config::{ClusterConfig, Store, Text};
     use meshlet::control::redis::{PubSub, Target};
 
-    let _one = ONE_SET_AT_A_TIME.lock().await;
-    let set = blocking(ClusterSet::start);
     let config = ClusterConfig {
         nodes: set
             .masters()
@@ -233,7 +227,18 @@ async fn a_room_left_and_joined_again_keeps_its_pubsub_session() {
         tls: false,
     };
     let target = Target::new(Store::Cluster(&config)).unwrap();
-    let mut pubsub = PubSub::open(&target).await.expect("a pub/sub session");
+    PubSub::open(&target).await.expect("a pub/sub session")
+}
+
+/// A room's last client leaves and a new one joins before the hub's pub/sub session read
+/// the `sunsubscribe` push of the leave: that push is the session's own, not a slot that
+/// moved, so the session goes on and hears the room (docs/realtime.md). Ending it would
+/// resubscribe every channel and replay every room's history at each such churn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_and_joined_again_keeps_its_pubsub_session() {
+    let _one = ONE_SET_AT_A_TIME.lock().await;
+    let set = blocking(ClusterSet::start);
+    let mut pubsub = cluster_pubsub(&set).await;
     let channel = vec!["mesh:rt:chat:room:{churn}".to_owned()];
     pubsub.subscribe_sharded(&channel).await.unwrap();
     pubsub.unsubscribe_sharded(&channel).await.unwrap();
@@ -258,23 +263,9 @@ async fn a_room_left_and_joined_again_keeps_its_pubsub_session() {
 /// way and the hub never came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_sharded_channels_are_resubscribed() {
-    use meshlet::config::{ClusterConfig, Store, Text};
-    use meshlet::control::redis::{PubSub, Target};
-
     let _one = ONE_SET_AT_A_TIME.lock().await;
     let set = blocking(ClusterSet::start);
-    let config = ClusterConfig {
-        nodes: set
-            .masters()
-            .iter()
-            .map(|a| Text::from(a.to_string().as_str()))
-            .collect(),
-        password: None,
-        username: None,
-        tls: false,
-    };
-    let target = Target::new(Store::Cluster(&config)).unwrap();
-    let mut pubsub = PubSub::open(&target).await.expect("a pub/sub session");
+    let mut pubsub = cluster_pubsub(&set).await;
     let channels: Vec<String> = (0..20_000)
         .map(|i| format!("mesh:rt:chat:user:{{u{i}}}"))
         .collect();

@@ -492,16 +492,21 @@ mod tests {
     use super::*;
     use crate::config::Text;
 
-    #[test]
-    fn an_empty_password_is_no_password() {
-        let config = SentinelConfig {
+    /// One sentinel on the default port watching `mymaster`, with these passwords.
+    fn sentinel_config(password: &str, sentinel_password: &str) -> SentinelConfig {
+        SentinelConfig {
             master: Text::from("mymaster"),
             nodes: vec![Text::from("127.0.0.1:26379")],
-            password: Some(Secret::from("")),
+            password: Some(Secret::from(password)),
             username: None,
-            sentinel_password: Some(Secret::from("")),
+            sentinel_password: Some(Secret::from(sentinel_password)),
             tls: false,
-        };
+        }
+    }
+
+    #[test]
+    fn an_empty_password_is_no_password() {
+        let config = sentinel_config("", "");
         let set = Sentinels::new(&config).expect("a valid set");
         let sentinel = set.sentinels[0].get_connection_info().redis_settings();
         assert_eq!(sentinel.password(), None);
@@ -522,14 +527,7 @@ mod tests {
 
     #[test]
     fn a_printed_target_hides_its_passwords() {
-        let config = SentinelConfig {
-            master: Text::from("mymaster"),
-            nodes: vec![Text::from("127.0.0.1:26379")],
-            password: Some(Secret::from("data-s3cret")),
-            username: None,
-            sentinel_password: Some(Secret::from("sentinel-s3cret")),
-            tls: false,
-        };
+        let config = sentinel_config("data-s3cret", "sentinel-s3cret");
         let target = Target::new(Store::Sentinel(&config)).expect("a valid target");
         let shown = format!("{target:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -55,7 +55,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     // Paths, ids and names seldom hold anything to escape: words of 8 bytes are checked at
     // once, and the byte loop starts only at the first word that needs it.
-    let plain = clean_prefix(bytes);
+    let mut plain = clean_prefix(bytes);
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     out.extend_from_slice(&bytes[..plain]);
@@ -63,7 +63,6 @@ fn string(out: &mut Vec<u8>, s: &str) {
         out.push(b'"');
         return;
     }
-    let mut plain = plain;
     for (i, &b) in bytes.iter().enumerate().skip(plain) {
         let short: &[u8] = match b {
             b'"' => b"\\\"",

@@ -166,17 +166,23 @@ pub fn sweep() {
             !idle.is_empty()
         });
         pool.h2.retain(|_, s| !s.is_closed());
-        let live = &pool.h2;
-        let http1 = &pool.http1;
-        // Drop connect gates of endpoints this worker no longer talks to.
-        let keep: Vec<u64> = pool
-            .h2_connecting
-            .keys()
-            .copied()
-            .filter(|k| live.contains_key(k) || http1.contains_key(k))
-            .collect();
-        pool.h2_connecting.retain(|k, _| keep.contains(k));
+        let Pool {
+            http1,
+            h2,
+            h2_connecting,
+        } = &mut *pool;
+        // Drop connect gates of endpoints this worker no longer talks to. A gate someone
+        // holds or waits on is a connect in progress: dropping it would let the next
+        // request open a second connection beside the one being dialled.
+        h2_connecting.retain(|k, gate| {
+            Arc::strong_count(gate) > 1 || h2.contains_key(k) || http1.contains_key(k)
+        });
     });
+}
+
+/// The lock every first request to an h2 endpoint takes, so that they share one connect.
+fn h2_connect_gate(key: u64) -> Arc<tokio::sync::Mutex<()>> {
+    POOL.with(|p| p.borrow_mut().h2_connecting.entry(key).or_default().clone())
 }
 
 fn pooled_h2(key: u64) -> Option<http2::SendRequest<RequestBody>> {
@@ -264,13 +270,7 @@ pub async fn connect(
             let mut sender = match pooled_h2(endpoint.key) {
                 Some(s) => s,
                 None => {
-                    let gate = POOL.with(|p| {
-                        p.borrow_mut()
-                            .h2_connecting
-                            .entry(endpoint.key)
-                            .or_default()
-                            .clone()
-                    });
+                    let gate = h2_connect_gate(endpoint.key);
                     let _connecting = gate.lock().await;
                     match pooled_h2(endpoint.key) {
                         Some(s) => s,
@@ -391,4 +391,30 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate_of(key: u64) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        POOL.with(|p| p.borrow().h2_connecting.get(&key).cloned())
+    }
+
+    #[test]
+    fn a_sweep_keeps_the_gate_of_a_connect_in_progress_and_drops_an_unused_one() {
+        let connecting = h2_connect_gate(7);
+        sweep();
+        let kept = gate_of(7).expect("the gate of a connect in progress stays");
+        assert!(
+            Arc::ptr_eq(&kept, &connecting),
+            "later requests wait on the same connect"
+        );
+        drop((kept, connecting));
+        sweep();
+        assert!(
+            gate_of(7).is_none(),
+            "no connection, nobody waiting: dropped"
+        );
+    }
 }

@@ -158,7 +158,9 @@ impl Worker {
 
     async fn serve(self) {
         let sweeper = tokio::spawn(async {
-            let mut tick = tokio::time::interval(POOL_SWEEP);
+            // The first sweep one period in: at start the pool is empty.
+            let first = tokio::time::Instant::now() + POOL_SWEEP;
+            let mut tick = tokio::time::interval_at(first, POOL_SWEEP);
             loop {
                 tick.tick().await;
                 upstream::sweep();

@@ -41,11 +41,13 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Socket settings: small buffers (a hub holds thousands of mostly idle sockets) and the
 /// message size limit. tungstenite zero-fills its whole read buffer before the first
-/// read, so its size is resident memory for every connection: 512 bytes hold any usual
-/// client frame in one read (a larger message grows the buffer while it is read).
+/// read, so its size is resident memory for every connection: 256 bytes hold a client's
+/// usual frames (join, leave, ping, a small publish) in one read, and a larger frame grows
+/// the buffer to its length while it is read (2.3 MiB less than 512 at 10,000 clients,
+/// docs/performance.md).
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(4 * 1024)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))

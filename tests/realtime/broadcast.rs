@@ -236,6 +236,16 @@ async fn client_publish_room_broadcasts_and_deny_refuses() {
             (json!("message"), json!("hello"))
         );
     }
+    // A frame many times the hub's 256-byte read buffer arrives whole.
+    let long = "0123456789abcdef".repeat(1280);
+    say(
+        &mut alice,
+        json!({"type": "publish", "room": "chat", "data": long}),
+    )
+    .await;
+    for ws in [&mut bob, &mut alice] {
+        assert_eq!(next(ws).await["data"], json!(long));
+    }
     a.shutdown().await;
     b.shutdown().await;
 

@@ -166,17 +166,11 @@ pub fn sweep() {
             !idle.is_empty()
         });
         pool.h2.retain(|_, s| !s.is_closed());
-        let Pool {
-            http1,
-            h2,
-            h2_connecting,
-        } = &mut *pool;
-        // Drop connect gates of endpoints this worker no longer talks to. A gate someone
-        // holds or waits on is a connect in progress: dropping it would let the next
-        // request open a second connection beside the one being dialled.
-        h2_connecting.retain(|k, gate| {
-            Arc::strong_count(gate) > 1 || h2.contains_key(k) || http1.contains_key(k)
-        });
+        // A gate someone holds or waits on is a connect in progress: dropping it would let
+        // the next request dial a second connection beside it. Any other gate is dropped;
+        // the next first request to its endpoint makes a new one.
+        pool.h2_connecting
+            .retain(|_, gate| Arc::strong_count(gate) > 1);
     });
 }
 
